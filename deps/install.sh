@@ -1,0 +1,35 @@
+#!/bin/sh
+# install.sh: installs, with apt-get, the Debian packages lcluster builds and tests with,
+# only when one is missing. Run as root on Debian. `deps/install.sh bench` adds what
+# bench/ drives (wrk, nginx, hyperfine); `deps/install.sh fuzz` adds clang for libFuzzer.
+set -eu
+
+pkgs="build-essential cmake libluajit-5.1-dev luajit libuv1-dev lua-cjson-dev lua-busted lua-check libhttp-parser-dev"
+for extra in "$@"; do
+  case "$extra" in
+    bench) pkgs="$pkgs wrk nginx-light hyperfine nodejs" ;;
+    fuzz) pkgs="$pkgs clang libclang-rt-14-dev" ;;
+    sanitize) pkgs="$pkgs libclang-rt-14-dev" ;;
+    *) echo "install.sh: unknown extra '$extra' (bench, fuzz, sanitize)" >&2; exit 2 ;;
+  esac
+done
+
+missing=""
+for p in $pkgs; do
+  if [ "$p" = nodejs ] && command -v node >/dev/null 2>&1; then continue; fi
+  status=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)
+  case "$status" in
+    *"install ok installed"*) ;;
+    *) missing="$missing $p" ;;
+  esac
+done
+
+if [ -n "$missing" ]; then
+  echo "deps/install.sh: installing$missing"
+  if [ "$(id -u)" != 0 ]; then
+    echo "deps/install.sh: not root; install these yourself:$missing" >&2
+    exit 1
+  fi
+  apt-get update
+  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $missing
+fi

@@ -1,0 +1,181 @@
+-- _main.lua: reads the command line and runs a script, a busted suite, or the built-in
+-- master. Returns the process's exit status to main.c.
+local core = require('_core')
+
+local USAGE = [[
+usage: lcluster [options] script.lua [args...]
+       lcluster test [busted options] [paths...]   run busted specs inside the runtime
+
+options:
+  -w, --workers N        run script.lua as the worker of a built-in master that forks N
+                         workers (N = 0 or 'auto': one per CPU), respawns them, and
+                         reloads them one by one on SIGHUP / SIGUSR2
+      --agent FILE       (with -w) start FILE as the agent process before the workers
+      --kill-timeout MS  (with -w) grace period before SIGKILL on stop/reload (5000;
+                         env LCLUSTER_KILL_TIMEOUT)
+      --ready-timeout MS (with -w) how long a new worker may take to listen (10000;
+                         env LCLUSTER_READY_TIMEOUT)
+  -h, --help             this help
+  -v, --version          print the version
+
+exit status: the script's process.exit(code); 0 when the loop runs dry; 1 on an uncaught
+error; 2 on a usage error or a script that cannot be loaded.
+environment:
+  LCLUSTER_LUALIB        load lualib/ modules from this folder instead of the binary
+]]
+
+local function usageError(msg)
+  core.write(2, 'lcluster: ' .. msg .. '\n' .. 'try `lcluster --help`\n')
+  return 2
+end
+
+-- Globals every script sees: process, the timers, print that writes whole lines at once.
+local function setupGlobals()
+  local process = require('process')
+  _G.process = process
+  local timer = require('timer')
+  for _, name in ipairs({ 'setTimeout', 'setInterval', 'clearTimeout', 'clearInterval',
+    'setImmediate', 'clearImmediate' }) do
+    _G[name] = timer[name]
+  end
+  local write, tostring, select, concat = core.write, tostring, select, table.concat
+  _G.print = function(...)
+    local n = select('#', ...)
+    local parts = { ... }
+    for i = 1, n do
+      parts[i] = tostring(parts[i])
+    end
+    write(1, concat(parts, '\t', 1, n) .. '\n')
+  end
+  os.cpus = core.cpus
+  os.hostname = core.hostname
+  os.getenv = function(name)
+    return process.env[name]
+  end
+  return process
+end
+
+local function scriptDir(path)
+  return path:match('^(.*)/[^/]*$') or '.'
+end
+
+local function runLoop(process)
+  core.run('default')
+  return process._emitExit()
+end
+
+local function runScript(script, args, opts)
+  local process = setupGlobals()
+  local exe = process.execPath
+  _G.arg = { [-1] = exe, [0] = script }
+  process.argv = { exe, script }
+  for i, a in ipairs(args) do
+    _G.arg[i] = a
+    process.argv[#process.argv + 1] = a
+  end
+  local dir = scriptDir(script)
+  package.path = dir .. '/?.lua;' .. dir .. '/?/init.lua;' .. package.path
+  if opts.workers then
+    return require('_master').run(script, args, opts)
+  end
+  local chunk, err = loadfile(script)
+  if not chunk then
+    core.write(2, 'lcluster: cannot load script ' .. script .. ': ' .. tostring(err) .. '\n')
+    return 2
+  end
+  require('_worker_boot')
+  core.call(chunk, unpack(args))
+  return runLoop(process)
+end
+
+local function runTests(args)
+  local process = setupGlobals()
+  _G.arg = { [0] = 'lcluster test' }
+  for i, a in ipairs(args) do
+    _G.arg[i] = a
+  end
+  process.argv = { process.execPath, 'test' }
+  for _, a in ipairs(args) do
+    process.argv[#process.argv + 1] = a
+  end
+  package.path = './?.lua;./?/init.lua;' .. package.path
+  require('_worker_boot')
+  local ok, err = pcall(require('_busted'))
+  -- busted raises a bare error() to mean "some specs failed"; anything else is a crash.
+  if not ok and err ~= nil then
+    core.write(2, 'lcluster test: ' .. tostring(err) .. '\n')
+  end
+  pcall(process.emit, 'exit', ok and 0 or 1)
+  return ok and 0 or 1
+end
+
+return function(argv)
+  local i, n = 1, #argv
+  local opts = {}
+  if argv[1] == 'test' then
+    local rest = {}
+    for j = 2, n do
+      rest[#rest + 1] = argv[j]
+    end
+    return runTests(rest)
+  end
+  while i <= n do
+    local a = argv[i]
+    if a == '-h' or a == '--help' then
+      core.write(1, USAGE)
+      return 0
+    elseif a == '-v' or a == '--version' then
+      core.write(1, 'lcluster ' .. core.version .. ' (' .. jit.version .. ')\n')
+      return 0
+    elseif a == '-w' or a == '--workers' or a:match('^%-%-workers=') then
+      local v = a:match('^%-%-workers=(.*)$')
+      if not v then
+        i = i + 1
+        v = argv[i]
+      end
+      if v == 'auto' then
+        v = '0'
+      end
+      local num = tonumber(v)
+      if not num or num < 0 or num ~= math.floor(num) then
+        return usageError('--workers needs a number or "auto", got ' .. tostring(v))
+      end
+      opts.workers = num == 0 and #core.cpus() or num
+    elseif a == '--agent' or a == '--kill-timeout' or a == '--ready-timeout' then
+      i = i + 1
+      local v = argv[i]
+      if v == nil then
+        return usageError(a .. ' needs a value')
+      end
+      if a == '--agent' then
+        opts.agent = v
+      else
+        local num = tonumber(v)
+        if not num or num < 0 then
+          return usageError(a .. ' needs a number of milliseconds, got ' .. v)
+        end
+        opts[a == '--kill-timeout' and 'killTimeout' or 'readyTimeout'] = num
+      end
+    elseif a == '--' then
+      i = i + 1
+      break
+    elseif a:sub(1, 1) == '-' and a ~= '-' then
+      return usageError('unknown option ' .. a)
+    else
+      break
+    end
+    i = i + 1
+  end
+  local script = argv[i]
+  if not script then
+    return usageError('no script given')
+  end
+  if opts.agent and not opts.workers then
+    return usageError('--agent needs --workers')
+  end
+  local args = {}
+  for j = i + 1, n do
+    args[#args + 1] = argv[j]
+  end
+  return runScript(script, args, opts)
+end

@@ -1,0 +1,139 @@
+// lc.h: what the C core's files share. Every exported name starts with its file's name
+// (`lc_handle_*` lives in handle.c, `lc_util_*` in util.c) except the few process-wide
+// entry points declared here under `lc_`.
+#pragma once
+
+#include <lauxlib.h>
+#include <lua.h>
+#include <lualib.h>
+#include <uv.h>
+
+#define LC_VERSION "0.1.0"
+
+/// The process's one Lua state and one libuv loop. Set once in main.c before any script runs.
+extern lua_State *lc_L;
+extern uv_loop_t *lc_loop;
+
+/// Calls the function below `nargs` arguments on the stack with the runtime's traceback
+/// handler. An error is an uncaught error: it goes to `process.on('uncaughtException')` when
+/// a listener is set, else its traceback is printed and the process exits with status 1.
+/// Returns 0 when the call succeeded (results are left on the stack), -1 when it raised
+/// and the error was handled (nothing is left on the stack).
+int lc_pcall(lua_State *L, int nargs, int nresults);
+
+/// Flushes stdio and ends the process with `code`, running nothing else.
+void lc_exit(int code) __attribute__((noreturn));
+
+// ---- util.c: error conventions (STYLE.md habit 2) ----
+
+/// Pushes `nil, "ECODE: message", "ECODE"` for a libuv error and returns 3.
+int lc_util_push_uverr(lua_State *L, int err);
+/// Pushes `true` when err == 0, else the three error values. Returns the count pushed.
+int lc_util_push_result(lua_State *L, int err);
+/// Pushes a sockaddr as a table {address=, family=, port=}; pushes nil when sa is NULL.
+void lc_util_push_addr(lua_State *L, const struct sockaddr *sa);
+/// Fills `ss` from host/port (numeric addresses only). Returns 0 or a libuv error.
+int lc_util_parse_addr(const char *host, int port, struct sockaddr_storage *ss);
+
+// ---- handle.c: handle lifetime shared by every handle type ----
+
+/// The head of every handle binding. The userdata holds a pointer to this block (which is
+/// malloc'd and freed only in the close callback). While the handle is open, `self_ref`
+/// keeps the userdata alive from the registry and `cb_ref` is the Lua function events go to.
+typedef struct lc_handle {
+  uv_handle_t *uv; // points into the enclosing type-specific struct
+  int self_ref;
+  int cb_ref;
+  int close_ref; // the function given to handle:close(fn), called after the free
+  int closing;
+} lc_handle_t;
+
+/// Allocates `size` bytes (the enclosing struct, whose first member is an lc_handle_t),
+/// pushes a new userdata with metatable `mt` and records a reference to the callback at
+/// stack index `cb_idx` (may be 0 for none). The caller initialises the uv handle and sets
+/// `h->uv` before returning.
+void *lc_handle_new(lua_State *L, size_t size, const char *mt, int cb_idx);
+/// Checks that argument `idx` is a handle of metatable `mt` that is not closing.
+void *lc_handle_check(lua_State *L, int idx, const char *mt);
+/// Like lc_handle_check but accepts closing handles.
+void *lc_handle_check_any(lua_State *L, int idx, const char *mt);
+/// Pushes the handle's callback function; returns 0 when it has none (nothing pushed).
+int lc_handle_push_cb(lua_State *L, lc_handle_t *h);
+/// Pushes the handle's userdata (valid while open).
+void lc_handle_push_self(lua_State *L, lc_handle_t *h);
+/// Starts closing; the memory is freed in the close callback. Safe to call twice.
+void lc_handle_close(lc_handle_t *h);
+/// Registers the methods shared by every handle (close, ref, unref, has_ref, is_closing,
+/// fileno) into the table on top of the stack.
+void lc_handle_add_methods(lua_State *L);
+/// Creates metatable `name` with the shared methods, then those `extra` registers (may be
+/// NULL; stream types pass lc_stream_add_methods), then `methods`, and a __gc.
+void lc_handle_meta(lua_State *L, const char *name, const luaL_Reg *methods,
+                    void (*extra)(lua_State *L));
+
+// ---- stream.c: what tcp, pipe and tty handles share ----
+
+struct lc_stream;
+/// A C consumer of a stream's bytes (the HTTP parser). Called from the read callback with
+/// nread > 0 and the bytes, or nread < 0 (UV_EOF or an error). It owns the event delivery to
+/// Lua for that stream while it is set.
+typedef void (*lc_stream_read_hook)(struct lc_stream *s, ssize_t nread, const char *data);
+
+/// The head of every stream binding. `u` is the libuv handle; `hook` when set receives reads
+/// before (instead of) Lua.
+typedef struct lc_stream {
+  lc_handle_t h;
+  union {
+    uv_stream_t stream;
+    uv_tcp_t tcp;
+    uv_pipe_t pipe;
+    uv_tty_t tty;
+  } u;
+  lc_stream_read_hook hook;
+  void *hook_data;
+  size_t hwm;     // write-queue size over which write() returns false
+  int want_drain; // write() returned false; emit "drain" when the queue empties
+  int kind;       // LC_STREAM_TCP, LC_STREAM_PIPE or LC_STREAM_TTY
+  uint64_t bytes_read;
+  uint64_t bytes_written;
+} lc_stream_t;
+
+enum { LC_STREAM_TCP = 1, LC_STREAM_PIPE = 2, LC_STREAM_TTY = 3 };
+
+/// Checks that argument idx is an open stream of any kind.
+lc_stream_t *lc_stream_check(lua_State *L, int idx);
+/// Registers the stream methods (read_start, read_stop, write, shutdown, ...) into the table
+/// on top of the stack; tcp.c and pipe.c add them to their own metatables.
+void lc_stream_add_methods(lua_State *L);
+/// Initialises the shared fields after the uv handle was initialised.
+void lc_stream_init(lc_stream_t *s, int kind);
+/// Writes `len` bytes held by the Lua value at stack index `ref_idx` (kept referenced until
+/// written). Returns 0 or a libuv error. `cb_idx` (0 for none) is a function called on
+/// completion with (err or nil).
+int lc_stream_write(lua_State *L, lc_stream_t *s, const char *data, size_t len, int ref_idx,
+                    int cb_idx);
+/// Delivers a stream event to its Lua callback: cb(event, ...) with nargs values on the stack.
+void lc_stream_emit(lua_State *L, lc_stream_t *s, const char *event, int nargs);
+
+// ---- the binding modules: each registers its functions into the `_core` table on top of
+// the stack. Declared weak so a module can land in its own commit; core.c skips absent ones.
+#define LC_BINDING(name) void name(lua_State *L) __attribute__((weak))
+LC_BINDING(lc_timer_open);
+LC_BINDING(lc_signal_open);
+LC_BINDING(lc_check_open);
+LC_BINDING(lc_process_open);
+LC_BINDING(lc_stream_open);
+LC_BINDING(lc_tcp_open);
+LC_BINDING(lc_pipe_open);
+LC_BINDING(lc_udp_open);
+LC_BINDING(lc_ipc_open);
+LC_BINDING(lc_http_open);
+LC_BINDING(lc_fs_open);
+#undef LC_BINDING
+
+/// Opens the `_core` module (the loop and the bindings above) and returns 1.
+int lc_core_luaopen(lua_State *L);
+
+/// The embedded lualib: registers every module into package.preload (or, when the
+/// LCLUSTER_LUALIB environment variable names a folder, loaders that read the sources).
+void lc_lualib_register(lua_State *L);

@@ -1,0 +1,258 @@
+// stream.c: reading and writing for every stream kind (tcp, pipe, tty). Events go to the
+// handle's Lua callback as cb(event, ...): "data"(string), "end", "error"(msg, code),
+// "drain". Reads use one static buffer because each chunk is copied into a Lua string (or
+// consumed by a C hook) before the next read.
+#include <stdlib.h>
+#include <string.h>
+
+#include "lc.h"
+
+static char read_buf[65536];
+
+typedef struct {
+  uv_write_t req;
+  lc_stream_t *s;
+  int data_ref;
+  int cb_ref;
+  uv_buf_t buf;
+} write_req_t;
+
+lc_stream_t *lc_stream_check(lua_State *L, int idx) {
+  lc_handle_t **ud = lua_touserdata(L, idx);
+  if (ud == NULL || *ud == NULL || (*ud)->closing) luaL_argerror(L, idx, "expected an open stream");
+  lc_stream_t *s = (lc_stream_t *)*ud;
+  int t = s->h.uv->type;
+  if (t != UV_TCP && t != UV_NAMED_PIPE && t != UV_TTY) luaL_argerror(L, idx, "expected a stream");
+  return s;
+}
+
+void lc_stream_init(lc_stream_t *s, int kind) {
+  s->kind = kind;
+  s->hwm = 16 * 1024;
+  s->h.uv = (uv_handle_t *)&s->u.stream;
+  s->u.stream.data = s;
+}
+
+void lc_stream_emit(lua_State *L, lc_stream_t *s, const char *event, int nargs) {
+  if (!lc_handle_push_cb(L, &s->h)) {
+    lua_pop(L, nargs);
+    return;
+  }
+  lua_pushstring(L, event);
+  lua_insert(L, -2 - nargs); // [cb, event, args...]
+  lua_insert(L, -2 - nargs);
+  lc_pcall(L, nargs + 1, 0);
+}
+
+static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
+  (void)h;
+  (void)suggested;
+  buf->base = read_buf;
+  buf->len = sizeof(read_buf);
+}
+
+static void read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf) {
+  lc_stream_t *s = st->data;
+  lua_State *L = lc_L;
+  if (nread == 0) return;
+  if (nread > 0) s->bytes_read += (uint64_t)nread;
+  if (s->hook != NULL) {
+    s->hook(s, nread, buf->base);
+    return;
+  }
+  if (nread > 0) {
+    lua_pushlstring(L, buf->base, (size_t)nread);
+    lc_stream_emit(L, s, "data", 1);
+  } else if (nread == UV_EOF) {
+    uv_read_stop(st);
+    lc_stream_emit(L, s, "end", 0);
+  } else {
+    uv_read_stop(st);
+    lua_pushfstring(L, "%s: %s", uv_err_name((int)nread), uv_strerror((int)nread));
+    lua_pushstring(L, uv_err_name((int)nread));
+    lc_stream_emit(L, s, "error", 2);
+  }
+}
+
+static int s_read_start(lua_State *L) {
+  lc_stream_t *s = lc_stream_check(L, 1);
+  return lc_util_push_result(L, uv_read_start(&s->u.stream, alloc_cb, read_cb));
+}
+
+static int s_read_stop(lua_State *L) {
+  lc_stream_t *s = lc_stream_check(L, 1);
+  return lc_util_push_result(L, uv_read_stop(&s->u.stream));
+}
+
+static void write_cb(uv_write_t *req, int status) {
+  write_req_t *w = (write_req_t *)req;
+  lc_stream_t *s = w->s;
+  lua_State *L = lc_L;
+  luaL_unref(L, LUA_REGISTRYINDEX, w->data_ref);
+  int cb_ref = w->cb_ref;
+  free(w);
+  if (cb_ref != LUA_NOREF) {
+    lua_rawgeti(L, LUA_REGISTRYINDEX, cb_ref);
+    luaL_unref(L, LUA_REGISTRYINDEX, cb_ref);
+    if (status < 0) {
+      lua_pushfstring(L, "%s: %s", uv_err_name(status), uv_strerror(status));
+    } else {
+      lua_pushnil(L);
+    }
+    lc_pcall(L, 1, 0);
+  }
+  if (status == UV_ECANCELED) return; // closing: the stream may already be gone
+  if (status < 0) {
+    if (!s->h.closing) {
+      lua_pushfstring(L, "%s: %s", uv_err_name(status), uv_strerror(status));
+      lua_pushstring(L, uv_err_name(status));
+      lc_stream_emit(L, s, "error", 2);
+    }
+    return;
+  }
+  if (s->want_drain && s->u.stream.write_queue_size == 0 && !s->h.closing) {
+    s->want_drain = 0;
+    lc_stream_emit(L, s, "drain", 0);
+  }
+}
+
+int lc_stream_write(lua_State *L, lc_stream_t *s, const char *data, size_t len, int ref_idx,
+                    int cb_idx) {
+  uv_buf_t buf = uv_buf_init((char *)data, (unsigned int)len);
+  // Try the write at once when nothing is queued: most writes complete here without a
+  // request, a registry reference or a loop turn.
+  if (s->u.stream.write_queue_size == 0 && cb_idx == 0) {
+    int n = uv_try_write(&s->u.stream, &buf, 1);
+    if (n == (int)len) {
+      s->bytes_written += len;
+      return 0;
+    }
+    if (n > 0) {
+      buf.base += n;
+      buf.len -= (unsigned int)n;
+      s->bytes_written += (uint64_t)n;
+      len -= (size_t)n;
+    } else if (n != UV_EAGAIN && n != UV_ENOSYS) {
+      return n;
+    }
+  }
+  write_req_t *w = malloc(sizeof(*w));
+  if (w == NULL) return UV_ENOMEM;
+  w->s = s;
+  w->buf = buf;
+  lua_pushvalue(L, ref_idx);
+  w->data_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  w->cb_ref = LUA_NOREF;
+  if (cb_idx != 0) {
+    lua_pushvalue(L, cb_idx);
+    w->cb_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  }
+  int rc = uv_write(&w->req, &s->u.stream, &w->buf, 1, write_cb);
+  if (rc < 0) {
+    luaL_unref(L, LUA_REGISTRYINDEX, w->data_ref);
+    luaL_unref(L, LUA_REGISTRYINDEX, w->cb_ref);
+    free(w);
+    return rc;
+  }
+  s->bytes_written += len;
+  return 0;
+}
+
+// stream:write(data [, fn]) -> below_hwm | nil, err, code. `below_hwm` is false when the
+// queue passed the high-water mark: a "drain" event follows once it empties.
+static int s_write(lua_State *L) {
+  lc_stream_t *s = lc_stream_check(L, 1);
+  size_t len;
+  const char *data = luaL_checklstring(L, 2, &len);
+  int cb_idx = lua_isfunction(L, 3) ? 3 : 0;
+  int rc = lc_stream_write(L, s, data, len, 2, cb_idx);
+  if (rc < 0) return lc_util_push_uverr(L, rc);
+  int below = s->u.stream.write_queue_size < s->hwm;
+  if (!below) s->want_drain = 1;
+  lua_pushboolean(L, below);
+  return 1;
+}
+
+typedef struct {
+  uv_shutdown_t req;
+  int cb_ref;
+} shutdown_req_t;
+
+static void shutdown_cb(uv_shutdown_t *req, int status) {
+  shutdown_req_t *r = (shutdown_req_t *)req;
+  lua_State *L = lc_L;
+  int cb_ref = r->cb_ref;
+  free(r);
+  if (cb_ref == LUA_NOREF) return;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, cb_ref);
+  luaL_unref(L, LUA_REGISTRYINDEX, cb_ref);
+  if (status < 0 && status != UV_ECANCELED) {
+    lua_pushfstring(L, "%s: %s", uv_err_name(status), uv_strerror(status));
+  } else {
+    lua_pushnil(L);
+  }
+  lc_pcall(L, 1, 0);
+}
+
+// stream:shutdown([fn]): half-close once queued writes are flushed.
+static int s_shutdown(lua_State *L) {
+  lc_stream_t *s = lc_stream_check(L, 1);
+  shutdown_req_t *r = malloc(sizeof(*r));
+  if (r == NULL) return lc_util_push_uverr(L, UV_ENOMEM);
+  r->cb_ref = LUA_NOREF;
+  if (lua_isfunction(L, 2)) {
+    lua_pushvalue(L, 2);
+    r->cb_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  }
+  int rc = uv_shutdown(&r->req, &s->u.stream, shutdown_cb);
+  if (rc < 0) {
+    luaL_unref(L, LUA_REGISTRYINDEX, r->cb_ref);
+    free(r);
+    return lc_util_push_uverr(L, rc);
+  }
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+static int s_write_queue_size(lua_State *L) {
+  lc_stream_t *s = lc_stream_check(L, 1);
+  lua_pushinteger(L, (lua_Integer)s->u.stream.write_queue_size);
+  return 1;
+}
+
+static int s_set_hwm(lua_State *L) {
+  lc_stream_t *s = lc_stream_check(L, 1);
+  s->hwm = (size_t)luaL_checkinteger(L, 2);
+  return 0;
+}
+
+static int s_bytes(lua_State *L) {
+  lc_stream_t *s = lc_stream_check(L, 1);
+  lua_pushnumber(L, (lua_Number)s->bytes_read);
+  lua_pushnumber(L, (lua_Number)s->bytes_written);
+  return 2;
+}
+
+static int s_is_readable(lua_State *L) {
+  lua_pushboolean(L, uv_is_readable(&lc_stream_check(L, 1)->u.stream));
+  return 1;
+}
+
+static int s_is_writable(lua_State *L) {
+  lua_pushboolean(L, uv_is_writable(&lc_stream_check(L, 1)->u.stream));
+  return 1;
+}
+
+void lc_stream_add_methods(lua_State *L) {
+  static const luaL_Reg methods[] = {{"read_start", s_read_start},
+                                     {"read_stop", s_read_stop},
+                                     {"write", s_write},
+                                     {"shutdown", s_shutdown},
+                                     {"write_queue_size", s_write_queue_size},
+                                     {"set_hwm", s_set_hwm},
+                                     {"bytes", s_bytes},
+                                     {"is_readable", s_is_readable},
+                                     {"is_writable", s_is_writable},
+                                     {NULL, NULL}};
+  luaL_register(L, NULL, methods);
+}
