@@ -1,0 +1,274 @@
+-- lctest.lua: helpers for busted specs that drive real lcluster processes (used by the
+-- project's own suite and by users' `lcluster test`). Everything waits on a condition with a
+-- deadline; nothing sleeps. Processes started here are stopped by lctest.cleanup() and, as a
+-- last resort, when the test process exits.
+local core = require('_core')
+
+local M = {}
+
+M.binary = core.exepath()
+
+local children = {}
+
+-- Runs the loop until cond() returns a truthy value (returned), or raises after ms.
+function M.waitFor(cond, ms, what)
+  ms = ms or 5000
+  local v = cond()
+  if v then
+    return v
+  end
+  local timedOut = false
+  local t = core.timer(function()
+    timedOut = true
+  end)
+  t:start(ms, 0)
+  while true do
+    core.run('once')
+    v = cond()
+    if v then
+      break
+    end
+    if timedOut then
+      t:close()
+      error(('timed out after %d ms waiting for %s'):format(ms, what or 'a condition'), 2)
+    end
+  end
+  t:close()
+  return v
+end
+
+-- Runs the loop for the given ms (for "nothing else happens" checks; never to synchronise).
+function M.turn(ms)
+  local done = false
+  local t = core.timer(function()
+    done = true
+  end)
+  t:start(ms or 0, 0)
+  while not done do
+    core.run('once')
+  end
+  t:close()
+end
+
+local Child = {}
+Child.__index = Child
+
+local function envList(extra)
+  local env = {}
+  for k, v in pairs(process.env) do
+    if extra == nil or extra[k] == nil then
+      env[#env + 1] = k .. '=' .. v
+    end
+  end
+  for k, v in pairs(extra or {}) do
+    if v ~= false then
+      env[#env + 1] = k .. '=' .. tostring(v)
+    end
+  end
+  return env
+end
+
+-- Starts `lcluster [opts.flags...] script args...`. opts: env (table added to ours), cwd,
+-- flags (list of lcluster options before the script), binary (another executable),
+-- stdin ('pipe' to write to it). The child's stdout/stderr are captured in .stdout/.stderr.
+function M.spawn(script, args, opts)
+  opts = opts or {}
+  local argv = { opts.binary or M.binary }
+  for _, f in ipairs(opts.flags or {}) do
+    argv[#argv + 1] = f
+  end
+  if script then
+    argv[#argv + 1] = script
+  end
+  for _, a in ipairs(args or {}) do
+    argv[#argv + 1] = tostring(a)
+  end
+  local child = setmetatable({ stdout = '', stderr = '', exited = false, argv = argv }, Child)
+  local function reader(field)
+    local p
+    p = core.pipe(false, function(ev, data)
+      if ev == 'data' then
+        child[field] = child[field] .. data
+      else
+        p:close()
+        child[field .. 'Closed'] = true
+      end
+    end)
+    return p
+  end
+  local out, err = reader('stdout'), reader('stderr')
+  local stdin = 'ignore'
+  if opts.stdin == 'pipe' then
+    stdin = core.pipe(false, function() end)
+    child._stdin = stdin
+  elseif opts.stdin == 'inherit' then
+    stdin = 'inherit'
+  end
+  local proc, pid = core.spawn({
+    file = argv[1],
+    args = argv,
+    env = envList(opts.env),
+    cwd = opts.cwd,
+    stdio = { stdin, out, err },
+  }, function(code, signal)
+    child.exited = true
+    child.code = code
+    child.signal = signal ~= 0 and (core.signals[signal] or signal) or nil
+    child._proc:close()
+  end)
+  if not proc then
+    out:close()
+    err:close()
+    error('cannot start ' .. argv[1] .. ': ' .. tostring(pid), 2)
+  end
+  child._proc = proc
+  child.pid = pid
+  out:read_start()
+  err:read_start()
+  children[child] = true
+  return child
+end
+
+-- Waits until the output (stdout by default, or 'stderr' / 'both') matches a Lua pattern;
+-- returns the captures (or the match).
+function Child:waitOutput(pattern, ms, which)
+  which = which or 'stdout'
+  local function text()
+    if which == 'both' then
+      return self.stdout .. self.stderr
+    end
+    return self[which]
+  end
+  local res
+  local ok, err = pcall(M.waitFor, function()
+    res = { text():match(pattern) }
+    return #res > 0 or self.exited and (self.stdoutClosed and self.stderrClosed)
+  end, ms or 5000, 'output matching ' .. pattern)
+  if not ok or #res == 0 then
+    error(('%s\n--- stdout:\n%s\n--- stderr:\n%s'):format(
+      ok and ('process exited (code ' .. tostring(self.code) .. ') before output matched ' .. pattern) or err,
+      self.stdout, self.stderr), 2)
+  end
+  return unpack(res)
+end
+
+-- Waits for the process to exit; returns code, signal name. Output is fully read first.
+function Child:waitExit(ms)
+  local ok, err = pcall(M.waitFor, function()
+    return self.exited and self.stdoutClosed and self.stderrClosed
+  end, ms or 5000, 'process ' .. tostring(self.pid) .. ' to exit')
+  if not ok then
+    error(('%s\n--- stdout:\n%s\n--- stderr:\n%s'):format(err, self.stdout, self.stderr), 2)
+  end
+  children[self] = nil
+  return self.code, self.signal
+end
+
+function Child:kill(sig)
+  if self.exited then
+    return false
+  end
+  local num = type(sig) == 'number' and sig or core.signals[sig or 'SIGTERM']
+  return self._proc:kill(num) == true
+end
+
+function Child:write(data)
+  assert(self._stdin, 'spawn with stdin = "pipe" to write to the child')
+  return self._stdin:write(data)
+end
+
+-- Stops the child: SIGTERM, then SIGKILL after ms (default 3000). Returns code, signal.
+function Child:stop(ms)
+  if not self.exited then
+    self:kill('SIGTERM')
+    local ok = pcall(M.waitFor, function()
+      return self.exited
+    end, ms or 3000)
+    if not ok then
+      self:kill('SIGKILL')
+    end
+  end
+  return self:waitExit(5000)
+end
+
+-- Pids of the processes whose parent is `pid` (workers of a master), from /proc.
+function M.childPids(pid)
+  local out = {}
+  local f = io.popen('ps -o pid= --ppid ' .. tonumber(pid) .. ' 2>/dev/null')
+  if f then
+    for line in f:lines() do
+      local p = tonumber(line)
+      if p then
+        out[#out + 1] = p
+      end
+    end
+    f:close()
+  end
+  return out
+end
+
+function M.isAlive(pid)
+  local ok, _, code = core.kill(pid, 0)
+  return ok == true or code == 'EPERM'
+end
+
+-- A TCP port free on 127.0.0.1 right now (bound to port 0, read, closed).
+function M.freePort(host)
+  local tcp = assert(core.tcp, 'the tcp binding is not built')
+  local h = tcp(function() end)
+  assert(h:bind(host or '127.0.0.1', 0))
+  local addr = h:getsockname()
+  local closed = false
+  h:close(function()
+    closed = true
+  end)
+  M.waitFor(function()
+    return closed
+  end, 1000, 'port probe to close')
+  return addr.port
+end
+
+-- Stops every process started with lctest.spawn that is still running. Call in after_each.
+function M.cleanup()
+  for child in pairs(children) do
+    if not child.exited then
+      child:kill('SIGKILL')
+    end
+  end
+  for child in pairs(children) do
+    pcall(child.waitExit, child, 5000)
+    children[child] = nil
+  end
+end
+
+-- Writes a file (fixture generation in specs); returns its path.
+function M.writeFile(path, text)
+  local f = assert(io.open(path, 'wb'))
+  f:write(text)
+  f:close()
+  return path
+end
+
+-- A fresh temporary folder, removed by M.cleanup()? No: by the caller with M.rmrf.
+function M.tmpdir()
+  local p = os.tmpname()
+  os.remove(p)
+  assert(os.execute('mkdir -p ' .. p) == 0)
+  return p
+end
+
+function M.rmrf(path)
+  if path and path:match('^/tmp/') then
+    os.execute('rm -rf ' .. path)
+  end
+end
+
+process.on('exit', function()
+  for child in pairs(children) do
+    if not child.exited then
+      pcall(child.kill, child, 'SIGKILL')
+    end
+  end
+end)
+
+return M
