@@ -4,7 +4,7 @@
 # bench/ drives (wrk, nginx, hyperfine); `deps/install.sh fuzz` adds clang for libFuzzer.
 set -eu
 
-pkgs="build-essential cmake libluajit-5.1-dev luajit libuv1-dev lua-cjson-dev lua-busted lua-check libhttp-parser-dev"
+pkgs="build-essential cmake clang-format libluajit-5.1-dev luajit libuv1-dev lua-cjson-dev lua-busted lua-check libhttp-parser-dev"
 for extra in "$@"; do
   case "$extra" in
     bench) pkgs="$pkgs wrk nginx-light hyperfine nodejs" ;;

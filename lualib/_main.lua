@@ -84,6 +84,8 @@ local function runScript(script, args, opts)
     return 2
   end
   require('_worker_boot')
+  -- Timers count from the loop's clock, which was last read when the loop was created.
+  core.update_time()
   core.call(chunk, unpack(args))
   return runLoop(process)
 end

@@ -1,0 +1,56 @@
+# A thin wrapper for humans; CMake does the work. Every target installs missing Debian
+# packages first (deps/install.sh), so a fresh clone needs nothing else.
+BUILD ?= build
+JOBS ?= $(shell nproc)
+LC_SUPP := $(CURDIR)/deps/lsan.supp
+SAN_ENV := ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 LSAN_OPTIONS=suppressions=$(LC_SUPP):print_suppressions=0 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+
+.PHONY: all deps build demo test check test-sanitize fuzz bench clean
+
+all: build
+
+deps:
+	@deps/install.sh
+
+build: deps
+	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DLCLUSTER_WERROR=ON
+	cmake --build $(BUILD) -j$(JOBS)
+
+# The README's first command: build, then run a real cluster that serves and stops.
+demo: build
+	$(BUILD)/lcluster apps/demo.lua
+
+# Formatting and lint, as CI checks them.
+check: deps
+	clang-format --dry-run --Werror runtime/*.c runtime/*.h $(wildcard fuzz/*.c)
+	luacheck -q lualib spec apps bench
+
+# The README's second command: build, check, and run the whole suite with our binary.
+test: build check
+	$(BUILD)/lcluster test spec
+
+# The same suite on an ASan + UBSan build (CI runs it after `make test`).
+test-sanitize: deps
+	@deps/install.sh sanitize
+	cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DLCLUSTER_SANITIZE=ON -DLCLUSTER_WERROR=ON
+	cmake --build build-asan -j$(JOBS)
+	$(SAN_ENV) build-asan/lcluster test spec
+
+# libFuzzer harnesses (fuzz/), each run for FUZZ_SECONDS on its committed corpus.
+FUZZ_SECONDS ?= 20
+fuzz: deps
+	@deps/install.sh fuzz
+	CC=clang cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=Debug -DLCLUSTER_FUZZ=ON
+	cmake --build build-fuzz -j$(JOBS)
+	@for f in build-fuzz/fuzz/*_fuzz; do \
+	  name=$$(basename $$f _fuzz); mkdir -p build-fuzz/corpus-$$name; \
+	  echo "fuzzing $$name for $(FUZZ_SECONDS)s"; \
+	  $$f -max_total_time=$(FUZZ_SECONDS) -print_final_stats=0 build-fuzz/corpus-$$name fuzz/corpus/$$name || exit 1; \
+	done
+
+bench: deps
+	@deps/install.sh bench
+	bench/run
+
+clean:
+	rm -rf build build-asan build-fuzz

@@ -1,0 +1,199 @@
+-- The runtime foundation: exit codes, errors, timers, signals, process, embedded modules.
+-- Every case starts a real lcluster process on a fixture script.
+local lctest = require('lctest')
+local cjson = require('cjson')
+
+local FIX = 'spec/fixtures/'
+
+describe('lcluster command line', function()
+  after_each(lctest.cleanup)
+
+  it('exits with the code given to process.exit', function()
+    local c = lctest.spawn(FIX .. 'rt_exit_code.lua', { 7 })
+    assert.are.equal(7, c:waitExit())
+    c = lctest.spawn(FIX .. 'rt_exit_code.lua', { 0 })
+    assert.are.equal(0, c:waitExit())
+  end)
+
+  it('exits 0 when the loop runs dry', function()
+    local c = lctest.spawn(FIX .. 'rt_timers.lua')
+    assert.are.equal(0, c:waitExit())
+    assert.matches('exit 0', c.stdout)
+  end)
+
+  it('exits 1 with a traceback naming file and line on an error in the main chunk', function()
+    local c = lctest.spawn(FIX .. 'rt_error_main.lua')
+    assert.are.equal(1, c:waitExit())
+    assert.matches('rt_error_main.lua:3:', c.stderr, 1, true)
+    assert.matches('stack traceback', c.stderr, 1, true)
+  end)
+
+  it('exits 1 on an error in a callback, after earlier output', function()
+    local c = lctest.spawn(FIX .. 'rt_error_timer.lua')
+    assert.are.equal(1, c:waitExit())
+    assert.are.equal('started\n', c.stdout)
+    assert.matches('rt_error_timer.lua:4: boom in timer', c.stderr, 1, true)
+  end)
+
+  it('prints error objects through __tostring', function()
+    local c = lctest.spawn(FIX .. 'rt_error_table.lua')
+    assert.are.equal(1, c:waitExit())
+    assert.matches('custom error EFOO', c.stderr, 1, true)
+  end)
+
+  it('exits 2 naming a script that does not exist', function()
+    local c = lctest.spawn('/nonexistent/missing_script.lua')
+    assert.are.equal(2, c:waitExit())
+    assert.matches('missing_script.lua', c.stderr, 1, true)
+  end)
+
+  it('exits 2 naming a script that does not compile', function()
+    local c = lctest.spawn(FIX .. 'rt_syntax.lua')
+    assert.are.equal(2, c:waitExit())
+    assert.matches('rt_syntax.lua:1:', c.stderr, 1, true)
+  end)
+
+  it('exits 2 on usage errors', function()
+    local c = lctest.spawn(nil, { '--no-such-option' })
+    assert.are.equal(2, c:waitExit())
+    assert.matches('unknown option --no-such-option', c.stderr, 1, true)
+    c = lctest.spawn(nil, {})
+    assert.are.equal(2, c:waitExit())
+    assert.matches('no script', c.stderr, 1, true)
+    c = lctest.spawn(nil, { '-w', 'lots', 'x.lua' })
+    assert.are.equal(2, c:waitExit())
+    assert.matches('--workers needs a number', c.stderr, 1, true)
+  end)
+
+  it('prints usage and version', function()
+    local c = lctest.spawn(nil, { '--help' })
+    assert.are.equal(0, c:waitExit())
+    assert.matches('usage: lcluster', c.stdout, 1, true)
+    assert.matches('--workers', c.stdout, 1, true)
+    c = lctest.spawn(nil, { '-v' })
+    assert.are.equal(0, c:waitExit())
+    assert.matches('^lcluster %d+%.%d+%.%d+', c.stdout)
+  end)
+end)
+
+describe('uncaught errors', function()
+  after_each(lctest.cleanup)
+
+  it('go to uncaughtException listeners and the process keeps running', function()
+    local c = lctest.spawn(FIX .. 'rt_uncaught.lua')
+    assert.are.equal(0, c:waitExit())
+    assert.matches('caught: [^\n]*first', c.stdout)
+    assert.matches('caught: [^\n]*second', c.stdout)
+    assert.matches('still running, caught 2', c.stdout, 1, true)
+    assert.are.equal('', c.stderr)
+  end)
+end)
+
+describe('timers', function()
+  after_each(lctest.cleanup)
+
+  it('fire in order, pass arguments, cancel, repeat, and unref', function()
+    local c = lctest.spawn(FIX .. 'rt_timers.lua')
+    assert.are.equal(0, c:waitExit())
+    local order = c.stdout:match('([^\n]*)\nexit')
+    local pos = {}
+    local i = 0
+    for name in order:gmatch('[^,]+') do
+      i = i + 1
+      pos[name] = i
+    end
+    -- Each chain keeps its order; loop timing may interleave the chains differently.
+    local function before(a, b)
+      assert.is_truthy(pos[a], a .. ' fired in ' .. order)
+      assert.is_truthy(pos[b], b .. ' fired in ' .. order)
+      assert.is_true(pos[a] < pos[b], a .. ' before ' .. b .. ' in ' .. order)
+    end
+    before('immediate1', 'immediate2')
+    before('immediate2', 'immediate3')
+    before('iv1', 'iv2')
+    before('iv2', 'iv3')
+    before('t10', 'args:xy')
+    before('args:xy', 't30')
+    before('immediate1', 't30')
+    assert.is_nil(pos.cancelled)
+    assert.is_nil(pos['unref fired'])
+    assert.is_nil(pos.iv4)
+    assert.are.equal(9, i)
+  end)
+end)
+
+describe('signals', function()
+  after_each(lctest.cleanup)
+
+  it('are delivered to listeners, which replace the default action', function()
+    local c = lctest.spawn(FIX .. 'rt_signals.lua')
+    c:waitOutput('ready')
+    for _, sig in ipairs({ 'SIGHUP', 'SIGUSR2', 'SIGINT' }) do
+      c:kill(sig)
+      c:waitOutput('got ' .. sig)
+    end
+    assert.is_false(c.exited)
+    c:kill('SIGTERM')
+    assert.are.equal(0, c:waitExit())
+    assert.matches('terminating', c.stdout, 1, true)
+  end)
+
+  it('keep their default action without a listener', function()
+    local c = lctest.spawn(FIX .. 'rt_flush.lua')
+    c:waitOutput('line before waiting')
+    c:kill('SIGTERM')
+    local _, sig = c:waitExit()
+    assert.are.equal('SIGTERM', sig)
+  end)
+end)
+
+describe('process', function()
+  after_each(lctest.cleanup)
+
+  it('exposes pid, ppid, argv, env, hrtime, memoryUsage, os.cpus and package.path', function()
+    local c = lctest.spawn(FIX .. 'rt_process.lua', { 'first' }, { env = { LC_SPEC_VAR = 'hello' } })
+    assert.are.equal(0, c:waitExit())
+    local info = cjson.decode(c.stdout)
+    assert.are.equal(c.pid, info.pid)
+    assert.are.equal(process.pid, info.ppid)
+    assert.are.equal('first', info.arg1)
+    assert.are.equal(FIX .. 'rt_process.lua', info.arg0)
+    assert.are.equal(FIX .. 'rt_process.lua', info.argv[2])
+    assert.are.equal('first', info.argv[3])
+    assert.are.equal('hello', info.env)
+    assert.are.equal('hello', info.getenv)
+    assert.are.equal('yes', info.written)
+    assert.is_true(info.hrtimeOk)
+    assert.is_true(info.rss > 1e6)
+    assert.is_true(info.cpus >= 1)
+    assert.is_true(#info.hostname > 0)
+    assert.are.equal('sibling', info.sibling)
+  end)
+
+  it('writes stdout lines to a pipe at once', function()
+    local c = lctest.spawn(FIX .. 'rt_flush.lua')
+    c:waitOutput('line before waiting\n')
+    c:waitOutput('io.write line\n')
+    assert.is_false(c.exited)
+  end)
+end)
+
+describe('embedded lualib', function()
+  after_each(lctest.cleanup)
+
+  it('runs from a copy of the binary with no files beside it', function()
+    local dir = lctest.tmpdir()
+    finally(function()
+      lctest.rmrf(dir)
+    end)
+    assert.are.equal(0, os.execute('cp ' .. lctest.binary .. ' ' .. dir .. '/lcluster'))
+    assert.are.equal(0, os.execute('cp ' .. FIX .. 'rt_modules.lua ' .. dir .. '/main.lua'))
+    local c = lctest.spawn('main.lua', {}, {
+      binary = dir .. '/lcluster',
+      cwd = dir,
+      env = { LCLUSTER_LUALIB = false },
+    })
+    assert.are.equal(0, c:waitExit())
+    assert.are.equal('{"got":42}\n', c.stdout)
+  end)
+end)
