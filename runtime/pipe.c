@@ -1,11 +1,29 @@
-// pipe.c: uv_pipe as `_core.pipe(ipc, cb)`: child stdio pipes, and (see net) Unix sockets.
+// pipe.c: uv_pipe as `_core.pipe(ipc, [cb])`: child stdio pipes, and Unix-domain sockets for
+// net (bind/listen/accept/connect). Events go to the handle's callback as for tcp:
+// cb('connection', err?, code?), cb('connect', err?, code?) and the stream events.
+#include <stdlib.h>
+
 #include "lc.h"
 
 #define MT "lc.pipe"
 
-// _core.pipe(ipc, cb) -> pipe
+typedef struct {
+  uv_connect_t req;
+  lc_stream_t *s;
+} connect_req_t;
+
+// Pushes "ECODE: message", "ECODE" for a failed status (2 values), nothing when status >= 0.
+static int push_status(lua_State *L, int status) {
+  if (status >= 0) return 0;
+  lua_pushfstring(L, "%s: %s", uv_err_name(status), uv_strerror(status));
+  lua_pushstring(L, uv_err_name(status));
+  return 2;
+}
+
+// _core.pipe(ipc, [cb]) -> pipe
 static int pipe_new(lua_State *L) {
   int ipc = lua_toboolean(L, 1);
+  lua_settop(L, 2); // [ipc, cb] (the cb may be absent)
   lc_stream_t *s = lc_handle_new(L, sizeof(*s), MT, 2);
   uv_pipe_init(lc_loop, &s->u.pipe, ipc);
   lc_stream_init(s, LC_STREAM_PIPE);
@@ -18,8 +36,96 @@ static int pipe_open(lua_State *L) {
   return lc_util_push_result(L, uv_pipe_open(&s->u.pipe, (int)luaL_checkinteger(L, 2)));
 }
 
+// pipe:bind(path) -> true | nil, err, code. libuv unlinks the file when the handle closes.
+static int pipe_bind(lua_State *L) {
+  lc_stream_t *s = lc_handle_check(L, 1, MT);
+  return lc_util_push_result(L, uv_pipe_bind(&s->u.pipe, luaL_checkstring(L, 2)));
+}
+
+static void on_connection(uv_stream_t *server, int status) {
+  lc_stream_t *s = server->data;
+  lua_State *L = lc_L;
+  lc_stream_emit(L, s, "connection", push_status(L, status));
+}
+
+// pipe:listen([backlog]) -> true | nil, err, code; then cb('connection', err?, code?).
+static int pipe_listen(lua_State *L) {
+  lc_stream_t *s = lc_handle_check(L, 1, MT);
+  int backlog = (int)luaL_optinteger(L, 2, 511);
+  return lc_util_push_result(L, uv_listen(&s->u.stream, backlog, on_connection));
+}
+
+// pipe:accept([cb]) -> new pipe | nil, err, code. cb receives the new handle's events.
+static int pipe_accept(lua_State *L) {
+  lc_stream_t *server = lc_handle_check(L, 1, MT);
+  lua_settop(L, 2);                                     // [server, cb] (the cb may be absent)
+  lc_stream_t *c = lc_handle_new(L, sizeof(*c), MT, 2); // [.., client]
+  uv_pipe_init(lc_loop, &c->u.pipe, server->u.pipe.ipc);
+  lc_stream_init(c, LC_STREAM_PIPE);
+  int rc = uv_accept(&server->u.stream, &c->u.stream);
+  if (rc < 0) {
+    lc_handle_close(&c->h);
+    lua_pop(L, 1); // [..]
+    return lc_util_push_uverr(L, rc);
+  }
+  return 1;
+}
+
+static void on_connect(uv_connect_t *req, int status) {
+  connect_req_t *r = (connect_req_t *)req;
+  lc_stream_t *s = r->s;
+  free(r);
+  if (status == UV_ECANCELED || s->h.closing) return;
+  lua_State *L = lc_L;
+  lc_stream_emit(L, s, "connect", push_status(L, status));
+}
+
+// pipe:connect(path) -> true | nil, err, code; then cb('connect', err?, code?). libuv reports
+// every failure through the callback.
+static int pipe_connect(lua_State *L) {
+  lc_stream_t *s = lc_handle_check(L, 1, MT);
+  const char *path = luaL_checkstring(L, 2);
+  connect_req_t *r = malloc(sizeof(*r));
+  if (r == NULL) return lc_util_push_uverr(L, UV_ENOMEM);
+  r->s = s;
+  uv_pipe_connect(&r->req, &s->u.pipe, path, on_connect);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+// pipe:getsockname() -> path | nil, err, code
+static int pipe_getsockname(lua_State *L) {
+  lc_stream_t *s = lc_handle_check(L, 1, MT);
+  char buf[1024];
+  size_t len = sizeof(buf);
+  int rc = uv_pipe_getsockname(&s->u.pipe, buf, &len);
+  if (rc < 0) return lc_util_push_uverr(L, rc);
+  lua_pushlstring(L, buf, len);
+  return 1;
+}
+
+// pipe:set_callback(fn|nil): replaces the function events go to.
+static int pipe_set_callback(lua_State *L) {
+  lc_stream_t *s = lc_handle_check(L, 1, MT);
+  if (!lua_isnoneornil(L, 2)) luaL_checktype(L, 2, LUA_TFUNCTION);
+  luaL_unref(L, LUA_REGISTRYINDEX, s->h.cb_ref);
+  s->h.cb_ref = LUA_NOREF;
+  if (!lua_isnoneornil(L, 2)) {
+    lua_pushvalue(L, 2);
+    s->h.cb_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  }
+  return 0;
+}
+
 void lc_pipe_open(lua_State *L) {
-  static const luaL_Reg methods[] = {{"open", pipe_open}, {NULL, NULL}};
+  static const luaL_Reg methods[] = {{"open", pipe_open},
+                                     {"bind", pipe_bind},
+                                     {"listen", pipe_listen},
+                                     {"accept", pipe_accept},
+                                     {"connect", pipe_connect},
+                                     {"getsockname", pipe_getsockname},
+                                     {"set_callback", pipe_set_callback},
+                                     {NULL, NULL}};
   lc_handle_meta(L, MT, methods, lc_stream_add_methods);
   lua_pushcfunction(L, pipe_new);
   lua_setfield(L, -2, "pipe");

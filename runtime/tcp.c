@@ -1,0 +1,215 @@
+// tcp.c: uv_tcp as `_core.tcp([cb])`, a stream (read/write methods from stream.c). Events go
+// to the handle's callback: cb('connection', err?, code?) on a listening handle,
+// cb('connect', err?, code?) after connect, and the stream events from stream.c. One libuv
+// call per binding; net.lua holds the policy.
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "lc.h"
+
+#define MT "lc.tcp"
+
+typedef struct {
+  uv_connect_t req;
+  lc_stream_t *s;
+} connect_req_t;
+
+static lc_stream_t *check_tcp(lua_State *L, int idx) {
+  return lc_handle_check(L, idx, MT);
+}
+
+// Pushes "ECODE: message", "ECODE" for a failed status (2 values), nothing when status >= 0.
+static int push_status(lua_State *L, int status) {
+  if (status >= 0) return 0;
+  lua_pushfstring(L, "%s: %s", uv_err_name(status), uv_strerror(status));
+  lua_pushstring(L, uv_err_name(status));
+  return 2;
+}
+
+// _core.tcp([cb]) -> tcp. cb may be nil for a handle whose callback is set later
+// (set_callback), e.g. one wrapping a descriptor received from another process.
+static int tcp_new(lua_State *L) {
+  lua_settop(L, 1);                                     // [cb]
+  lc_stream_t *s = lc_handle_new(L, sizeof(*s), MT, 1); // [cb, ud]
+  int rc = uv_tcp_init(lc_loop, &s->u.tcp);
+  if (rc < 0) return luaL_error(L, "uv_tcp_init: %s", uv_strerror(rc));
+  lc_stream_init(s, LC_STREAM_TCP);
+  return 1;
+}
+
+// Creates the socket of `ss`'s family with SO_REUSEPORT set and hands it to the handle:
+// libuv 1.44 has no flag for it.
+static int open_reuseport(lc_stream_t *s, const struct sockaddr_storage *ss) {
+  int fd = socket(ss->ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) return uv_translate_sys_error(errno);
+  int on = 1;
+  if (setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &on, sizeof(on)) != 0) {
+    int err = uv_translate_sys_error(errno);
+    close(fd);
+    return err;
+  }
+  int rc = uv_tcp_open(&s->u.tcp, fd);
+  if (rc < 0) close(fd);
+  return rc;
+}
+
+// tcp:bind(host, port [, {ipv6only=, reuseport=}]) -> true | nil, err, code. The host is
+// numeric; an address in use may only be reported by listen (libuv defers it).
+static int tcp_bind(lua_State *L) {
+  lc_stream_t *s = check_tcp(L, 1);
+  const char *host = luaL_checkstring(L, 2);
+  int port = (int)luaL_checkinteger(L, 3);
+  unsigned int flags = 0;
+  int reuseport = 0;
+  if (lua_istable(L, 4)) {
+    lua_getfield(L, 4, "ipv6only"); // [.., v]
+    if (lua_toboolean(L, -1)) flags |= UV_TCP_IPV6ONLY;
+    lua_getfield(L, 4, "reuseport"); // [.., v, v]
+    reuseport = lua_toboolean(L, -1);
+    lua_pop(L, 2); // [..]
+  }
+  struct sockaddr_storage ss;
+  int rc = lc_util_parse_addr(host, port, &ss);
+  if (rc < 0) return lc_util_push_uverr(L, rc);
+  if (reuseport) {
+    rc = open_reuseport(s, &ss);
+    if (rc < 0) return lc_util_push_uverr(L, rc);
+  }
+  return lc_util_push_result(L, uv_tcp_bind(&s->u.tcp, (struct sockaddr *)&ss, flags));
+}
+
+static void on_connection(uv_stream_t *server, int status) {
+  lc_stream_t *s = server->data;
+  lua_State *L = lc_L;
+  lc_stream_emit(L, s, "connection", push_status(L, status));
+}
+
+// tcp:listen([backlog]) -> true | nil, err, code; then cb('connection', err?, code?) for
+// each pending connection, to be taken with accept().
+static int tcp_listen(lua_State *L) {
+  lc_stream_t *s = check_tcp(L, 1);
+  int backlog = (int)luaL_optinteger(L, 2, 511);
+  return lc_util_push_result(L, uv_listen(&s->u.stream, backlog, on_connection));
+}
+
+// tcp:accept([cb]) -> new tcp | nil, err, code. cb receives the new handle's events.
+static int tcp_accept(lua_State *L) {
+  lc_stream_t *server = check_tcp(L, 1);
+  lua_settop(L, 2);                                     // [server, cb] (the cb may be absent)
+  lc_stream_t *c = lc_handle_new(L, sizeof(*c), MT, 2); // [.., client]
+  int rc = uv_tcp_init(lc_loop, &c->u.tcp);
+  if (rc < 0) return luaL_error(L, "uv_tcp_init: %s", uv_strerror(rc));
+  lc_stream_init(c, LC_STREAM_TCP);
+  rc = uv_accept(&server->u.stream, &c->u.stream);
+  if (rc < 0) {
+    lc_handle_close(&c->h);
+    lua_pop(L, 1); // [..]
+    return lc_util_push_uverr(L, rc);
+  }
+  return 1;
+}
+
+static void on_connect(uv_connect_t *req, int status) {
+  connect_req_t *r = (connect_req_t *)req;
+  lc_stream_t *s = r->s;
+  free(r);
+  // A handle closed while connecting is called back with ECANCELED before its memory goes.
+  if (status == UV_ECANCELED || s->h.closing) return;
+  lua_State *L = lc_L;
+  lc_stream_emit(L, s, "connect", push_status(L, status));
+}
+
+// tcp:connect(host, port) -> true | nil, err, code; then cb('connect', err?, code?).
+static int tcp_connect(lua_State *L) {
+  lc_stream_t *s = check_tcp(L, 1);
+  const char *host = luaL_checkstring(L, 2);
+  int port = (int)luaL_checkinteger(L, 3);
+  struct sockaddr_storage ss;
+  int rc = lc_util_parse_addr(host, port, &ss);
+  if (rc < 0) return lc_util_push_uverr(L, rc);
+  connect_req_t *r = malloc(sizeof(*r));
+  if (r == NULL) return lc_util_push_uverr(L, UV_ENOMEM);
+  r->s = s;
+  rc = uv_tcp_connect(&r->req, &s->u.tcp, (struct sockaddr *)&ss, on_connect);
+  if (rc < 0) {
+    free(r);
+    return lc_util_push_uverr(L, rc);
+  }
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+// tcp:open(fd): wraps a socket descriptor (e.g. one received from another process).
+static int tcp_open(lua_State *L) {
+  lc_stream_t *s = check_tcp(L, 1);
+  return lc_util_push_result(L, uv_tcp_open(&s->u.tcp, (uv_os_sock_t)luaL_checkinteger(L, 2)));
+}
+
+static int tcp_nodelay(lua_State *L) {
+  lc_stream_t *s = check_tcp(L, 1);
+  return lc_util_push_result(L, uv_tcp_nodelay(&s->u.tcp, lua_toboolean(L, 2)));
+}
+
+// tcp:keepalive(enable, delay_seconds)
+static int tcp_keepalive(lua_State *L) {
+  lc_stream_t *s = check_tcp(L, 1);
+  int enable = lua_toboolean(L, 2);
+  unsigned int delay = (unsigned int)luaL_optinteger(L, 3, 0);
+  if (enable && delay == 0) delay = 1;
+  return lc_util_push_result(L, uv_tcp_keepalive(&s->u.tcp, enable, delay));
+}
+
+// tcp:getsockname() -> {address=, family=, port=} | nil, err, code
+static int tcp_getsockname(lua_State *L) {
+  lc_stream_t *s = check_tcp(L, 1);
+  struct sockaddr_storage ss;
+  int len = sizeof(ss);
+  int rc = uv_tcp_getsockname(&s->u.tcp, (struct sockaddr *)&ss, &len);
+  if (rc < 0) return lc_util_push_uverr(L, rc);
+  lc_util_push_addr(L, (struct sockaddr *)&ss);
+  return 1;
+}
+
+static int tcp_getpeername(lua_State *L) {
+  lc_stream_t *s = check_tcp(L, 1);
+  struct sockaddr_storage ss;
+  int len = sizeof(ss);
+  int rc = uv_tcp_getpeername(&s->u.tcp, (struct sockaddr *)&ss, &len);
+  if (rc < 0) return lc_util_push_uverr(L, rc);
+  lc_util_push_addr(L, (struct sockaddr *)&ss);
+  return 1;
+}
+
+// tcp:set_callback(fn|nil): replaces the function events go to (a handle received from
+// another process is created before the object that owns it).
+static int tcp_set_callback(lua_State *L) {
+  lc_stream_t *s = check_tcp(L, 1);
+  if (!lua_isnoneornil(L, 2)) luaL_checktype(L, 2, LUA_TFUNCTION);
+  luaL_unref(L, LUA_REGISTRYINDEX, s->h.cb_ref);
+  s->h.cb_ref = LUA_NOREF;
+  if (!lua_isnoneornil(L, 2)) {
+    lua_pushvalue(L, 2);
+    s->h.cb_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  }
+  return 0;
+}
+
+void lc_tcp_open(lua_State *L) {
+  static const luaL_Reg methods[] = {{"bind", tcp_bind},
+                                     {"listen", tcp_listen},
+                                     {"accept", tcp_accept},
+                                     {"connect", tcp_connect},
+                                     {"open", tcp_open},
+                                     {"nodelay", tcp_nodelay},
+                                     {"keepalive", tcp_keepalive},
+                                     {"getsockname", tcp_getsockname},
+                                     {"getpeername", tcp_getpeername},
+                                     {"set_callback", tcp_set_callback},
+                                     {NULL, NULL}};
+  lc_handle_meta(L, MT, methods, lc_stream_add_methods);
+  lua_pushcfunction(L, tcp_new);
+  lua_setfield(L, -2, "tcp");
+}
