@@ -1,0 +1,218 @@
+-- _master.lua: the built-in master of `lcluster -w N app.lua`. It forks N workers running
+-- app.lua, each in a slot whose number (LCLUSTER_WORKER_SLOT, like PM2's NODE_APP_INSTANCE)
+-- survives respawns; replaces workers that exit unexpectedly, with exponential backoff for
+-- crash loops; reloads them one at a time on SIGHUP / SIGUSR2; and stops gracefully on
+-- SIGTERM / SIGINT (a second SIGINT stops at once).
+local lifecycle = require('_lifecycle')
+local log = lifecycle.log
+
+local M = {}
+
+local function envNumber(name, default)
+  local v = tonumber(process.env[name] or '')
+  return v or default
+end
+
+function M.run(script, args, opts)
+  local cluster = require('cluster')
+  local n = opts.workers
+  local killTimeout = opts.killTimeout or envNumber('LCLUSTER_KILL_TIMEOUT', 5000)
+  local readyTimeout = opts.readyTimeout or envNumber('LCLUSTER_READY_TIMEOUT', 10000)
+  -- A worker that dies before it is ready, or within this long of becoming ready, counts as
+  -- a failed start; consecutive failures back off exponentially up to the cap.
+  local stableAfter = envNumber('LCLUSTER_STABLE_AFTER', 5000)
+  local backoffBase = envNumber('LCLUSTER_BACKOFF_BASE', 100)
+  local backoffCap = envNumber('LCLUSTER_BACKOFF_CAP', 30000)
+
+  cluster.setupPrimary({ exec = script, args = args })
+
+  local slots = {} -- slot -> { worker=, fails=, timer= }
+  local stopping = false
+  local reloading, reloadPending = false, false
+  local agent
+
+  local schedule -- defined below fork, which it calls
+  local function fork(slotNo)
+    local slot = slots[slotNo]
+    local w = cluster.fork({ LCLUSTER_WORKER_SLOT = tostring(slotNo) })
+    w._slot = slotNo
+    w._forkedAt = process.hrtime()
+    slot.worker = w
+    local function ready()
+      w._ready = true
+      w._readyAt = process.hrtime()
+    end
+    w:on('listening', ready)
+    w:on('ready', ready)
+    w:on('exit', function(code, signal)
+      local how = signal and ('signal ' .. signal) or ('code ' .. tostring(code))
+      if slot.worker ~= w then
+        -- A replaced worker, or a reload's replacement that never became ready.
+        log(('worker %d (pid %d, slot %d) exited with %s'):format(w.id, w.process.pid, slotNo, how))
+        return
+      end
+      if stopping or w.exitedAfterDisconnect then
+        log(('worker %d (pid %d, slot %d) exited with %s'):format(w.id, w.process.pid, slotNo, how))
+        slot.worker = nil
+        return
+      end
+      local ranFor = (process.hrtime() - (w._readyAt or w._forkedAt)) / 1e6
+      if not w._ready or ranFor < stableAfter then
+        slot.fails = slot.fails + 1
+      else
+        slot.fails = 0
+      end
+      local delay = 0
+      if slot.fails > 0 then
+        delay = math.min(backoffBase * 2 ^ (slot.fails - 1), backoffCap)
+      end
+      log(('worker %d (pid %d, slot %d) exited unexpectedly with %s%s; restarting in %d ms'):format(
+        w.id, w.process.pid, slotNo, how, w._ready and '' or ' before it was ready', delay))
+      slot.worker = nil
+      schedule(slotNo, delay)
+    end)
+    return w
+  end
+
+  schedule = function(slotNo, delay)
+    local slot = slots[slotNo]
+    if slot.timer then
+      clearTimeout(slot.timer)
+    end
+    slot.timer = setTimeout(function()
+      slot.timer = nil
+      if not stopping and not slot.worker then
+        fork(slotNo)
+      end
+    end, delay)
+  end
+
+  local function reload()
+    if stopping then
+      return
+    end
+    if reloading then
+      reloadPending = true
+      return
+    end
+    reloading = true
+    log('reloading ' .. n .. ' workers one at a time')
+    local list = {}
+    for slotNo = 1, n do
+      list[#list + 1] = {
+        worker = slots[slotNo].worker,
+        fork = function()
+          -- The new worker takes the slot once it is ready; until then the old one holds it.
+          local old = slots[slotNo].worker
+          local w = fork(slotNo)
+          slots[slotNo].worker = old
+          w._pendingSlot = true
+          return w
+        end,
+        slotNo = slotNo,
+      }
+    end
+    lifecycle.reload(list, {
+      readyTimeout = readyTimeout,
+      killTimeout = killTimeout,
+      onReplace = function(entry, new)
+        slots[entry.slotNo].worker = new
+        slots[entry.slotNo].fails = 0
+      end,
+    }, function(err)
+      reloading = false
+      if not err then
+        log('reload complete')
+      end
+      if reloadPending then
+        reloadPending = false
+        reload()
+      end
+    end)
+  end
+
+  local function stop(signal)
+    if stopping then
+      if signal == 'SIGINT' then
+        log('second SIGINT: stopping at once')
+        for _, w in pairs(cluster.workers) do
+          w:kill('SIGKILL')
+        end
+        if agent then
+          agent:kill('SIGKILL')
+        end
+        process.exit(130)
+      end
+      return
+    end
+    stopping = true
+    log(('%s: stopping %d workers gracefully'):format(signal, n))
+    for _, slot in pairs(slots) do
+      if slot.timer then
+        clearTimeout(slot.timer)
+        slot.timer = nil
+      end
+    end
+    local killed = false
+    local function finish()
+      local function done()
+        log('stopped')
+        process.exit(killed and 1 or 0)
+      end
+      if agent and not agent:isDead() then
+        lifecycle.stopWorker(agent, killTimeout, done, function()
+          killed = true
+        end)
+      else
+        done()
+      end
+    end
+    local remaining = 0
+    for _, w in pairs(cluster.workers) do
+      if w ~= agent then
+        remaining = remaining + 1
+        lifecycle.stopWorker(w, killTimeout, function()
+          remaining = remaining - 1
+          if remaining == 0 then
+            finish()
+          end
+        end, function()
+          killed = true
+        end)
+      end
+    end
+    if remaining == 0 then
+      finish()
+    end
+  end
+
+  process.on('SIGHUP', reload)
+  process.on('SIGUSR2', reload)
+  process.on('SIGTERM', function()
+    stop('SIGTERM')
+  end)
+  process.on('SIGINT', function()
+    stop('SIGINT')
+  end)
+  M.reload = reload
+
+  local function startWorkers()
+    for slotNo = 1, n do
+      slots[slotNo] = { fails = 0 }
+      fork(slotNo)
+    end
+    log(('started %d workers running %s (pid %d)'):format(n, script, process.pid))
+  end
+
+  if opts.agent then
+    agent = cluster.forkAgent(opts.agent)
+    cluster.on('agentReady', startWorkers)
+  else
+    startWorkers()
+  end
+
+  require('_core').run('default')
+  return process._emitExit()
+end
+
+return M
