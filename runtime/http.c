@@ -1,0 +1,854 @@
+// http.c: HTTP/1.x parsing and response formatting for lualib/http.lua, on libhttp_parser.
+//
+// `_core.http_attach(stream, mode, cb, opts)` sets the stream's C read hook so a
+// connection's bytes go straight from the read callback into http_parser: nothing is copied
+// into Lua but the head (as one table) and body chunks. Events reach Lua as cb(event, ...):
+//   "head"(method|status, url|reason, version, headers, keepAlive, upgrade, complete)
+//          one call per message; `complete` is true when the message had no body left, so a
+//          simple GET costs one Lua call;
+//   "body"(chunk); "done"() when a message with a body completes;
+//   "upgrade"(rest) after an upgrade/CONNECT head: parsing stops, rest is what followed;
+//   "error"(status, code, message): 400 (parser error), 431 (head too large) or 413 (body
+//          too large); the connection parses nothing more.
+// EOF and read errors still go to the stream's own callback (lc_stream_emit) as "end" and
+// "error", so the socket object sees them as it would without the hook.
+//
+// `_core.http_send(stream, status, reason, headers, names, flags, length, body)` formats a
+// response head (status line, headers, a per-second cached Date, Content-Length or chunked)
+// and/or a body chunk into one buffer and writes it with one try-write.
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <http_parser.h>
+
+#include "lc.h"
+
+#define MT "lc.http"
+
+enum { MODE_REQUEST = 0, MODE_RESPONSE = 1 };
+
+typedef struct {
+  uint32_t name_off, name_len, val_off, val_len;
+} hdr_t;
+
+typedef struct http_conn {
+  http_parser p;
+  int mode;
+  lc_handle_t **stream_ud; // the stream's userdata (kept by stream_ref); *stream_ud is NULL once
+                           // the stream is closed and freed
+  int stream_ref;
+  int self_ref; // keeps this userdata alive while attached
+  int cb_ref;
+  // Limits (0 = none).
+  uint32_t max_header_size;
+  uint32_t max_headers;
+  uint64_t max_body_size;
+  // The message being parsed: its url/status text and headers, copied into buf because the
+  // read buffer is reused by the next read.
+  char *buf;
+  size_t len, cap;
+  uint32_t url_len;
+  hdr_t *hdrs;
+  uint32_t nhdrs, hdrs_cap;
+  uint32_t dropped; // headers over max_headers: counted, not stored
+  int in_value;     // the last header callback was a value
+  size_t header_bytes;
+  uint64_t body_bytes;
+  double msg_start; // loop time (ms) when the message's first byte arrived
+  unsigned in_message : 1;
+  unsigned headers_done : 1;
+  unsigned head_pending : 1; // head parsed but not yet delivered to Lua
+  unsigned expect_head : 1;  // response mode: the request was HEAD, so no body follows
+  unsigned dead : 1;         // an error was reported or parsing stopped for good
+  unsigned stop : 1;         // Lua detached us (or closed the stream) during a callback
+  int err_status;            // our own limit errors: 431 or 413
+} http_conn_t;
+
+static lc_stream_t *conn_stream(http_conn_t *c) {
+  if (c->stream_ud == NULL || *c->stream_ud == NULL || (*c->stream_ud)->closing) return NULL;
+  return (lc_stream_t *)*c->stream_ud;
+}
+
+// Calls cb(event, ...) with nargs values on the stack. Returns nonzero when parsing must stop
+// (Lua detached the parser or closed the stream in the callback).
+static int conn_emit(lua_State *L, http_conn_t *c, const char *event, int nargs) {
+  if (c->cb_ref == LUA_NOREF) {
+    lua_pop(L, nargs);
+    return c->stop;
+  }
+  lua_rawgeti(L, LUA_REGISTRYINDEX, c->cb_ref);
+  lua_pushstring(L, event);
+  lua_insert(L, -2 - nargs);
+  lua_insert(L, -2 - nargs); // [cb, event, args...]
+  lc_pcall(L, nargs + 1, 0);
+  if (c->stream_ud != NULL && conn_stream(c) == NULL) c->stop = 1;
+  return c->stop;
+}
+
+static int buf_append(http_conn_t *c, const char *at, size_t n, int lower) {
+  if (c->len + n > c->cap) {
+    size_t cap = c->cap ? c->cap : 1024;
+    while (cap < c->len + n)
+      cap *= 2;
+    char *nb = realloc(c->buf, cap);
+    if (nb == NULL) return -1;
+    c->buf = nb;
+    c->cap = cap;
+  }
+  char *d = c->buf + c->len;
+  if (lower) {
+    for (size_t i = 0; i < n; i++) {
+      unsigned char ch = (unsigned char)at[i];
+      d[i] = (char)(ch >= 'A' && ch <= 'Z' ? ch + 32 : ch);
+    }
+  } else {
+    memcpy(d, at, n);
+  }
+  c->len += n;
+  return 0;
+}
+
+// Counts head bytes against the limit; on overflow records 431 and stops the parser.
+static int count_head(http_conn_t *c, size_t n) {
+  c->header_bytes += n;
+  if (c->max_header_size && c->header_bytes > c->max_header_size) {
+    c->err_status = 431;
+    return -1;
+  }
+  return 0;
+}
+
+static int on_message_begin(http_parser *p) {
+  http_conn_t *c = p->data;
+  c->len = 0;
+  c->url_len = 0;
+  c->nhdrs = 0;
+  c->dropped = 0;
+  c->in_value = 0;
+  c->header_bytes = 0;
+  c->body_bytes = 0;
+  c->in_message = 1;
+  c->headers_done = 0;
+  c->head_pending = 0;
+  c->msg_start = (double)uv_now(lc_loop);
+  return 0;
+}
+
+static int on_url(http_parser *p, const char *at, size_t n) {
+  http_conn_t *c = p->data;
+  if (count_head(c, n) || buf_append(c, at, n, 0)) return -1;
+  c->url_len += (uint32_t)n;
+  return 0;
+}
+
+static int on_header_field(http_parser *p, const char *at, size_t n) {
+  http_conn_t *c = p->data;
+  if (count_head(c, n + (c->in_value || c->nhdrs + c->dropped == 0 ? 4 : 0))) return -1;
+  if (c->in_value || c->nhdrs + c->dropped == 0) {
+    c->in_value = 0;
+    if (c->max_headers && c->nhdrs >= c->max_headers) {
+      c->dropped++; // Node drops headers over maxHeadersCount rather than failing
+      return 0;
+    }
+    if (c->nhdrs == c->hdrs_cap) {
+      uint32_t cap = c->hdrs_cap ? c->hdrs_cap * 2 : 16;
+      hdr_t *nh = realloc(c->hdrs, cap * sizeof(*nh));
+      if (nh == NULL) return -1;
+      c->hdrs = nh;
+      c->hdrs_cap = cap;
+    }
+    hdr_t *h = &c->hdrs[c->nhdrs++];
+    h->name_off = (uint32_t)c->len;
+    h->name_len = 0;
+    h->val_off = 0;
+    h->val_len = 0;
+  }
+  if (c->dropped) return 0;
+  hdr_t *h = &c->hdrs[c->nhdrs - 1];
+  if (buf_append(c, at, n, 1)) return -1;
+  h->name_len += (uint32_t)n;
+  return 0;
+}
+
+static int on_header_value(http_parser *p, const char *at, size_t n) {
+  http_conn_t *c = p->data;
+  if (count_head(c, n)) return -1;
+  if (!c->in_value) {
+    c->in_value = 1;
+    if (!c->dropped) c->hdrs[c->nhdrs - 1].val_off = (uint32_t)c->len;
+  }
+  if (c->dropped) return 0;
+  if (buf_append(c, at, n, 0)) return -1;
+  c->hdrs[c->nhdrs - 1].val_len += (uint32_t)n;
+  return 0;
+}
+
+// Headers whose duplicates Node discards (the first one wins).
+static int discard_dup(const char *n, size_t l) {
+  static const char *const names[] = {"age",
+                                      "authorization",
+                                      "content-length",
+                                      "content-type",
+                                      "etag",
+                                      "expires",
+                                      "from",
+                                      "host",
+                                      "if-modified-since",
+                                      "if-unmodified-since",
+                                      "last-modified",
+                                      "location",
+                                      "max-forwards",
+                                      "proxy-authorization",
+                                      "referer",
+                                      "retry-after",
+                                      "server",
+                                      "user-agent",
+                                      NULL};
+  for (int i = 0; names[i] != NULL; i++) {
+    if (strlen(names[i]) == l && memcmp(names[i], n, l) == 0) return 1;
+  }
+  return 0;
+}
+
+// Pushes the headers table: lower-case names; repeated headers joined with ", " ("; " for
+// cookie), set-cookie always a list, duplicates of single-valued headers discarded.
+static void push_headers(lua_State *L, http_conn_t *c) {
+  lua_createtable(L, 0, (int)c->nhdrs); // [t]
+  for (uint32_t i = 0; i < c->nhdrs; i++) {
+    hdr_t *h = &c->hdrs[i];
+    const char *name = c->buf + h->name_off;
+    const char *val = c->buf + h->val_off;
+    size_t vl = h->val_len;
+    while (vl > 0 && (val[vl - 1] == ' ' || val[vl - 1] == '\t'))
+      vl--;
+    if (h->val_len == 0) val = "";
+    int cookie_set = h->name_len == 10 && memcmp(name, "set-cookie", 10) == 0;
+    lua_pushlstring(L, name, h->name_len); // [t, k]
+    lua_pushvalue(L, -1);
+    lua_rawget(L, -3); // [t, k, old]
+    if (lua_isnil(L, -1)) {
+      lua_pop(L, 1);
+      if (cookie_set) {
+        lua_createtable(L, 1, 0);
+        lua_pushlstring(L, val, vl);
+        lua_rawseti(L, -2, 1);
+      } else {
+        lua_pushlstring(L, val, vl);
+      }
+      lua_rawset(L, -3); // [t]
+    } else if (cookie_set) {
+      lua_pushlstring(L, val, vl);
+      lua_rawseti(L, -2, (int)lua_objlen(L, -2) + 1);
+      lua_pop(L, 2); // [t]
+    } else if (discard_dup(name, h->name_len)) {
+      lua_pop(L, 2);
+    } else {
+      int cookie = h->name_len == 6 && memcmp(name, "cookie", 6) == 0;
+      lua_pushstring(L, cookie ? "; " : ", ");
+      lua_pushlstring(L, val, vl);
+      lua_concat(L, 3);  // [t, k, joined]
+      lua_rawset(L, -3); // [t]
+    }
+  }
+}
+
+// Delivers the parsed head: cb("head", ...). Returns nonzero to stop parsing.
+static int deliver_head(lua_State *L, http_conn_t *c, int complete) {
+  c->head_pending = 0;
+  if (c->mode == MODE_REQUEST) {
+    lua_pushstring(L, http_method_str((enum http_method)c->p.method));
+  } else {
+    lua_pushinteger(L, c->p.status_code);
+  }
+  lua_pushlstring(L, c->buf, c->url_len);
+  if (c->p.http_major == 1 && c->p.http_minor == 1) {
+    lua_pushliteral(L, "1.1");
+  } else {
+    lua_pushfstring(L, "%d.%d", (int)c->p.http_major, (int)c->p.http_minor);
+  }
+  push_headers(L, c);
+  lua_pushboolean(L, http_should_keep_alive(&c->p));
+  lua_pushboolean(L, c->p.upgrade);
+  lua_pushboolean(L, complete);
+  return conn_emit(L, c, "head", 7);
+}
+
+static int on_headers_complete(http_parser *p) {
+  http_conn_t *c = p->data;
+  c->headers_done = 1;
+  c->head_pending = 1;
+  if (c->mode == MODE_REQUEST && c->max_body_size && (p->flags & F_CONTENTLENGTH) &&
+      p->content_length > c->max_body_size) {
+    c->err_status = 413;
+    return -1;
+  }
+  // A response to HEAD has headers describing a body that is not sent.
+  if (c->mode == MODE_RESPONSE && c->expect_head) return 1;
+  return 0;
+}
+
+static int on_body(http_parser *p, const char *at, size_t n) {
+  http_conn_t *c = p->data;
+  lua_State *L = lc_L;
+  c->body_bytes += n;
+  if (c->mode == MODE_REQUEST && c->max_body_size && c->body_bytes > c->max_body_size) {
+    c->err_status = 413;
+    return -1;
+  }
+  if (c->head_pending && deliver_head(L, c, 0)) return -1;
+  lua_pushlstring(L, at, n);
+  return conn_emit(L, c, "body", 1) ? -1 : 0;
+}
+
+static int on_message_complete(http_parser *p) {
+  http_conn_t *c = p->data;
+  lua_State *L = lc_L;
+  c->in_message = 0;
+  int stop;
+  if (c->head_pending) {
+    stop = deliver_head(L, c, 1);
+  } else {
+    stop = conn_emit(L, c, "done", 0);
+  }
+  return stop ? -1 : 0;
+}
+
+static const http_parser_settings settings = {
+    .on_message_begin = on_message_begin,
+    .on_url = on_url,
+    .on_status = on_url,
+    .on_header_field = on_header_field,
+    .on_header_value = on_header_value,
+    .on_headers_complete = on_headers_complete,
+    .on_body = on_body,
+    .on_message_complete = on_message_complete,
+};
+
+static void report_error(lua_State *L, http_conn_t *c) {
+  enum http_errno e = HTTP_PARSER_ERRNO(&c->p);
+  c->dead = 1;
+  if (c->err_status == 431) {
+    lua_pushinteger(L, 431);
+    lua_pushliteral(L, "HPE_HEADER_OVERFLOW");
+    lua_pushliteral(L, "request header fields too large");
+  } else if (c->err_status == 413) {
+    lua_pushinteger(L, 413);
+    lua_pushliteral(L, "ERR_BODY_TOO_LARGE");
+    lua_pushliteral(L, "request body too large");
+  } else {
+    lua_pushinteger(L, e == HPE_HEADER_OVERFLOW ? 431 : 400);
+    lua_pushstring(L, http_errno_name(e));
+    lua_pushstring(L, http_errno_description(e));
+  }
+  conn_emit(L, c, "error", 3);
+}
+
+/// Parses `len` bytes (len 0 signals EOF to the parser) and delivers the events. The conn's
+/// userdata must be anchored on the Lua stack by the caller: Lua may drop it in a callback.
+static void conn_feed(lua_State *L, http_conn_t *c, const char *data, size_t len) {
+  if (c->dead || c->stop) return;
+  size_t n = http_parser_execute(&c->p, &settings, data, len);
+  if (c->stop) return;
+  if (c->p.upgrade) {
+    c->dead = 1;
+    if (c->head_pending && deliver_head(L, c, 1)) return;
+    lua_pushlstring(L, data + n, len - n);
+    conn_emit(L, c, "upgrade", 1);
+    return;
+  }
+  if (HTTP_PARSER_ERRNO(&c->p) != HPE_OK) {
+    report_error(L, c);
+    return;
+  }
+  // A head without a complete body yet is delivered now, so Lua sees it (and can answer
+  // Expect: 100-continue) before the body arrives.
+  if (c->head_pending) deliver_head(L, c, 0);
+}
+
+// The stream's read hook: bytes go to the parser; EOF and errors to the stream's callback.
+static void conn_read(lc_stream_t *s, ssize_t nread, const char *data) {
+  http_conn_t *c = s->hook_data;
+  lua_State *L = lc_L;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, c->self_ref); // [conn] anchors c for the whole call
+  if (nread > 0) {
+    conn_feed(L, c, data, (size_t)nread);
+    lua_pop(L, 1); // []
+    return;
+  }
+  uv_read_stop(&s->u.stream);
+  // A response delimited by EOF completes here.
+  if (nread == UV_EOF && c->mode == MODE_RESPONSE && c->in_message) conn_feed(L, c, NULL, 0);
+  lua_pop(L, 1); // []
+  if (s->h.closing) return;
+  if (nread == UV_EOF) {
+    lc_stream_emit(L, s, "end", 0);
+  } else {
+    lua_pushfstring(L, "%s: %s", uv_err_name((int)nread), uv_strerror((int)nread));
+    lua_pushstring(L, uv_err_name((int)nread));
+    lc_stream_emit(L, s, "error", 2);
+  }
+}
+
+static void read_limits(lua_State *L, int idx, http_conn_t *c) {
+  if (!lua_istable(L, idx)) return;
+  lua_getfield(L, idx, "maxHeaderSize");
+  if (lua_isnumber(L, -1)) c->max_header_size = (uint32_t)lua_tonumber(L, -1);
+  lua_getfield(L, idx, "maxHeadersCount");
+  if (lua_isnumber(L, -1)) c->max_headers = (uint32_t)lua_tonumber(L, -1);
+  lua_getfield(L, idx, "maxBodySize");
+  if (lua_isnumber(L, -1)) c->max_body_size = (uint64_t)lua_tonumber(L, -1);
+  lua_pop(L, 3);
+}
+
+// _core.http_parser(mode, cb [, opts]) -> conn: a parser not attached to a stream, fed
+// with conn:feed(data) (tests and the fuzz harness use this path too).
+// _core.http_attach(stream, mode, cb [, opts]) -> conn: the stream's reads go to the parser
+// until conn:detach(). mode: 'request' (server) or 'response' (client).
+// opts: {maxHeaderSize=, maxHeadersCount=, maxBodySize=} (0 or absent: no limit).
+static int new_conn(lua_State *L, int mode_idx, int stream_idx) {
+  static const char *const modes[] = {"request", "response", NULL};
+  int mode = luaL_checkoption(L, mode_idx, NULL, modes);
+  luaL_checktype(L, mode_idx + 1, LUA_TFUNCTION);
+  http_conn_t *c = lua_newuserdata(L, sizeof(*c)); // [conn]
+  memset(c, 0, sizeof(*c));
+  luaL_getmetatable(L, MT);
+  lua_setmetatable(L, -2);
+  c->mode = mode;
+  c->self_ref = LUA_NOREF;
+  c->stream_ref = LUA_NOREF;
+  http_parser_init(&c->p, mode == MODE_REQUEST ? HTTP_REQUEST : HTTP_RESPONSE);
+  c->p.data = c;
+  lua_pushvalue(L, mode_idx + 1);
+  c->cb_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  read_limits(L, mode_idx + 2, c);
+  if (stream_idx) {
+    lc_stream_t *s = lc_stream_check(L, stream_idx);
+    if (s->hook != NULL) return luaL_argerror(L, stream_idx, "stream already has a read hook");
+    c->stream_ud = lua_touserdata(L, stream_idx);
+    lua_pushvalue(L, stream_idx);
+    c->stream_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_pushvalue(L, -1);
+    c->self_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    s->hook = conn_read;
+    s->hook_data = c;
+  }
+  return 1; // [conn]
+}
+
+static int http_attach(lua_State *L) {
+  return new_conn(L, 2, 1);
+}
+
+static int http_new(lua_State *L) {
+  return new_conn(L, 1, 0);
+}
+
+static http_conn_t *check_conn(lua_State *L) {
+  return luaL_checkudata(L, 1, MT);
+}
+
+// Unhooks the stream (its reads go to Lua again) and drops our references. Safe to call
+// twice and from inside a callback (parsing stops after it returns).
+static void conn_detach(lua_State *L, http_conn_t *c) {
+  lc_stream_t *s = conn_stream(c);
+  if (s == NULL && c->stream_ud != NULL && *c->stream_ud != NULL)
+    s = (lc_stream_t *)*c->stream_ud; // closing but not yet freed
+  if (s != NULL && s->hook_data == c) {
+    s->hook = NULL;
+    s->hook_data = NULL;
+  }
+  c->stop = 1;
+  c->stream_ud = NULL;
+  luaL_unref(L, LUA_REGISTRYINDEX, c->stream_ref);
+  luaL_unref(L, LUA_REGISTRYINDEX, c->self_ref);
+  luaL_unref(L, LUA_REGISTRYINDEX, c->cb_ref);
+  c->stream_ref = c->self_ref = c->cb_ref = LUA_NOREF;
+}
+
+// conn:detach()
+static int conn_detach_m(lua_State *L) {
+  conn_detach(L, check_conn(L));
+  return 0;
+}
+
+// conn:feed(data): parses bytes given from Lua (a stream's bytes that arrived before attach,
+// or a test's). An empty string signals EOF.
+static int conn_feed_m(lua_State *L) {
+  http_conn_t *c = check_conn(L);
+  size_t len;
+  const char *data = luaL_checklstring(L, 2, &len);
+  lua_settop(L, 2); // [conn, data] both stay anchored during the feed
+  conn_feed(L, c, data, len);
+  return 0;
+}
+
+// conn:state() -> inMessage, headersDone, msgStartMs (loop time)
+static int conn_state(lua_State *L) {
+  http_conn_t *c = check_conn(L);
+  lua_pushboolean(L, c->in_message);
+  lua_pushboolean(L, c->headers_done);
+  lua_pushnumber(L, c->msg_start);
+  return 3;
+}
+
+// conn:expect_head(bool): response mode; the next response answers a HEAD request.
+static int conn_expect_head(lua_State *L) {
+  check_conn(L)->expect_head = lua_toboolean(L, 2);
+  return 0;
+}
+
+// conn:limits(opts)
+static int conn_limits(lua_State *L) {
+  read_limits(L, 2, check_conn(L));
+  return 0;
+}
+
+static int conn_gc(lua_State *L) {
+  http_conn_t *c = lua_touserdata(L, 1);
+  // Attached conns are anchored by self_ref, so only detached ones are collected.
+  free(c->buf);
+  free(c->hdrs);
+  c->buf = NULL;
+  c->hdrs = NULL;
+  return 0;
+}
+
+// ---- response formatting ----
+
+static char *obuf;
+static size_t ocap;
+
+static void obuf_reserve(lua_State *L, size_t need) {
+  if (need <= ocap) return;
+  size_t cap = ocap ? ocap : 4096;
+  while (cap < need)
+    cap *= 2;
+  char *nb = realloc(obuf, cap);
+  if (nb == NULL) luaL_error(L, "out of memory");
+  obuf = nb;
+  ocap = cap;
+}
+
+static size_t put(char *d, const char *s, size_t n) {
+  memcpy(d, s, n);
+  return n;
+}
+
+static const char *reason_phrase(int status) {
+  switch (status) {
+  case 100:
+    return "Continue";
+  case 101:
+    return "Switching Protocols";
+  case 200:
+    return "OK";
+  case 201:
+    return "Created";
+  case 202:
+    return "Accepted";
+  case 204:
+    return "No Content";
+  case 206:
+    return "Partial Content";
+  case 301:
+    return "Moved Permanently";
+  case 302:
+    return "Found";
+  case 303:
+    return "See Other";
+  case 304:
+    return "Not Modified";
+  case 307:
+    return "Temporary Redirect";
+  case 308:
+    return "Permanent Redirect";
+  case 400:
+    return "Bad Request";
+  case 401:
+    return "Unauthorized";
+  case 403:
+    return "Forbidden";
+  case 404:
+    return "Not Found";
+  case 405:
+    return "Method Not Allowed";
+  case 408:
+    return "Request Timeout";
+  case 409:
+    return "Conflict";
+  case 411:
+    return "Length Required";
+  case 413:
+    return "Payload Too Large";
+  case 414:
+    return "URI Too Long";
+  case 415:
+    return "Unsupported Media Type";
+  case 417:
+    return "Expectation Failed";
+  case 422:
+    return "Unprocessable Entity";
+  case 426:
+    return "Upgrade Required";
+  case 429:
+    return "Too Many Requests";
+  case 431:
+    return "Request Header Fields Too Large";
+  case 500:
+    return "Internal Server Error";
+  case 501:
+    return "Not Implemented";
+  case 502:
+    return "Bad Gateway";
+  case 503:
+    return "Service Unavailable";
+  case 504:
+    return "Gateway Timeout";
+  case 505:
+    return "HTTP Version Not Supported";
+  default:
+    return "unknown";
+  }
+}
+
+// "Date: <IMF-fixdate>\r\n", formatted at most once per second.
+static const char *date_line(size_t *len) {
+  static char line[64];
+  static size_t line_len;
+  static time_t last = -1;
+  time_t now = time(NULL);
+  if (now != last) {
+    struct tm tm;
+    gmtime_r(&now, &tm);
+    line_len = strftime(line, sizeof(line), "Date: %a, %d %b %Y %H:%M:%S GMT\r\n", &tm);
+    last = now;
+  }
+  *len = line_len;
+  return line;
+}
+
+static void check_field(lua_State *L, const char *s, size_t n, const char *what) {
+  for (size_t i = 0; i < n; i++) {
+    if (s[i] == '\r' || s[i] == '\n' || s[i] == '\0')
+      luaL_error(L, "ERR_INVALID_CHAR: invalid character in header %s", what);
+  }
+}
+
+// Appends "Name: value\r\n" for one header (a list value gives one line per item).
+static size_t put_header(lua_State *L, size_t o, const char *name, size_t nl, int vidx) {
+  if (vidx < 0) vidx = lua_gettop(L) + vidx + 1;
+  if (lua_istable(L, vidx)) {
+    int n = (int)lua_objlen(L, vidx);
+    for (int i = 1; i <= n; i++) {
+      lua_rawgeti(L, vidx, i);
+      o = put_header(L, o, name, nl, lua_gettop(L));
+      lua_pop(L, 1);
+    }
+    return o;
+  }
+  size_t vl;
+  const char *v = lua_tolstring(L, vidx, &vl);
+  if (v == NULL)
+    luaL_error(L, "ERR_HTTP_INVALID_HEADER_VALUE: invalid value for header '%s'", name);
+  check_field(L, name, nl, "name");
+  check_field(L, v, vl, "value");
+  obuf_reserve(L, o + nl + vl + 4 + 256);
+  o += put(obuf + o, name, nl);
+  obuf[o++] = ':';
+  obuf[o++] = ' ';
+  o += put(obuf + o, v, vl);
+  obuf[o++] = '\r';
+  obuf[o++] = '\n';
+  return o;
+}
+
+enum {
+  SEND_DATE = 1,       // add a Date header
+  SEND_CHUNKED = 2,    // add Transfer-Encoding: chunked (with a head) and frame the body
+  SEND_LAST = 4,       // chunked: append the last chunk
+  SEND_CLOSE = 8,      // Connection: close
+  SEND_KEEPALIVE = 16, // Connection: keep-alive
+  SEND_CONTINUE = 32,  // the head is "HTTP/1.1 100 Continue" only
+};
+
+// Writes the parts (already formatted in obuf, plus the body by reference) to the stream:
+// one try-write for the common case, queued writes for what remains.
+static int send_parts(lua_State *L, lc_stream_t *s, uv_buf_t *bufs, int nbufs, int body_idx) {
+  size_t total = 0;
+  for (int i = 0; i < nbufs; i++)
+    total += bufs[i].len;
+  size_t done = 0;
+  if (s->u.stream.write_queue_size == 0 && total > 0) {
+    int n = uv_try_write(&s->u.stream, bufs, (unsigned)nbufs);
+    if (n > 0) {
+      done = (size_t)n;
+      s->bytes_written += (uint64_t)n;
+    } else if (n != UV_EAGAIN && n != UV_ENOSYS) {
+      return n;
+    }
+  }
+  for (int i = 0; i < nbufs && done < total; i++) {
+    size_t skip = 0;
+    if (done > 0) {
+      if (done >= bufs[i].len) {
+        done -= bufs[i].len;
+        total -= bufs[i].len;
+        continue;
+      }
+      skip = done;
+      done = 0;
+    }
+    const char *p = bufs[i].base + skip;
+    size_t n = bufs[i].len - skip;
+    total -= bufs[i].len;
+    int rc;
+    if (i == 1 && body_idx) {
+      rc = lc_stream_write(L, s, p, n, body_idx, 0);
+    } else {
+      lua_pushlstring(L, p, n); // [copy] obuf is reused by the next call
+      rc = lc_stream_write(L, s, p == NULL ? "" : lua_tostring(L, -1), n, -1, 0);
+      lua_pop(L, 1);
+    }
+    if (rc < 0) return rc;
+  }
+  return 0;
+}
+
+// _core.http_send(stream, status|nil, reason|nil, headers|nil, names|nil, flags, length|nil,
+//                 body|nil) -> belowHwm | nil, err, code
+// With a status, writes the head: the status line, every headers[lname] = value (a list
+// gives one line per item) named names[lname] or lname, then what flags ask for (Date,
+// Connection, Transfer-Encoding) and Content-Length when length is a number. Then the body,
+// framed as a chunk when flags has SEND_CHUNKED, then the last chunk with SEND_LAST.
+// Header names or values with CR, LF or NUL raise ERR_INVALID_CHAR (response splitting).
+static int http_send(lua_State *L) {
+  lc_stream_t *s = lc_stream_check(L, 1);
+  int flags = (int)luaL_optinteger(L, 6, 0);
+  size_t blen = 0;
+  const char *body = lua_isstring(L, 8) ? lua_tolstring(L, 8, &blen) : NULL;
+  size_t o = 0;
+  obuf_reserve(L, 1024);
+  if (flags & SEND_CONTINUE) {
+    o += put(obuf, "HTTP/1.1 100 Continue\r\n\r\n", 25);
+  } else if (lua_isnumber(L, 2)) {
+    int status = (int)lua_tointeger(L, 2);
+    if (status < 100 || status > 999) return luaL_argerror(L, 2, "invalid status code");
+    size_t rl;
+    const char *reason = lua_isstring(L, 3) ? lua_tolstring(L, 3, &rl) : NULL;
+    if (reason == NULL) {
+      reason = reason_phrase(status);
+      rl = strlen(reason);
+    }
+    check_field(L, reason, rl, "reason");
+    obuf_reserve(L, rl + 64);
+    o += put(obuf, "HTTP/1.1 ", 9);
+    obuf[o++] = (char)('0' + status / 100);
+    obuf[o++] = (char)('0' + status / 10 % 10);
+    obuf[o++] = (char)('0' + status % 10);
+    obuf[o++] = ' ';
+    o += put(obuf + o, reason, rl);
+    obuf[o++] = '\r';
+    obuf[o++] = '\n';
+    if (lua_istable(L, 4)) {
+      int has_names = lua_istable(L, 5);
+      lua_pushnil(L);
+      while (lua_next(L, 4) != 0) { // [k, v]
+        size_t nl;
+        const char *name = NULL;
+        if (has_names) {
+          lua_pushvalue(L, -2);
+          lua_rawget(L, 5); // [k, v, name]
+          name = lua_tolstring(L, -1, &nl);
+          if (name == NULL) lua_pop(L, 1);
+        }
+        if (name == NULL) {
+          lua_pushvalue(L, -2); // a copy: tolstring on the key would confuse lua_next
+          name = lua_tolstring(L, -1, &nl);
+          if (name == NULL)
+            return luaL_error(L, "ERR_INVALID_HTTP_TOKEN: header names are strings");
+        }
+        o = put_header(L, o, name, nl, -2);
+        lua_pop(L, 2); // [k]
+      }
+    }
+    obuf_reserve(L, o + 256);
+    if (flags & SEND_DATE) {
+      size_t dl;
+      const char *d = date_line(&dl);
+      o += put(obuf + o, d, dl);
+    }
+    if (flags & SEND_CLOSE) o += put(obuf + o, "Connection: close\r\n", 19);
+    if (flags & SEND_KEEPALIVE) o += put(obuf + o, "Connection: keep-alive\r\n", 24);
+    if (lua_isnumber(L, 7)) {
+      o += (size_t)sprintf(obuf + o, "Content-Length: %.0f\r\n", lua_tonumber(L, 7));
+    } else if (flags & SEND_CHUNKED) {
+      o += put(obuf + o, "Transfer-Encoding: chunked\r\n", 28);
+    }
+    obuf[o++] = '\r';
+    obuf[o++] = '\n';
+  }
+  if ((flags & SEND_CHUNKED) && blen > 0) o += (size_t)sprintf(obuf + o, "%zx\r\n", blen);
+  // Small bodies are copied behind the head (one buffer, one syscall); large ones are written
+  // from the Lua string itself.
+  uv_buf_t bufs[3];
+  int nbufs = 1;
+  int body_idx = 0;
+  if (blen > 0 && blen <= 16384) {
+    obuf_reserve(L, o + blen + 16);
+    o += put(obuf + o, body, blen);
+    if (flags & SEND_CHUNKED) o += put(obuf + o, "\r\n", 2);
+    if (flags & SEND_LAST) o += put(obuf + o, "0\r\n\r\n", 5);
+    bufs[0] = uv_buf_init(obuf, (unsigned)o);
+  } else if (blen > 0) {
+    bufs[0] = uv_buf_init(obuf, (unsigned)o);
+    bufs[1] = uv_buf_init((char *)body, (unsigned)blen);
+    body_idx = 8;
+    size_t t = o;
+    if (flags & SEND_CHUNKED) t += put(obuf + t, "\r\n", 2);
+    if (flags & SEND_LAST) t += put(obuf + t, "0\r\n\r\n", 5);
+    bufs[2] = uv_buf_init(obuf + o, (unsigned)(t - o));
+    nbufs = 3;
+  } else {
+    if (flags & SEND_LAST) o += put(obuf + o, "0\r\n\r\n", 5);
+    bufs[0] = uv_buf_init(obuf, (unsigned)o);
+  }
+  int rc = send_parts(L, s, bufs, nbufs, body_idx);
+  if (rc < 0) return lc_util_push_uverr(L, rc);
+  int below = s->u.stream.write_queue_size < s->hwm;
+  if (!below) s->want_drain = 1;
+  lua_pushboolean(L, below);
+  return 1;
+}
+
+void lc_http_open(lua_State *L) {
+  static const luaL_Reg methods[] = {{"detach", conn_detach_m}, {"feed", conn_feed_m},
+                                     {"state", conn_state},     {"expect_head", conn_expect_head},
+                                     {"limits", conn_limits},   {NULL, NULL}};
+  luaL_newmetatable(L, MT); // [core, mt]
+  lua_newtable(L);
+  luaL_register(L, NULL, methods);
+  lua_setfield(L, -2, "__index");
+  lua_pushcfunction(L, conn_gc);
+  lua_setfield(L, -2, "__gc");
+  lua_pop(L, 1); // [core]
+  static const luaL_Reg fns[] = {{"http_attach", http_attach},
+                                 {"http_parser", http_new},
+                                 {"http_send", http_send},
+                                 {NULL, NULL}};
+  luaL_register(L, NULL, fns);
+  lua_createtable(L, 0, 6);
+  lua_pushinteger(L, SEND_DATE);
+  lua_setfield(L, -2, "DATE");
+  lua_pushinteger(L, SEND_CHUNKED);
+  lua_setfield(L, -2, "CHUNKED");
+  lua_pushinteger(L, SEND_LAST);
+  lua_setfield(L, -2, "LAST");
+  lua_pushinteger(L, SEND_CLOSE);
+  lua_setfield(L, -2, "CLOSE");
+  lua_pushinteger(L, SEND_KEEPALIVE);
+  lua_setfield(L, -2, "KEEPALIVE");
+  lua_pushinteger(L, SEND_CONTINUE);
+  lua_setfield(L, -2, "CONTINUE");
+  lua_setfield(L, -2, "http_flags"); // [core]
+}
