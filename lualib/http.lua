@@ -1,0 +1,1124 @@
+-- http.lua: HTTP/1.1 server and client (Node's http in Lua's idiom). Parsing happens in C
+-- (runtime/http.c, on http_parser) straight from the socket's read callback; a request
+-- reaches Lua as one call with its head, then body chunks. Responses are formatted in C too
+-- (_core.http_send). An http.Server is a net.Server: same listen/close/events, so it shares
+-- ports in a cluster like any net server.
+local core = require('_core')
+local class = require('_class')
+local events = require('events')
+local net = require('net')
+local timer = require('timer')
+
+local F = core.http_flags
+local http_send = core.http_send
+local now = core.now
+local Emitter = events.Emitter
+local lower, type, tostring, tonumber = string.lower, type, tostring, tonumber
+local setImmediate, setInterval, setTimeout = timer.setImmediate, timer.setInterval, timer.setTimeout
+
+local M = {}
+
+M.STATUS_CODES = {
+  [100] = 'Continue', [101] = 'Switching Protocols', [200] = 'OK', [201] = 'Created',
+  [202] = 'Accepted', [204] = 'No Content', [206] = 'Partial Content',
+  [301] = 'Moved Permanently', [302] = 'Found', [303] = 'See Other', [304] = 'Not Modified',
+  [307] = 'Temporary Redirect', [308] = 'Permanent Redirect', [400] = 'Bad Request',
+  [401] = 'Unauthorized', [403] = 'Forbidden', [404] = 'Not Found',
+  [405] = 'Method Not Allowed', [408] = 'Request Timeout', [409] = 'Conflict',
+  [411] = 'Length Required', [413] = 'Payload Too Large', [414] = 'URI Too Long',
+  [415] = 'Unsupported Media Type', [417] = 'Expectation Failed',
+  [422] = 'Unprocessable Entity', [426] = 'Upgrade Required', [429] = 'Too Many Requests',
+  [431] = 'Request Header Fields Too Large', [500] = 'Internal Server Error',
+  [501] = 'Not Implemented', [502] = 'Bad Gateway', [503] = 'Service Unavailable',
+  [504] = 'Gateway Timeout', [505] = 'HTTP Version Not Supported',
+}
+
+local function headersSentError()
+  return 'ERR_HTTP_HEADERS_SENT: cannot set headers after they are sent to the client'
+end
+
+-- The header store shared by ServerResponse and ClientRequest: lower-case name -> value,
+-- and lower-case name -> name as first given (the case written on the wire).
+local Headers = class(Emitter)
+
+function Headers:setHeader(name, value)
+  if self.headersSent or self._headWritten then
+    error(headersSentError(), 2)
+  end
+  if type(name) ~= 'string' or name == '' or name:find('[^%w!#$%%&\'*+%-.^_`|~]') then
+    error('ERR_INVALID_HTTP_TOKEN: header name must be a valid HTTP token ["' .. tostring(name) .. '"]', 2)
+  end
+  if value == nil then
+    error('ERR_HTTP_INVALID_HEADER_VALUE: invalid value "nil" for header "' .. name .. '"', 2)
+  end
+  if type(value) ~= 'table' then
+    value = tostring(value)
+    if value:find('[\r\n%z]') then
+      error('ERR_INVALID_CHAR: invalid character in header content ["' .. name .. '"]', 2)
+    end
+  end
+  local l = lower(name)
+  self._headers[l] = value
+  self._names[l] = name
+  return self
+end
+
+function Headers:getHeader(name)
+  return self._headers[lower(name)]
+end
+
+function Headers:hasHeader(name)
+  return self._headers[lower(name)] ~= nil
+end
+
+function Headers:removeHeader(name)
+  if self.headersSent or self._headWritten then
+    error(headersSentError(), 2)
+  end
+  local l = lower(name)
+  self._headers[l] = nil
+  self._names[l] = nil
+end
+
+function Headers:getHeaders()
+  local out = {}
+  for k, v in pairs(self._headers) do
+    out[k] = v
+  end
+  return out
+end
+
+function Headers:getHeaderNames()
+  local out = {}
+  for k in pairs(self._headers) do
+    out[#out + 1] = k
+  end
+  table.sort(out)
+  return out
+end
+
+---------------------------------------------------------------------------------------------
+-- IncomingMessage: a request (server side) or a response (client side). Body chunks are
+-- held until the message flows: a 'data' or 'end' listener, or resume(). Flowing starts
+-- after the 'request'/'response' handler returns, so listeners set in it see everything.
+
+local IncomingMessage = class(Emitter)
+
+function IncomingMessage:_init(socket)
+  self.socket = socket
+  self.connection = socket
+  self.complete = false
+  self.aborted = false
+  self._queue = nil -- chunks (and a final false for 'end') waiting to flow
+  self._flowing = false
+  self._held = true -- true while the handler that received the message runs
+end
+
+function IncomingMessage:on(ev, fn)
+  Emitter.on(self, ev, fn)
+  if (ev == 'data' or ev == 'end') and not self._flowing then
+    self:resume()
+  end
+  return self
+end
+IncomingMessage.addListener = IncomingMessage.on
+
+function IncomingMessage:once(ev, fn)
+  Emitter.once(self, ev, fn)
+  if (ev == 'data' or ev == 'end') and not self._flowing then
+    self:resume()
+  end
+  return self
+end
+
+function IncomingMessage:_flush()
+  local q = self._queue
+  if not q then
+    return
+  end
+  self._queue = nil
+  for i = 1, #q do
+    local c = q[i]
+    if c == false then
+      self:emit('end')
+    else
+      self:emit('data', c)
+    end
+  end
+end
+
+function IncomingMessage:_push(chunk)
+  if self._dump then
+    return
+  end
+  if self._flowing and not self._held and not self._queue then
+    self:emit('data', chunk)
+    return
+  end
+  local q = self._queue
+  if not q then
+    q = {}
+    self._queue = q
+  end
+  q[#q + 1] = chunk
+end
+
+function IncomingMessage:_end()
+  self.complete = true
+  if self._flowing and not self._held and not self._queue then
+    self:emit('end')
+    return
+  end
+  local q = self._queue
+  if not q then
+    q = {}
+    self._queue = q
+  end
+  q[#q + 1] = false
+end
+
+-- Called when the handler that received the message returned.
+function IncomingMessage:_release()
+  self._held = false
+  if self._flowing then
+    self:_flush()
+  end
+end
+
+function IncomingMessage:resume()
+  self._flowing = true
+  if self._paused then
+    self._paused = false
+    if self._onResume then
+      self._onResume()
+    end
+  end
+  if not self._held and self._queue and not self._flushScheduled then
+    self._flushScheduled = true
+    setImmediate(function()
+      self._flushScheduled = false
+      if self._flowing then
+        self:_flush()
+      end
+    end)
+  end
+  return self
+end
+
+function IncomingMessage:pause()
+  self._flowing = false
+  self._paused = true
+  if self._onPause then
+    self._onPause()
+  end
+  return self
+end
+
+function IncomingMessage:setEncoding()
+  return self
+end
+
+function IncomingMessage:setTimeout(ms, fn)
+  self.socket:setTimeout(ms, fn)
+  return self
+end
+
+function IncomingMessage:destroy(err)
+  self.socket:destroy(err)
+end
+
+---------------------------------------------------------------------------------------------
+-- ServerResponse. Responses of one connection are answered in order: only the first one in
+-- the connection's queue writes; the ones after it keep their output until it finishes.
+
+local ServerResponse = class(Headers)
+
+function ServerResponse:_init(conn, req, keepAlive)
+  self._conn = conn
+  self.req = req
+  self.socket = conn.socket
+  self.connection = conn.socket
+  self.statusCode = 200
+  self.statusMessage = nil
+  self.headersSent = false
+  self.finished = false
+  self.writableEnded = false
+  self.writableFinished = false
+  self.sendDate = true
+  self._headers = {}
+  self._names = {}
+  self._keepAlive = keepAlive
+  self._head = req.method == 'HEAD'
+  self._pending = nil -- http_send argument lists held while an earlier response is active
+end
+
+-- Sends (or, when not this connection's turn, keeps) one http_send call.
+function ServerResponse:_send(status, reason, headers, names, flags, len, body)
+  if self._conn.active ~= self then
+    local p = self._pending
+    if not p then
+      p = {}
+      self._pending = p
+    end
+    p[#p + 1] = { status, reason, headers, names, flags, len, body }
+    self._needDrain = true
+    return false
+  end
+  local h = self._conn.handle
+  if not h or h:is_closing() then
+    return false
+  end
+  local ok, err = http_send(h, status, reason, headers, names, flags, len, body)
+  if ok == nil then
+    self._conn:destroy(events.fromUv(err))
+    return false
+  end
+  if not ok then
+    self._needDrain = true
+  end
+  return ok
+end
+
+-- Becomes the active response: writes what it kept.
+function ServerResponse:_activate()
+  local p = self._pending
+  self._pending = nil
+  if p then
+    local h = self._conn.handle
+    for i = 1, #p do
+      local a = p[i]
+      if h and not h:is_closing() then
+        http_send(h, a[1], a[2], a[3], a[4], a[5], a[6], a[7])
+      end
+    end
+  end
+  if self.finished then
+    self:_done()
+  elseif self._needDrain then
+    self._conn:_checkDrain()
+  end
+end
+
+function ServerResponse:writeHead(status, reason, headers)
+  if self.headersSent or self._headWritten then
+    error(headersSentError(), 2)
+  end
+  status = tonumber(status)
+  if not status or status < 100 or status > 999 then
+    error('ERR_HTTP_INVALID_STATUS_CODE: invalid status code: ' .. tostring(status), 2)
+  end
+  if type(reason) == 'table' then
+    reason, headers = nil, reason
+  end
+  self.statusCode = status
+  if reason ~= nil then
+    reason = tostring(reason)
+    if reason:find('[\r\n]') then
+      error('ERR_INVALID_CHAR: invalid character in statusMessage', 2)
+    end
+    self.statusMessage = reason
+  end
+  if headers then
+    if headers[1] ~= nil then
+      -- A flat list: { name1, value1, name2, value2, ... } as Node accepts.
+      for i = 1, #headers, 2 do
+        self:setHeader(headers[i], headers[i + 1])
+      end
+    else
+      for k, v in pairs(headers) do
+        self:setHeader(k, v)
+      end
+    end
+  end
+  self._headWritten = true
+  return self
+end
+
+-- Computes the framing and flags, then sends the head with `body` (nil for none).
+function ServerResponse:_sendHead(body, last)
+  local h, conn, req = self._headers, self._conn, self.req
+  local status = self.statusCode
+  local flags = 0
+  if self.sendDate and h.date == nil then
+    flags = F.DATE
+  end
+  local len
+  local noBody = self._head or status == 204 or status == 304 or (status >= 100 and status < 200)
+  local te = h['transfer-encoding']
+  local userLen = h['content-length']
+  self._chunked = false
+  if noBody then
+    if last and body and not userLen and not te and self._head then
+      len = #body
+    end
+    body = nil
+  elseif userLen == nil and te == nil then
+    if last then
+      len = body and #body or 0
+    elseif req.httpVersion == '1.1' then
+      self._chunked = true
+      flags = flags + F.CHUNKED
+      if last then
+        flags = flags + F.LAST
+      end
+    else
+      -- HTTP/1.0 without a length: the body ends when the connection closes.
+      self._keepAlive = false
+    end
+  elseif te ~= nil and tostring(te):lower():find('chunked') then
+    self._chunked = true
+    -- The user named the encoding, so only the framing is ours.
+    if body ~= nil and body ~= '' then
+      body = ('%x\r\n'):format(#body) .. body .. '\r\n'
+    end
+    if last then
+      body = (body or '') .. '0\r\n\r\n'
+    end
+  end
+  local connHeader = h.connection
+  if connHeader ~= nil then
+    if tostring(connHeader):lower():find('close') then
+      self._keepAlive = false
+    end
+  else
+    if conn.server._closing or conn.ending then
+      self._keepAlive = false
+    end
+    flags = flags + (self._keepAlive and F.KEEPALIVE or F.CLOSE)
+  end
+  self.headersSent = true
+  self._headWritten = true
+  return self:_send(status, self.statusMessage, h, self._names, flags, len, body)
+end
+
+function ServerResponse:writeContinue()
+  if self._conn.active == self then
+    self:_send(nil, nil, nil, nil, F.CONTINUE, nil, nil)
+  end
+end
+
+function ServerResponse:write(chunk, fn)
+  if self.finished then
+    local err = events.makeError('ERR_STREAM_WRITE_AFTER_END', 'write after end')
+    if fn then
+      fn(err)
+    end
+    self:emit('error', err)
+    return false
+  end
+  if chunk == nil or chunk == '' then
+    if fn then
+      setImmediate(fn)
+    end
+    return true
+  end
+  chunk = tostring(chunk)
+  local ok
+  if not self.headersSent then
+    ok = self:_sendHead(chunk, false)
+  elseif self._head or self.statusCode == 204 or self.statusCode == 304 then
+    ok = true
+  elseif self._chunked and self._headers['transfer-encoding'] == nil then
+    ok = self:_send(nil, nil, nil, nil, F.CHUNKED, nil, chunk)
+  elseif self._chunked then
+    ok = self:_send(nil, nil, nil, nil, 0, nil, ('%x\r\n'):format(#chunk) .. chunk .. '\r\n')
+  else
+    ok = self:_send(nil, nil, nil, nil, 0, nil, chunk)
+  end
+  if fn then
+    setImmediate(fn)
+  end
+  return ok
+end
+
+-- res:finish([data] [, fn]): Node's res.end.
+function ServerResponse:finish(data, fn)
+  if type(data) == 'function' then
+    data, fn = nil, data
+  end
+  if self.finished then
+    if fn then
+      setImmediate(fn)
+    end
+    return self
+  end
+  if data ~= nil then
+    data = tostring(data)
+  end
+  if not self.headersSent then
+    self:_sendHead(data, true)
+  else
+    local noBody = self._head or self.statusCode == 204 or self.statusCode == 304
+    if self._chunked and self._headers['transfer-encoding'] == nil then
+      self:_send(nil, nil, nil, nil, F.CHUNKED + F.LAST, nil, (not noBody) and data or nil)
+    elseif self._chunked then
+      local b = ''
+      if data and data ~= '' and not noBody then
+        b = ('%x\r\n'):format(#data) .. data .. '\r\n'
+      end
+      self:_send(nil, nil, nil, nil, 0, nil, b .. '0\r\n\r\n')
+    elseif data and data ~= '' and not noBody then
+      self:_send(nil, nil, nil, nil, 0, nil, data)
+    end
+  end
+  self.finished = true
+  self.writableEnded = true
+  if fn then
+    self:once('finish', fn)
+  end
+  if self._conn.active == self then
+    self:_done()
+  end
+  return self
+end
+ServerResponse['end'] = ServerResponse.finish
+
+-- The response is written (or queued on the socket): the connection moves on.
+function ServerResponse:_done()
+  self.writableFinished = true
+  local req = self.req
+  if not req.complete then
+    req._dump = true -- the rest of an unread body is discarded
+    req._queue = nil
+  end
+  self._conn:_responseDone(self)
+  self:emit('finish')
+end
+
+function ServerResponse:setTimeout(ms, fn)
+  self.socket:setTimeout(ms, fn)
+  return self
+end
+
+function ServerResponse:destroy(err)
+  self._conn:destroy(err)
+end
+
+---------------------------------------------------------------------------------------------
+-- Conn: one server connection: its parser, the queue of responses, the timeouts' state.
+
+local Conn = class()
+
+function Conn:_init(server, socket)
+  self.server = server
+  self.socket = socket
+  self.handle = socket._handle
+  self.queue = {} -- responses in request order; queue[1] is active
+  self.head = 1
+  self.tail = 0
+  self.active = nil
+  self.req = nil -- the request whose body is arriving
+  self.idleSince = now()
+  self.parser = core.http_attach(self.handle, 'request', function(ev, a, b, c, d, e, f, g)
+    if ev == 'head' then
+      self:_onHead(a, b, c, d, e, f, g)
+    elseif ev == 'body' then
+      self.req:_push(a)
+    elseif ev == 'done' then
+      local req = self.req
+      self.req = nil
+      req:_end()
+    elseif ev == 'error' then
+      self:_onParseError(a, b, c)
+    elseif ev == 'upgrade' then
+      self:_onUpgrade(a)
+    end
+  end, {
+    maxHeaderSize = server.maxHeaderSize,
+    maxHeadersCount = server.maxHeadersCount,
+    maxBodySize = server.maxBodySize,
+  })
+end
+
+function Conn:_onHead(method, url, version, headers, keepAlive, upgrade, complete)
+  local server = self.server
+  local req = IncomingMessage.new(self.socket)
+  req.method = method
+  req.url = url
+  req.httpVersion = version
+  req.headers = headers
+  if upgrade then
+    self.upgradeReq = req
+    return
+  end
+  local res = ServerResponse.new(self, req, keepAlive)
+  local tail = self.tail + 1
+  self.tail = tail
+  self.queue[tail] = res
+  if tail == self.head then
+    self.active = res
+  end
+  self.idleSince = nil
+  if complete then
+    req.complete = true
+    req._queue = { false }
+  else
+    self.req = req
+    local handle = self.handle
+    req._onPause = function()
+      if not handle:is_closing() then
+        handle:read_stop()
+      end
+    end
+    req._onResume = function()
+      if not handle:is_closing() then
+        handle:read_start()
+      end
+    end
+  end
+  local expect = headers.expect
+  if expect ~= nil then
+    if lower(expect) == '100-continue' then
+      if server:listenerCount('checkContinue') > 0 then
+        server:emit('checkContinue', req, res)
+      else
+        res:writeContinue()
+        server:emit('request', req, res)
+      end
+    elseif server:listenerCount('checkExpectation') > 0 then
+      server:emit('checkExpectation', req, res)
+    else
+      res:writeHead(417)
+      res:finish()
+    end
+  else
+    server:emit('request', req, res)
+  end
+  req:_release()
+end
+
+function Conn:_responseDone(res)
+  local q = self.queue
+  q[self.head] = nil
+  self.head = self.head + 1
+  local nextRes = q[self.head]
+  self.active = nextRes
+  if not res._keepAlive then
+    -- Everything after a closing response is dropped; the socket closes once flushed.
+    self:_closeAfterFlush()
+    return
+  end
+  if nextRes then
+    nextRes:_activate()
+  elseif self.pendingError then
+    self:_sendError(self.pendingError)
+  elseif self.ending or self.server._closing then
+    self:_closeAfterFlush()
+  elseif self.req == nil then
+    self.idleSince = now()
+  end
+end
+
+function Conn:_checkDrain()
+  local res = self.active
+  if res and res._needDrain and self.handle:write_queue_size() < 16384 then
+    res._needDrain = false
+    res:emit('drain')
+  end
+end
+
+function Conn:_closeAfterFlush()
+  if self.closing then
+    return
+  end
+  self.closing = true
+  self.parser:detach()
+  local socket = self.socket
+  -- Half-close once the queued writes are flushed, and close when the client closes its
+  -- side (net destroys a half-closed socket on 'end'). Closing at once with unread input
+  -- would send a reset that can destroy the response before the client reads it; a client
+  -- that never closes gets a short grace period.
+  socket:finish(function()
+    local t = setTimeout(function()
+      socket:destroy()
+    end, 2000)
+    t:unref()
+    socket:once('close', function()
+      t:close()
+    end)
+  end)
+  if socket._readEnded then
+    socket:once('finish', function()
+      socket:destroy()
+    end)
+  end
+end
+
+function Conn:_sendError(status)
+  local h = self.handle
+  if h and not h:is_closing() then
+    http_send(h, status, nil, nil, nil, F.CLOSE + F.DATE, 0, nil)
+  end
+  self:_closeAfterFlush()
+end
+
+function Conn:_onParseError(status, code, message)
+  local err = events.makeError(code, message, { bytesParsed = 0 })
+  err.statusCode = status
+  local server = self.server
+  if self.req then
+    local req = self.req
+    self.req = nil
+    req.aborted = true
+    req:emit('aborted')
+  end
+  if server:listenerCount('clientError') > 0 then
+    server:emit('clientError', err, self.socket)
+    return
+  end
+  if self.active then
+    self.pendingError = status
+  else
+    self:_sendError(status)
+  end
+end
+
+function Conn:_onUpgrade(rest)
+  local req = self.upgradeReq
+  self.upgradeReq = nil
+  self.parser:detach()
+  self.server._conns[self.socket] = nil
+  if req and self.server:listenerCount('upgrade') > 0 then
+    self.server:emit('upgrade', req, self.socket, rest)
+  else
+    self.socket:destroy()
+  end
+end
+
+-- Called by the server's sweep: enforces headersTimeout, requestTimeout, keepAliveTimeout.
+function Conn:_sweep(t, server)
+  if self.closing then
+    return
+  end
+  local inMessage, headersDone, started = self.parser:state()
+  if inMessage then
+    local limit = (not headersDone) and server.headersTimeout or nil
+    local rt = server.requestTimeout
+    if rt and rt > 0 and (limit == nil or rt < limit) then
+      limit = rt
+    end
+    if limit and limit > 0 and t - started >= limit then
+      self.parser:detach()
+      if self.active then
+        self:destroy()
+      else
+        self:_sendError(408)
+      end
+    end
+  elseif self.idleSince and server.keepAliveTimeout and server.keepAliveTimeout > 0
+    and t - self.idleSince >= server.keepAliveTimeout then
+    self:destroy()
+  end
+end
+
+function Conn:destroy(err)
+  self.closing = true
+  self.parser:detach()
+  self.socket:destroy(err)
+end
+
+function Conn:_onClose()
+  self.closing = true
+  self.parser:detach()
+  self.handle = nil
+  local req = self.req
+  if req and not req.complete then
+    req.aborted = true
+    req:emit('aborted')
+    req:emit('close')
+  end
+  for i = self.head, self.tail do
+    local res = self.queue[i]
+    if res then
+      res:emit('close')
+    end
+  end
+end
+
+---------------------------------------------------------------------------------------------
+-- Server
+
+local Server = class(net.Server)
+
+function Server:_init(options, fn)
+  if type(options) == 'function' then
+    options, fn = nil, options
+  end
+  options = options or {}
+  net.Server._init(self, { allowHalfOpen = true })
+  self.keepAliveTimeout = options.keepAliveTimeout or 5000
+  self.headersTimeout = options.headersTimeout or 60000
+  self.requestTimeout = options.requestTimeout or 300000
+  self.maxHeadersCount = options.maxHeadersCount or 2000
+  self.maxHeaderSize = options.maxHeaderSize or 16384
+  self.maxBodySize = options.maxBodySize
+  self.timeout = 0
+  self._conns = {}
+  if fn then
+    self:on('request', fn)
+  end
+  self:on('connection', function(socket)
+    self:_httpConnection(socket)
+  end)
+  self:on('listening', function()
+    self:_startSweep()
+  end)
+end
+
+function Server:_httpConnection(socket)
+  if self._closing then
+    socket:destroy()
+    return
+  end
+  socket:setNoDelay(true)
+  local conn = Conn.new(self, socket)
+  self._conns[socket] = conn
+  socket:on('end', function()
+    conn.ending = true
+    if conn.active == nil and not conn.closing then
+      conn:_closeAfterFlush()
+    end
+  end)
+  socket:on('error', function(err)
+    if self:listenerCount('clientError') > 0 and not conn.closing then
+      self:emit('clientError', err, socket)
+    end
+  end)
+  socket:on('close', function()
+    self._conns[socket] = nil
+    conn:_onClose()
+  end)
+  socket:on('drain', function()
+    conn:_checkDrain()
+  end)
+end
+
+-- One timer per server checks every connection's timeouts; its period follows the
+-- smallest timeout so short test timeouts stay precise.
+function Server:_startSweep()
+  if self._sweep then
+    return
+  end
+  local min = 1000
+  for _, v in ipairs({ self.keepAliveTimeout, self.headersTimeout, self.requestTimeout }) do
+    if v and v > 0 and v / 4 < min then
+      min = v / 4
+    end
+  end
+  if min < 5 then
+    min = 5
+  end
+  self._sweep = setInterval(function()
+    local t = now()
+    for _, conn in pairs(self._conns) do
+      conn:_sweep(t, self)
+    end
+  end, min)
+  self._sweep:unref()
+end
+
+function Server:setTimeout(ms, fn)
+  self.timeout = ms
+  if fn then
+    self:on('timeout', fn)
+  end
+  return self
+end
+
+-- Stops accepting; idle keep-alive connections close now, busy ones after their response.
+function Server:close(fn)
+  self._closing = true
+  if self._sweep then
+    self._sweep:close()
+    self._sweep = nil
+  end
+  local r = net.Server.close(self, fn)
+  self:closeIdleConnections()
+  return r
+end
+
+function Server:closeIdleConnections()
+  for _, conn in pairs(self._conns) do
+    local inMessage = conn.parser:state()
+    if conn.active == nil and not inMessage then
+      conn:destroy()
+    end
+  end
+end
+
+function Server:closeAllConnections()
+  for _, conn in pairs(self._conns) do
+    conn:destroy()
+  end
+end
+
+function M.createServer(options, fn)
+  return Server.new(options, fn)
+end
+
+---------------------------------------------------------------------------------------------
+-- Client: one request per connection (no agent). The response streams as 'data' events.
+
+local ClientRequest = class(Headers)
+
+local function parseUrl(url)
+  local scheme, rest = url:match('^(%a[%w+.-]*)://(.*)$')
+  if not scheme then
+    error('ERR_INVALID_URL: invalid URL: ' .. url, 3)
+  end
+  if scheme ~= 'http' then
+    error('ERR_INVALID_PROTOCOL: protocol "' .. scheme .. ':" not supported, expected "http:"', 3)
+  end
+  local authority, path = rest:match('^([^/?#]*)(.*)$')
+  path = path:gsub('#.*$', '')
+  if path == '' or path:sub(1, 1) == '?' then
+    path = '/' .. path
+  end
+  local host, port = authority:match('^%[(.+)%]:?(%d*)$')
+  if not host then
+    host, port = authority:match('^([^:]*):?(%d*)$')
+  end
+  return { hostname = host, port = tonumber(port) or 80, path = path }
+end
+
+function ClientRequest:_init(options, fn)
+  if type(options) == 'string' then
+    options = parseUrl(options)
+  end
+  self._headers = {}
+  self._names = {}
+  self.method = (options.method or 'GET'):upper()
+  self.path = options.path or '/'
+  self.host = options.hostname or options.host or 'localhost'
+  if self.host == 'localhost' then
+    self.host = '127.0.0.1'
+  end
+  self.port = tonumber(options.port) or 80
+  self.headersSent = false
+  self.finished = false
+  if options.headers then
+    for k, v in pairs(options.headers) do
+      self:setHeader(k, v)
+    end
+  end
+  if self._headers.host == nil then
+    local hostHeader = self.host:find(':') and ('[' .. self.host .. ']') or self.host
+    if self.port ~= 80 then
+      hostHeader = hostHeader .. ':' .. self.port
+    end
+    self:setHeader('Host', hostHeader)
+  end
+  if fn then
+    self:once('response', fn)
+  end
+  local socket = net.connect({ port = self.port, host = self.host })
+  self.socket = socket
+  self.connection = socket
+  if options.timeout then
+    self:setTimeout(options.timeout)
+  end
+  socket:on('connect', function()
+    -- The handle exists (and reads) from here on; nothing was read before this.
+    self._parser = core.http_attach(socket._handle, 'response', function(ev, a, b, c, d, e, f, g)
+      self:_onParserEvent(ev, a, b, c, d, e, f, g)
+    end, {})
+    if self.method == 'HEAD' then
+      self._parser:expect_head(true)
+    end
+    self:emit('socket', socket)
+  end)
+  socket:on('error', function(err)
+    self:_fail(err)
+  end)
+  socket:on('end', function()
+    if self.res and not self.res.complete then
+      self.res.aborted = true
+      self.res:emit('aborted')
+      self:_fail(events.makeError('ECONNRESET', 'response ended early'))
+    elseif not self.res then
+      self:_fail(events.makeError('ECONNRESET', 'socket hang up'))
+    end
+    socket:destroy()
+  end)
+  socket:on('close', function()
+    if self._parser then
+      self._parser:detach()
+    end
+    self:emit('close')
+  end)
+end
+
+function ClientRequest:_fail(err)
+  if self._failed or (self.res and self.res.complete) then
+    return
+  end
+  self._failed = true
+  self:emit('error', err)
+  if self.res and not self.res.complete then
+    self.res:emit('error', err)
+  end
+end
+
+function ClientRequest:_onParserEvent(ev, status, reason, version, headers, keepAlive, _, complete)
+  if ev == 'head' then
+    if status >= 100 and status < 200 and status ~= 101 then
+      self:emit(status == 100 and 'continue' or 'information', { statusCode = status, headers = headers })
+      return
+    end
+    local res = IncomingMessage.new(self.socket)
+    res.statusCode = status
+    res.statusMessage = reason
+    res.httpVersion = version
+    res.headers = headers
+    res.req = self
+    self.res = res
+    if complete then
+      res.complete = true
+      res._queue = { false }
+    end
+    res._onPause = function()
+      self.socket:pause()
+    end
+    res._onResume = function()
+      self.socket:resume()
+    end
+    res:on('end', function()
+      self.socket:destroy()
+    end)
+    if self:listenerCount('response') == 0 then
+      res:resume() -- nobody reads: drain it, as Node does
+    end
+    self:emit('response', res)
+    res:_release()
+  elseif ev == 'body' then
+    if self.res then
+      self.res:_push(status)
+    end
+  elseif ev == 'done' then
+    if self.res then
+      self.res:_end()
+    end
+  elseif ev == 'error' then
+    self:_fail(events.makeError(reason, version, { statusCode = status }))
+    self.socket:destroy()
+  end
+end
+
+function ClientRequest:_head(chunked, len)
+  local parts = { self.method, ' ', self.path, ' HTTP/1.1\r\n' }
+  local h = self._headers
+  for l, v in pairs(h) do
+    local name = self._names[l] or l
+    if type(v) == 'table' then
+      for _, x in ipairs(v) do
+        parts[#parts + 1] = name .. ': ' .. tostring(x) .. '\r\n'
+      end
+    else
+      parts[#parts + 1] = name .. ': ' .. v .. '\r\n'
+    end
+  end
+  if h.connection == nil then
+    parts[#parts + 1] = 'Connection: close\r\n'
+  end
+  if h['content-length'] == nil and h['transfer-encoding'] == nil then
+    if chunked then
+      parts[#parts + 1] = 'Transfer-Encoding: chunked\r\n'
+      self._chunked = true
+    elseif len and (len > 0 or self.method == 'POST' or self.method == 'PUT' or self.method == 'PATCH') then
+      parts[#parts + 1] = 'Content-Length: ' .. len .. '\r\n'
+    end
+  end
+  parts[#parts + 1] = '\r\n'
+  self.headersSent = true
+  return table.concat(parts)
+end
+
+-- net.Socket keeps writes made while connecting, in order.
+function ClientRequest:_out(data)
+  return self.socket:write(data)
+end
+
+function ClientRequest:write(chunk)
+  if self.finished then
+    error('ERR_STREAM_WRITE_AFTER_END: write after end', 2)
+  end
+  chunk = tostring(chunk)
+  local out = ''
+  if not self.headersSent then
+    out = self:_head(true)
+  end
+  if chunk ~= '' then
+    if self._chunked then
+      out = out .. ('%x\r\n'):format(#chunk) .. chunk .. '\r\n'
+    else
+      out = out .. chunk
+    end
+  end
+  return self:_out(out)
+end
+
+function ClientRequest:finish(data)
+  if self.finished then
+    return self
+  end
+  if data ~= nil then
+    data = tostring(data)
+  end
+  local out = ''
+  if not self.headersSent then
+    out = self:_head(false, data and #data or 0)
+  end
+  if data and data ~= '' then
+    if self._chunked then
+      out = out .. ('%x\r\n'):format(#data) .. data .. '\r\n'
+    else
+      out = out .. data
+    end
+  end
+  if self._chunked then
+    out = out .. '0\r\n\r\n'
+  end
+  self.finished = true
+  self:_out(out)
+  return self
+end
+ClientRequest['end'] = ClientRequest.finish
+
+function ClientRequest:abort()
+  self.aborted = true
+  self.socket:destroy()
+end
+
+function ClientRequest:destroy(err)
+  self.destroyed = true
+  self.socket:destroy(err)
+end
+
+function ClientRequest:setTimeout(ms, fn)
+  self.socket:setTimeout(ms, function()
+    if fn then
+      fn()
+    end
+    self:emit('timeout')
+  end)
+  return self
+end
+
+function M.request(options, fn)
+  return ClientRequest.new(options, fn)
+end
+
+function M.get(options, fn)
+  local req = ClientRequest.new(options, fn)
+  req:finish()
+  return req
+end
+
+M.Server = Server
+M.IncomingMessage = IncomingMessage
+M.ServerResponse = ServerResponse
+M.ClientRequest = ClientRequest
+M.METHODS = { 'DELETE', 'GET', 'HEAD', 'OPTIONS', 'PATCH', 'POST', 'PUT', 'CONNECT', 'TRACE' }
+M.maxHeaderSize = 16384
+
+return M
