@@ -1,0 +1,714 @@
+-- net: servers and connections over real loopback sockets in this process. Every object a
+-- case opens is tracked and must have emitted 'close' by the end of the case.
+local net = require('net')
+local core = require('_core')
+local lctest = require('lctest')
+
+local waitFor = lctest.waitFor
+
+local tracked = {}
+
+-- Registers a server or socket; after_each closes what is left and waits for every 'close'.
+local function track(obj)
+  local entry = { obj = obj, closed = false }
+  tracked[#tracked + 1] = entry
+  obj:on('close', function()
+    entry.closed = true
+  end)
+  return obj
+end
+
+local function closeAll()
+  for _, e in ipairs(tracked) do
+    if not e.closed then
+      if e.obj.destroy then
+        e.obj:on('error', function() end)
+        e.obj:destroy()
+      elseif e.obj.listening or e.obj._listenPending then
+        e.obj:close()
+      else
+        e.closed = true
+      end
+    end
+  end
+  waitFor(function()
+    for _, e in ipairs(tracked) do
+      if not e.closed then
+        return false
+      end
+    end
+    return true
+  end, 3000, 'every server and socket to close')
+  tracked = {}
+end
+
+-- A server listening on 127.0.0.1 (or `host`) port 0; returns server, port.
+local function listening(opts, onConn, host)
+  local srv = track(net.createServer(opts, onConn))
+  local ready = false
+  srv:listen(0, host or '127.0.0.1', function()
+    ready = true
+  end)
+  waitFor(function()
+    return ready
+  end, 2000, 'the server to listen')
+  return srv, srv:address().port
+end
+
+-- An echo server: each connection writes back what it reads and ends when the peer ends.
+local function echoServer(host)
+  return listening(nil, function(s)
+    s:on('data', function(d)
+      s:write(d)
+    end)
+  end, host)
+end
+
+local function collect(sock)
+  local out = { data = {}, ended = false, closed = false }
+  sock:on('data', function(d)
+    out.data[#out.data + 1] = d
+  end)
+  sock:on('end', function()
+    out.ended = true
+  end)
+  sock:on('close', function(hadError)
+    out.closed = true
+    out.hadError = hadError
+  end)
+  function out.text()
+    return table.concat(out.data)
+  end
+  return out
+end
+
+describe('net', function()
+  after_each(function()
+    closeAll()
+    lctest.cleanup()
+  end)
+
+  it('echoes over 127.0.0.1 on a port chosen by the system', function()
+    local srv, port = echoServer()
+    assert.is_true(port > 0)
+    local addr = srv:address()
+    assert.are.same({ address = '127.0.0.1', family = 'IPv4', port = port }, addr)
+    local connected = false
+    local c = track(net.connect(port, '127.0.0.1', function()
+      connected = true
+    end))
+    assert.is_true(c.connecting)
+    local got = collect(c)
+    c:write('hello ')
+    c:write('world')
+    waitFor(function()
+      return got.text() == 'hello world'
+    end, 2000, 'the echo')
+    assert.is_true(connected)
+    assert.are.equal('127.0.0.1', c.remoteAddress)
+    assert.are.equal(port, c.remotePort)
+    assert.are.equal('127.0.0.1', c.localAddress)
+    assert.is_true(c.localPort > 0)
+    assert.are.equal(11, c.bytesRead)
+    assert.are.equal(11, c.bytesWritten)
+    c:finish()
+    waitFor(function()
+      return got.closed
+    end, 2000, 'the client to close')
+    assert.is_true(got.ended)
+    assert.is_false(got.hadError)
+  end)
+
+  it('fills remote and local addresses on the accepted socket', function()
+    local accepted
+    local _, port = listening(nil, function(s)
+      accepted = s
+      track(s)
+    end)
+    local c = track(net.connect(port, '127.0.0.1'))
+    waitFor(function()
+      return accepted ~= nil and not c.connecting
+    end, 2000, 'the connection')
+    assert.are.equal(c.localPort, accepted.remotePort)
+    assert.are.equal('127.0.0.1', accepted.remoteAddress)
+    assert.are.equal('IPv4', accepted.remoteFamily)
+    assert.are.equal(port, accepted.localPort)
+  end)
+
+  it('listens on every address by default (dual-stack ::)', function()
+    local srv = track(net.createServer(function(s)
+      s:finish('hi')
+    end))
+    local ready = false
+    srv:listen(0, function()
+      ready = true
+    end)
+    waitFor(function()
+      return ready
+    end, 2000, 'listening')
+    local addr = srv:address()
+    assert.is_true(addr.address == '::' or addr.address == '0.0.0.0')
+    local c = track(net.connect(addr.port, '127.0.0.1'))
+    local got = collect(c)
+    waitFor(function()
+      return got.closed
+    end, 2000, 'the reply')
+    assert.are.equal('hi', got.text())
+  end)
+
+  it('connects to localhost by default, resolving the name', function()
+    local _, port = echoServer()
+    local c = track(net.connect(port))
+    local got = collect(c)
+    c:write('ping')
+    waitFor(function()
+      return got.text() == 'ping'
+    end, 3000, 'the echo through localhost')
+    local c2 = track(net.connect({ port = port, host = 'localhost' }))
+    local got2 = collect(c2)
+    c2:finish('pong')
+    waitFor(function()
+      return got2.closed
+    end, 3000, 'the second echo')
+    assert.are.equal('pong', got2.text())
+  end)
+
+  it('works over IPv6 loopback', function()
+    local srv, port = echoServer('::1')
+    assert.are.equal('IPv6', srv:address().family)
+    assert.are.equal('::1', srv:address().address)
+    local c = track(net.connect(port, '::1'))
+    local got = collect(c)
+    c:write('six')
+    waitFor(function()
+      return got.text() == 'six'
+    end, 2000, 'the IPv6 echo')
+    assert.are.equal('::1', c.remoteAddress)
+    assert.are.equal('IPv6', c.remoteFamily)
+  end)
+
+  it('close() stops accepting and emits close once the open connections end', function()
+    local accepted = {}
+    local srv, port = listening(nil, function(s)
+      accepted[#accepted + 1] = s
+    end)
+    local c = track(net.connect(port, '127.0.0.1'))
+    waitFor(function()
+      return #accepted == 1
+    end, 2000, 'the connection')
+    local closedWith
+    srv:close(function(...)
+      closedWith = select('#', ...)
+    end)
+    assert.is_false(srv.listening)
+    -- New connections are refused while the old one lives on.
+    local refused
+    local c2 = track(net.connect(port, '127.0.0.1'))
+    c2:on('error', function(e)
+      refused = e.code
+    end)
+    waitFor(function()
+      return refused ~= nil
+    end, 2000, 'the refusal')
+    assert.are.equal('ECONNREFUSED', refused)
+    lctest.turn(30)
+    assert.is_nil(closedWith)
+    -- The open connection still works both ways.
+    local got = collect(c)
+    accepted[1]:write('still here')
+    waitFor(function()
+      return got.text() == 'still here'
+    end, 2000, 'data after close()')
+    c:finish()
+    waitFor(function()
+      return closedWith ~= nil
+    end, 2000, "the server's close")
+    assert.are.equal(0, closedWith)
+  end)
+
+  it('close() on a server that is not listening reports ERR_SERVER_NOT_RUNNING', function()
+    local srv = net.createServer()
+    local err
+    srv:close(function(e)
+      err = e
+    end)
+    waitFor(function()
+      return err ~= nil
+    end, 1000, 'the callback')
+    assert.are.equal('ERR_SERVER_NOT_RUNNING', err.code)
+  end)
+
+  it('getConnections counts open connections', function()
+    local srv, port = listening(nil, function(s)
+      track(s)
+    end)
+    local a = track(net.connect(port, '127.0.0.1'))
+    local b = track(net.connect(port, '127.0.0.1'))
+    local count
+    waitFor(function()
+      srv:getConnections(function(err, n)
+        assert.is_nil(err)
+        count = n
+      end)
+      lctest.turn(5)
+      return count == 2
+    end, 2000, 'two connections')
+    a:destroy()
+    b:destroy()
+    waitFor(function()
+      srv:getConnections(function(_, n)
+        count = n
+      end)
+      lctest.turn(5)
+      return count == 0
+    end, 2000, 'no connections')
+  end)
+
+  it('applies backpressure to a large write: false, then drain, and every byte arrives', function()
+    local received = 0
+    local serverSock
+    local _, port = listening({ pauseOnConnect = true }, function(s)
+      serverSock = s
+      track(s)
+      s:on('data', function(d)
+        received = received + #d
+      end)
+    end)
+    local c = track(net.connect(port, '127.0.0.1'))
+    waitFor(function()
+      return serverSock ~= nil and not c.connecting
+    end, 2000, 'the connection')
+    local big = string.rep('0123456789abcdef', 512 * 1024) -- 8 MiB
+    local drained = false
+    c:on('drain', function()
+      drained = true
+    end)
+    local ret = c:write(big)
+    assert.is_false(ret)
+    lctest.turn(20)
+    assert.is_false(drained) -- the reader is paused: nothing can drain
+    serverSock:resume()
+    waitFor(function()
+      return drained
+    end, 5000, 'drain')
+    waitFor(function()
+      return received == #big
+    end, 5000, 'every byte')
+    assert.are.equal(#big, c.bytesWritten)
+    assert.are.equal(#big, serverSock.bytesRead)
+  end)
+
+  it('buffers writes made while connecting, with backpressure and drain', function()
+    local received = 0
+    local _, port = listening(nil, function(s)
+      track(s)
+      s:on('data', function(d)
+        received = received + #d
+      end)
+    end)
+    local c = track(net.connect(port, '127.0.0.1'))
+    local drained = false
+    c:on('drain', function()
+      drained = true
+    end)
+    assert.is_true(c:write('small'))
+    assert.is_false(c:write(string.rep('x', 64 * 1024)))
+    waitFor(function()
+      return drained and received == 5 + 64 * 1024
+    end, 3000, 'drain and the bytes')
+  end)
+
+  it('keeps a half-open connection with allowHalfOpen', function()
+    local serverEnded = false
+    local _, port = listening({ allowHalfOpen = true }, function(s)
+      track(s)
+      s:on('end', function()
+        serverEnded = true
+        -- The read side is over; this side may still write before ending.
+        s:write('late ')
+        s:finish('reply')
+      end)
+    end)
+    local c = track(net.connect(port, '127.0.0.1'))
+    local got = collect(c)
+    c:finish('request')
+    waitFor(function()
+      return got.closed
+    end, 2000, 'the client to close')
+    assert.is_true(serverEnded)
+    assert.are.equal('late reply', got.text())
+    assert.is_true(got.ended)
+  end)
+
+  it('ends the writable side on end without allowHalfOpen', function()
+    local serverClosed = false
+    local _, port = listening(nil, function(s)
+      s:on('close', function()
+        serverClosed = true
+      end)
+    end)
+    local c = track(net.connect({ port = port, host = '127.0.0.1', allowHalfOpen = true }))
+    local got = collect(c)
+    c:finish()
+    waitFor(function()
+      return got.ended
+    end, 2000, "the server's automatic end")
+    assert.is_true(c.allowHalfOpen)
+    c:destroy()
+    waitFor(function()
+      return serverClosed and got.closed
+    end, 2000, 'both sides to close')
+  end)
+
+  it('pauseOnConnect delivers nothing until resume()', function()
+    local serverSock
+    local data = {}
+    local _, port = listening({ pauseOnConnect = true }, function(s)
+      serverSock = s
+      track(s)
+      s:on('data', function(d)
+        data[#data + 1] = d
+      end)
+    end)
+    local c = track(net.connect(port, '127.0.0.1'))
+    c:write('queued')
+    waitFor(function()
+      return serverSock ~= nil and not c.connecting
+    end, 2000, 'the connection')
+    assert.is_true(serverSock:isPaused())
+    lctest.turn(50)
+    assert.are.equal(0, #data)
+    serverSock:resume()
+    waitFor(function()
+      return table.concat(data) == 'queued'
+    end, 2000, 'the data after resume')
+    serverSock:pause()
+    c:write('more')
+    lctest.turn(50)
+    assert.are.equal('queued', table.concat(data))
+    serverSock:resume()
+    waitFor(function()
+      return table.concat(data) == 'queuedmore'
+    end, 2000, 'the data after the second resume')
+  end)
+
+  it('setTimeout emits timeout after inactivity and keeps the socket open', function()
+    local _, port = echoServer()
+    local c = track(net.connect(port, '127.0.0.1'))
+    local timeouts = 0
+    local viaFn = false
+    local started = core.hrtime()
+    c:setTimeout(60, function()
+      viaFn = true
+    end)
+    c:on('timeout', function()
+      timeouts = timeouts + 1
+    end)
+    waitFor(function()
+      return timeouts == 1
+    end, 2000, 'timeout')
+    assert.is_true(viaFn)
+    assert.is_true((core.hrtime() - started) / 1e6 >= 50)
+    assert.is_false(c.destroyed)
+    -- Activity re-arms it; 0 turns it off.
+    c:write('x')
+    c:setTimeout(0)
+    lctest.turn(120)
+    assert.are.equal(1, timeouts)
+    local got = collect(c)
+    c:write('y')
+    waitFor(function()
+      return got.text():find('y') ~= nil
+    end, 2000, 'the socket to still work')
+  end)
+
+  it('destroy() closes at once; destroy(err) emits error then close(true)', function()
+    local serverSide = {}
+    local _, port = listening(nil, function(s)
+      serverSide[#serverSide + 1] = collect(s)
+      s:on('error', function() end)
+    end)
+    local c = track(net.connect(port, '127.0.0.1'))
+    waitFor(function()
+      return #serverSide == 1 and not c.connecting
+    end, 2000, 'the connection')
+    local closedArg
+    c:on('close', function(h)
+      closedArg = h
+    end)
+    c:destroy()
+    assert.is_true(c.destroyed)
+    waitFor(function()
+      return closedArg ~= nil and serverSide[1].closed
+    end, 2000, 'both ends to close')
+    assert.is_false(closedArg)
+
+    local d = track(net.connect(port, '127.0.0.1'))
+    local order = {}
+    d:on('error', function(e)
+      order[#order + 1] = 'error:' .. e.code
+    end)
+    d:on('close', function(h)
+      order[#order + 1] = 'close:' .. tostring(h)
+    end)
+    d:destroy(require('events').makeError('EBOOM', 'on purpose'))
+    waitFor(function()
+      return #order == 2
+    end, 2000, 'error and close')
+    assert.are.same({ 'error:EBOOM', 'close:true' }, order)
+    -- Writing to a destroyed socket fails without raising.
+    assert.is_false(d:write('x'))
+  end)
+
+  it('emits ECONNREFUSED as an error event, then close(true)', function()
+    local port = lctest.freePort()
+    local c = track(net.connect(port, '127.0.0.1'))
+    local err, hadError
+    c:on('error', function(e)
+      err = e
+    end)
+    c:on('close', function(h)
+      hadError = h
+    end)
+    waitFor(function()
+      return hadError ~= nil
+    end, 2000, 'close')
+    assert.are.equal('ECONNREFUSED', err.code)
+    assert.are.equal(port, err.port)
+    assert.matches('^ECONNREFUSED', tostring(err))
+    assert.is_true(hadError)
+  end)
+
+  it('reports EADDRINUSE as an error event on the server', function()
+    local first, port = echoServer()
+    local second = track(net.createServer())
+    local err
+    second:on('error', function(e)
+      err = e
+    end)
+    second:listen(port, '127.0.0.1')
+    waitFor(function()
+      return err ~= nil
+    end, 2000, 'the error')
+    assert.are.equal('EADDRINUSE', err.code)
+    assert.is_false(second.listening)
+    assert.is_true(first.listening)
+    -- The server may listen again once the port is free.
+    local ok = false
+    second:listen(0, '127.0.0.1', function()
+      ok = true
+    end)
+    waitFor(function()
+      return ok
+    end, 2000, 'the retry')
+  end)
+
+  it('raises ERR_SOCKET_BAD_PORT and friends on bad input', function()
+    local srv = net.createServer()
+    for _, bad in ipairs({ -1, 70000, 'abc', 1.5, 0 / 0, true }) do
+      local ok, err = pcall(function()
+        srv:listen(bad)
+      end)
+      assert.is_false(ok)
+      -- The error points at the caller's line.
+      assert.matches('net_spec.lua:%d+: ERR_SOCKET_BAD_PORT:', err)
+    end
+    for _, bad in ipairs({ 0, -1, 65536, 'abc', {} }) do
+      local ok, err
+      if type(bad) == 'table' then
+        ok, err = pcall(net.connect, { host = '127.0.0.1' })
+      else
+        ok, err = pcall(net.connect, bad, '127.0.0.1')
+      end
+      assert.is_false(ok)
+      assert.matches('ERR_SOCKET_BAD_PORT', err, 1, true)
+    end
+    local ok, err = pcall(srv.listen, srv, { port = 1, bogus = true })
+    assert.is_false(ok)
+    assert.matches('ERR_INVALID_ARG_VALUE', err, 1, true)
+    ok, err = pcall(srv.listen, srv, {})
+    assert.matches('ERR_INVALID_ARG_VALUE', err, 1, true)
+    ok, err = pcall(srv.listen, srv, { port = 0, balance = 'random' })
+    assert.matches('ERR_INVALID_ARG_VALUE', err, 1, true)
+    ok, err = pcall(srv.listen, srv, 0, 12, 'x')
+    assert.is_false(ok)
+    ok, err = pcall(net.createServer, 'nope')
+    assert.matches('ERR_INVALID_ARG_TYPE', err, 1, true)
+    ok, err = pcall(net.createServer, { allowHalfOpen = true, nope = 1 })
+    assert.matches('ERR_INVALID_ARG_VALUE', err, 1, true)
+    ok, err = pcall(net.connect, { port = 80, host = 5 })
+    assert.matches('ERR_INVALID_ARG_TYPE', err, 1, true)
+    assert.is_false(srv.listening)
+    -- A string port of digits is a port.
+    local c = track(net.createServer())
+    local ready = false
+    c:listen('0', '127.0.0.1', function()
+      ready = true
+    end)
+    waitFor(function()
+      return ready
+    end, 2000, 'listening on "0"')
+    ok, err = pcall(c.listen, c, 0)
+    assert.matches('ERR_SERVER_ALREADY_LISTEN', err, 1, true)
+  end)
+
+  it('serves a Unix socket path and removes the file on close', function()
+    local dir = lctest.tmpdir()
+    local path = dir .. '/echo.sock'
+    local srv = track(net.createServer(function(s)
+      s:on('data', function(d)
+        s:write(d)
+      end)
+    end))
+    local ready = false
+    srv:listen({ path = path }, function()
+      ready = true
+    end)
+    waitFor(function()
+      return ready
+    end, 2000, 'the path to listen')
+    assert.are.equal(path, srv:address())
+    assert.is_truthy(io.open(path, 'r') or os.execute('test -S ' .. path) == 0)
+    local c = track(net.connect({ path = path }))
+    local got = collect(c)
+    c:write('over unix')
+    waitFor(function()
+      return got.text() == 'over unix'
+    end, 2000, 'the echo over the path')
+    c:finish()
+    local closed = false
+    srv:close(function()
+      closed = true
+    end)
+    waitFor(function()
+      return closed
+    end, 2000, 'the server to close')
+    assert.are.equal(1, os.execute('test -e ' .. path) == 0 and 0 or 1)
+    -- Connecting to a missing path is an error event.
+    local c2 = track(net.connect(path))
+    local err
+    c2:on('error', function(e)
+      err = e
+    end)
+    waitFor(function()
+      return err ~= nil
+    end, 2000, 'the error')
+    assert.are.equal('ENOENT', err.code)
+    lctest.rmrf(dir)
+  end)
+
+  it('setNoDelay and setKeepAlive apply to connected and connecting sockets', function()
+    local _, port = echoServer()
+    local c = track(net.connect(port, '127.0.0.1'))
+    assert.are.equal(c, c:setNoDelay(true))
+    assert.are.equal(c, c:setKeepAlive(true, 1000))
+    waitFor(function()
+      return not c.connecting
+    end, 2000, 'connect')
+    c:setNoDelay(false)
+    c:setKeepAlive(false)
+    local got = collect(c)
+    c:write('ok')
+    waitFor(function()
+      return got.text() == 'ok'
+    end, 2000, 'the echo')
+  end)
+
+  it('lets a cluster hook hand the server a listening handle or connections', function()
+    -- Shared handle: the hook binds (as the master would) and passes the handle.
+    local seen
+    net._listenHook = function(server, opts, cb)
+      seen = opts
+      local h = assert(net._bindListen({ host = opts.host, port = opts.port, backlog = opts.backlog }))
+      cb(nil, h)
+    end
+    local ok, srv = pcall(function()
+      local s = track(net.createServer(function(sock)
+        sock:finish('shared')
+      end))
+      s:listen({ port = 0, host = '127.0.0.1', balance = 'none' })
+      return s
+    end)
+    net._listenHook = nil
+    assert.is_true(ok, srv)
+    waitFor(function()
+      return srv.listening
+    end, 2000, 'listening on the handle')
+    assert.are.same({ host = '127.0.0.1', port = 0, family = 'IPv4', backlog = 511, exclusive = false,
+      balance = 'none', ipv6Only = false }, seen)
+    local c = track(net.connect(srv:address().port, '127.0.0.1'))
+    local got = collect(c)
+    waitFor(function()
+      return got.closed
+    end, 2000, 'the reply')
+    assert.are.equal('shared', got.text())
+
+    -- Round-robin: the worker has no handle; connections arrive through _addConnection.
+    net._listenHook = function(_, _, cb)
+      cb(nil, nil, { address = '127.0.0.1', family = 'IPv4', port = 4242 })
+    end
+    local rr = track(net.createServer(function(sock)
+      sock:finish('rr')
+    end))
+    rr:listen(4242)
+    net._listenHook = nil
+    waitFor(function()
+      return rr.listening
+    end, 2000, 'rr listening')
+    assert.are.same({ address = '127.0.0.1', family = 'IPv4', port = 4242 }, rr:address())
+    -- A "master" accepts and passes the connected handle.
+    local master
+    master = core.tcp(function()
+      rr:_addConnection(assert(master:accept()))
+    end)
+    assert(master:bind('127.0.0.1', 0))
+    assert(master:listen(8))
+    local c2 = track(net.connect(master:getsockname().port, '127.0.0.1'))
+    local got2 = collect(c2)
+    waitFor(function()
+      return got2.closed
+    end, 2000, 'the rr reply')
+    assert.are.equal('rr', got2.text())
+    local done = false
+    master:close(function()
+      done = true
+    end)
+    waitFor(function()
+      return done
+    end, 1000, 'the master handle to close')
+
+    -- exclusive skips the hook.
+    local called = false
+    net._listenHook = function()
+      called = true
+    end
+    local ex = track(net.createServer())
+    ex:listen({ port = 0, host = '127.0.0.1', exclusive = true })
+    net._listenHook = nil
+    waitFor(function()
+      return ex.listening
+    end, 2000, 'exclusive listening')
+    assert.is_false(called)
+  end)
+
+  it('wraps a connected descriptor as a socket (Socket._wrap)', function()
+    local _, port = echoServer()
+    local h
+    local connected = false
+    h = core.tcp(function(ev)
+      if ev == 'connect' then
+        connected = true
+      end
+    end)
+    assert(h:connect('127.0.0.1', port))
+    waitFor(function()
+      return connected
+    end, 2000, 'the raw connect')
+    local s = track(net.Socket._wrap(h))
+    local got = collect(s)
+    s:write('wrapped')
+    waitFor(function()
+      return got.text() == 'wrapped'
+    end, 2000, 'the echo')
+  end)
+end)
