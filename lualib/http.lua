@@ -265,7 +265,7 @@ function ServerResponse:_send(status, reason, headers, names, flags, len, body)
     return false
   end
   local h = self._conn.handle
-  if not h or h:is_closing() then
+  if not h or h:is_closing() or self._conn.closing then
     return false
   end
   local ok, err = http_send(h, status, reason, headers, names, flags, len, body)
@@ -699,7 +699,7 @@ function Conn:_sweep(t, server)
     end
     if limit and limit > 0 and t - started >= limit then
       self.parser:detach()
-      if self.active then
+      if self.active and self.active.headersSent then
         self:destroy()
       else
         self:_sendError(408)

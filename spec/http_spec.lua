@@ -1,0 +1,668 @@
+-- http: the server and client over real sockets on 127.0.0.1, and the C parser glue fed
+-- directly. Every wait has a deadline; every server, socket and process is closed after.
+local core = require('_core')
+local http = require('http')
+local net = require('net')
+local lctest = require('lctest')
+
+local waitFor = lctest.waitFor
+
+local servers, sockets = {}, {}
+
+-- Starts an http server on a free port; returns server, port.
+local function serve(handler, setup)
+  local srv = http.createServer(handler)
+  if setup then
+    setup(srv)
+  end
+  local listening = false
+  srv:listen(0, '127.0.0.1', function()
+    listening = true
+  end)
+  waitFor(function()
+    return listening
+  end, 2000, 'server to listen')
+  servers[#servers + 1] = srv
+  return srv, srv:address().port
+end
+
+-- A raw TCP client: r.data accumulates everything received; r.closed once closed.
+local function raw(port, data)
+  local s = net.connect(port, '127.0.0.1')
+  local r = { data = '', closed = false, socket = s }
+  s:on('data', function(d)
+    r.data = r.data .. d
+  end)
+  s:on('error', function(e)
+    r.err = e
+  end)
+  s:on('end', function()
+    r.ended = true
+  end)
+  s:on('close', function()
+    r.closed = true
+  end)
+  if data then
+    s:write(data)
+  end
+  sockets[#sockets + 1] = s
+  return r
+end
+
+-- Splits raw response bytes into responses {status=, reason=, headers=, body=}; parses
+-- Content-Length and chunked bodies, and bodies that end at the end of the data.
+local function responses(data)
+  local out = {}
+  local pos = 1
+  while pos <= #data do
+    local headEnd = data:find('\r\n\r\n', pos, true)
+    if not headEnd then
+      break
+    end
+    local head = data:sub(pos, headEnd - 1)
+    pos = headEnd + 4
+    local status, reason = head:match('^HTTP/1%.%d (%d%d%d) ([^\r]*)')
+    local r = { status = tonumber(status), reason = reason, headers = {}, raw = head }
+    for name, value in head:gmatch('\r\n([^:\r]+): ([^\r]*)') do
+      r.headers[name:lower()] = value
+    end
+    local body = ''
+    if r.status == 100 or r.status == 304 or r.status == 204 or r.noBody then
+      body = ''
+    elseif r.headers['content-length'] then
+      local n = tonumber(r.headers['content-length'])
+      body = data:sub(pos, pos + n - 1)
+      pos = pos + n
+    elseif r.headers['transfer-encoding'] == 'chunked' then
+      while true do
+        local line, after = data:match('^(%x+)\r\n()', pos)
+        if not line then
+          break
+        end
+        local n = tonumber(line, 16)
+        body = body .. data:sub(after, after + n - 1)
+        pos = after + n + 2
+        if n == 0 then
+          break
+        end
+      end
+    else
+      body = data:sub(pos)
+      pos = #data + 1
+    end
+    r.body = body
+    out[#out + 1] = r
+  end
+  return out
+end
+
+local function waitResponses(r, n, what)
+  return waitFor(function()
+    local rs = responses(r.data)
+    return #rs >= n and rs
+  end, 3000, what or (n .. ' responses'))
+end
+
+local function waitClosed(r, what)
+  waitFor(function()
+    return r.closed
+  end, 3000, what or 'the connection to close')
+end
+
+local function hello(_, res)
+  res:finish('hello world\n')
+end
+
+after_each(function()
+  for _, s in ipairs(sockets) do
+    s:destroy()
+  end
+  sockets = {}
+  for _, srv in ipairs(servers) do
+    local closed = false
+    srv:close(function()
+      closed = true
+    end)
+    srv:closeAllConnections()
+    waitFor(function()
+      return closed
+    end, 3000, 'server to close')
+  end
+  servers = {}
+  lctest.cleanup()
+end)
+
+describe('http parser glue (in-process)', function()
+  local function parse(text, step, opts)
+    local evs = {}
+    local p = core.http_parser('request', function(ev, ...)
+      evs[#evs + 1] = { ev, ... }
+    end, opts)
+    step = step or #text
+    for i = 1, #text, step do
+      p:feed(text:sub(i, i + step - 1))
+    end
+    return evs
+  end
+
+  it('delivers one head per request with lower-case, joined headers, byte by byte', function()
+    local req = 'GET /a?b=1 HTTP/1.1\r\nHost: x\r\nAccept: a\r\naccept: b\r\nSet-Cookie: 1\r\n'
+      .. 'set-cookie: 2\r\nCookie: a=1\r\nCookie: b=2\r\nHost: dup\r\nX-Empty:\r\nX-Pad:  v  \r\n\r\n'
+    for _, step in ipairs({ 1, 3, #req }) do
+      local evs = parse(req, step)
+      assert.are.equal(1, #evs)
+      local ev, method, url, version, h, keepAlive, upgrade, complete = unpack(evs[1])
+      assert.are.same({ 'head', 'GET', '/a?b=1', '1.1' }, { ev, method, url, version })
+      assert.are.same({ host = 'x', accept = 'a, b', ['set-cookie'] = { '1', '2' }, cookie = 'a=1; b=2',
+        ['x-empty'] = '', ['x-pad'] = 'v' }, h)
+      assert.is_true(keepAlive)
+      assert.is_false(upgrade)
+      assert.is_true(complete)
+    end
+  end)
+
+  it('streams chunked bodies and parses pipelined requests in order', function()
+    local text = 'POST /1 HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n'
+      .. 'GET /2 HTTP/1.0\r\n\r\n'
+    local evs = parse(text, 1)
+    local body, seq = '', {}
+    for _, e in ipairs(evs) do
+      if e[1] == 'body' then
+        body = body .. e[2]
+      else
+        seq[#seq + 1] = e[1] .. (e[1] == 'head' and e[3] or '')
+      end
+    end
+    assert.are.equal('abcde', body)
+    assert.are.same({ 'head/1', 'done', 'head/2' }, seq)
+    assert.is_false(evs[#evs][6]) -- HTTP/1.0 without keep-alive
+  end)
+
+  it('reports 431, 413 and 400 and then parses nothing more', function()
+    local big = 'GET / HTTP/1.1\r\nX: ' .. ('a'):rep(200) .. '\r\n\r\n'
+    local evs = parse(big, 7, { maxHeaderSize = 100 })
+    assert.are.same({ 'error', 431 }, { evs[1][1], evs[1][2] })
+    evs = parse('POST / HTTP/1.1\r\nContent-Length: 11\r\n\r\nhello world', nil, { maxBodySize = 10 })
+    assert.are.same({ 'error', 413 }, { evs[1][1], evs[1][2] })
+    evs = parse('POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n6\r\nabcdef\r\n0\r\n\r\n', 1,
+      { maxBodySize = 5 })
+    assert.are.equal('error', evs[#evs][1])
+    assert.are.equal(413, evs[#evs][2])
+    evs = parse('NOT HTTP\r\n\r\nGET / HTTP/1.1\r\n\r\n')
+    assert.are.equal(1, #evs)
+    assert.are.same({ 'error', 400 }, { evs[1][1], evs[1][2] })
+  end)
+
+  it('drops headers beyond maxHeadersCount', function()
+    local evs = parse('GET / HTTP/1.1\r\nA: 1\r\nB: 2\r\nC: 3\r\n\r\n', 1, { maxHeadersCount = 2 })
+    assert.are.same({ a = '1', b = '2' }, evs[1][5])
+  end)
+end)
+
+describe('http server', function()
+  it('answers a GET with Date, Connection, Content-Length and the request fields', function()
+    local got
+    local _, port = serve(function(req, res)
+      got = { method = req.method, url = req.url, v = req.httpVersion, h = req.headers, sock = req.socket }
+      res:setHeader('Content-Type', 'text/plain')
+      res:setHeader('X-Multi', { 'a', 'b' })
+      assert.are.equal('text/plain', res:getHeader('content-type'))
+      res:setHeader('X-Gone', '1')
+      res:removeHeader('x-gone')
+      res:finish('hello world\n')
+    end)
+    local r = raw(port, 'GET /path?q=1 HTTP/1.1\r\nHost: h\r\nX-Custom: Yes\r\nset-cookie: a\r\n\r\n')
+    local rs = waitResponses(r, 1)
+    assert.are.same({ method = 'GET', url = '/path?q=1', v = '1.1' }, { method = got.method, url = got.url, v = got.v })
+    assert.are.same({ host = 'h', ['x-custom'] = 'Yes', ['set-cookie'] = { 'a' } }, got.h)
+    assert.is_truthy(got.sock.remotePort)
+    local res = rs[1]
+    assert.are.equal(200, res.status)
+    assert.are.equal('OK', res.reason)
+    assert.are.equal('hello world\n', res.body)
+    assert.are.equal('12', res.headers['content-length'])
+    assert.are.equal('keep-alive', res.headers['connection'])
+    assert.are.equal('text/plain', res.headers['content-type'])
+    assert.is_nil(res.headers['x-gone'])
+    assert.truthy(res.raw:find('X-Multi: a\r\nX-Multi: b', 1, true))
+    assert.truthy(res.headers['date']:match('^%a%a%a, %d%d %a%a%a %d%d%d%d %d%d:%d%d:%d%d GMT$'))
+    assert.is_false(r.closed)
+  end)
+
+  it('writeHead sets status, reason and headers; bad header values raise', function()
+    local errs = {}
+    local _, port = serve(function(_, res)
+      errs[1] = select(2, pcall(res.setHeader, res, 'X', 'a\r\nInjected: 1'))
+      errs[2] = select(2, pcall(res.setHeader, res, 'Bad Name', 'v'))
+      res:writeHead(201, 'Made It', { ['X-A'] = '1' })
+      errs[3] = select(2, pcall(res.setHeader, res, 'Late', 'v'))
+      res:finish()
+    end)
+    local r = raw(port, 'GET / HTTP/1.1\r\n\r\n')
+    local rs = waitResponses(r, 1)
+    assert.are.equal(201, rs[1].status)
+    assert.are.equal('Made It', rs[1].reason)
+    assert.are.equal('1', rs[1].headers['x-a'])
+    assert.are.equal('0', rs[1].headers['content-length'])
+    assert.matches('^ERR_INVALID_CHAR', errs[1])
+    assert.matches('^ERR_INVALID_HTTP_TOKEN', errs[2])
+    assert.matches('^ERR_HTTP_HEADERS_SENT', errs[3])
+  end)
+
+  it('parses a request split byte by byte across reads', function()
+    local got
+    local _, port = serve(function(req, res)
+      local body = {}
+      req:on('data', function(c)
+        body[#body + 1] = c
+      end)
+      req:on('end', function()
+        got = { url = req.url, h = req.headers['x-long'], body = table.concat(body) }
+        res:finish('ok')
+      end)
+    end)
+    local r = raw(port)
+    r.socket:setNoDelay(true)
+    local text = 'POST /split HTTP/1.1\r\nX-Long: value\r\nContent-Length: 5\r\n\r\nabcde'
+    for i = 1, #text do
+      local sent = false
+      r.socket:write(text:sub(i, i), function()
+        sent = true
+      end)
+      waitFor(function()
+        return sent
+      end, 1000, 'byte ' .. i .. ' to be written')
+    end
+    local rs = waitResponses(r, 1)
+    assert.are.same({ url = '/split', h = 'value', body = 'abcde' }, got)
+    assert.are.equal('ok', rs[1].body)
+  end)
+
+  it('answers pipelined requests in order even when the first answers last', function()
+    local _, port = serve(function(req, res)
+      if req.url == '/slow' then
+        setTimeout(function()
+          res:finish('slow')
+        end, 30)
+      elseif req.url == '/chunks' then
+        res:write('c1')
+        res:finish('c2')
+      else
+        res:finish('fast' .. req.url)
+      end
+    end)
+    local r = raw(port, 'GET /slow HTTP/1.1\r\n\r\nGET /chunks HTTP/1.1\r\n\r\nGET /3 HTTP/1.1\r\n\r\n')
+    local rs = waitResponses(r, 3)
+    assert.are.same({ 'slow', 'c1c2', 'fast/3' }, { rs[1].body, rs[2].body, rs[3].body })
+    assert.are.equal('chunked', rs[2].headers['transfer-encoding'])
+  end)
+
+  it('streams chunked request bodies and large bodies in several data events', function()
+    local got = {}
+    local _, port = serve(function(req, res)
+      local n, parts = 0, 0
+      local sum = 0
+      req:on('data', function(c)
+        n = n + #c
+        parts = parts + 1
+        sum = sum + c:byte(1)
+      end)
+      req:on('end', function()
+        got[req.url] = { n = n, parts = parts }
+        res:finish(tostring(n))
+      end)
+    end)
+    local r = raw(port, 'POST /chunked HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n'
+      .. '5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n')
+    waitResponses(r, 1)
+    assert.are.equal(11, got['/chunked'].n)
+    local size = 4 * 1024 * 1024
+    local r2 = raw(port, 'POST /big HTTP/1.1\r\nContent-Length: ' .. size .. '\r\n\r\n')
+    r2.socket:write(('x'):rep(size))
+    local rs = waitResponses(r2, 1, 'the big body to be counted')
+    assert.are.equal(tostring(size), rs[1].body)
+    assert.is_true(got['/big'].parts > 1)
+  end)
+
+  it('writes a large response with backpressure and drain', function()
+    local drained = 0
+    local _, port = serve(function(_, res)
+      local chunk = ('y'):rep(64 * 1024)
+      local left = 64
+      local function pump()
+        while left > 0 do
+          left = left - 1
+          if not res:write(chunk) then
+            res:once('drain', function()
+              drained = drained + 1
+              pump()
+            end)
+            return
+          end
+        end
+        res:finish()
+      end
+      pump()
+    end)
+    local r = raw(port, 'GET / HTTP/1.1\r\n\r\n')
+    local rs = waitFor(function()
+      local rs = responses(r.data)
+      return #rs == 1 and #rs[1].body == 64 * 64 * 1024 and rs
+    end, 5000, 'the whole 4 MiB response')
+    assert.are.equal('chunked', rs[1].headers['transfer-encoding'])
+    assert.is_true(drained > 0)
+  end)
+
+  it('answers Expect: 100-continue before the body arrives', function()
+    local _, port = serve(function(req, res)
+      local body = ''
+      req:on('data', function(c)
+        body = body .. c
+      end)
+      req:on('end', function()
+        res:finish('got ' .. body)
+      end)
+    end)
+    local r = raw(port, 'POST / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n')
+    waitFor(function()
+      return r.data:find('HTTP/1.1 100 Continue\r\n\r\n', 1, true)
+    end, 2000, '100 Continue')
+    r.socket:write('data')
+    local rs = waitResponses(r, 2)
+    assert.are.equal(100, rs[1].status)
+    assert.are.equal('got data', rs[2].body)
+  end)
+
+  it('sends no body for HEAD, and honours HTTP/1.0 and Connection: close', function()
+    local _, port = serve(hello)
+    local r = raw(port, 'HEAD / HTTP/1.1\r\n\r\n')
+    waitFor(function()
+      return r.data:find('\r\n\r\n', 1, true)
+    end, 2000, 'the HEAD response')
+    local rs = responses(r.data:gsub('Content%-Length', 'X-Length'))
+    assert.are.equal(200, rs[1].status)
+    assert.are.equal('', rs[1].body)
+    assert.is_false(r.closed)
+    local r10 = raw(port, 'GET / HTTP/1.0\r\n\r\n')
+    waitClosed(r10)
+    rs = responses(r10.data)
+    assert.are.equal('close', rs[1].headers.connection)
+    assert.are.equal('hello world\n', rs[1].body)
+    local rc = raw(port, 'GET / HTTP/1.1\r\nConnection: close\r\n\r\nGET /ignored HTTP/1.1\r\n\r\n')
+    waitClosed(rc)
+    rs = responses(rc.data)
+    assert.are.equal(1, #rs)
+    assert.are.equal('close', rs[1].headers.connection)
+    local ka = raw(port, 'GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n')
+    rs = waitResponses(ka, 1)
+    assert.are.equal('keep-alive', rs[1].headers.connection)
+    assert.is_false(ka.closed)
+  end)
+
+  it('closes an HTTP/1.0 response without a length by closing the connection', function()
+    local _, port = serve(function(_, res)
+      res:write('part1 ')
+      res:finish('part2')
+    end)
+    local r = raw(port, 'GET / HTTP/1.0\r\n\r\n')
+    waitClosed(r)
+    local rs = responses(r.data)
+    assert.are.equal('part1 part2', rs[1].body)
+    assert.is_nil(rs[1].headers['transfer-encoding'])
+  end)
+
+  describe('rejects bad requests with 4xx, closes, and keeps serving', function()
+    local cases = {
+      { 'garbage', 'HELLO THERE\r\n\r\n', 400 },
+      { 'a bad Content-Length', 'POST / HTTP/1.1\r\nContent-Length: abc\r\n\r\n', 400 },
+      { 'two different Content-Lengths', 'POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab', 400 },
+      { 'Content-Length with Transfer-Encoding (smuggling)',
+        'POST / HTTP/1.1\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\n\r\n', 400 },
+      { 'a bad chunk size', 'POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n', 400 },
+      { 'an oversized head', 'GET / HTTP/1.1\r\nX-Big: ' .. ('a'):rep(20000) .. '\r\n\r\n', 431 },
+      { 'a body over maxBodySize', 'POST / HTTP/1.1\r\nContent-Length: 100\r\n\r\n', 413 },
+    }
+    for _, case in ipairs(cases) do
+      it(case[1], function()
+        local urls = {}
+        local _, port = serve(function(req, res)
+          urls[#urls + 1] = req.url
+          res:finish('fine')
+        end, function(srv)
+          srv.maxBodySize = 10
+        end)
+        local r = raw(port, case[2])
+        waitClosed(r, 'the bad connection to close')
+        local rs = responses(r.data)
+        assert.are.equal(1, #rs)
+        assert.are.equal(case[3], rs[1].status)
+        assert.are.equal('close', rs[1].headers.connection)
+        assert.are.same({}, urls)
+        local ok = raw(port, 'GET /next HTTP/1.1\r\n\r\n')
+        assert.are.equal('fine', waitResponses(ok, 1)[1].body)
+      end)
+    end
+  end)
+
+  it('answers the requests before a bad one, then the 400', function()
+    local _, port = serve(hello)
+    local r = raw(port, 'GET / HTTP/1.1\r\n\r\nBAD\r\n\r\n')
+    waitClosed(r)
+    local rs = responses(r.data)
+    assert.are.same({ 200, 400 }, { rs[1].status, rs[2].status })
+  end)
+
+  it('keeps at most maxHeadersCount headers', function()
+    local got
+    local _, port = serve(function(req, res)
+      got = req.headers
+      res:finish()
+    end, function(srv)
+      srv.maxHeadersCount = 2
+    end)
+    local r = raw(port, 'GET / HTTP/1.1\r\nA: 1\r\nB: 2\r\nC: 3\r\n\r\n')
+    waitResponses(r, 1)
+    assert.are.same({ a = '1', b = '2' }, got)
+  end)
+
+  describe('timeouts', function()
+    it('headersTimeout: a slow head gets 408 and is closed', function()
+      local _, port = serve(hello, function(srv)
+        srv.headersTimeout = 100
+      end)
+      local r = raw(port, 'GET / HTTP/1.1\r\nX-Slow: ')
+      waitClosed(r)
+      assert.are.equal(408, responses(r.data)[1].status)
+    end)
+
+    it('requestTimeout: a slow body gets 408 and is closed', function()
+      local _, port = serve(function(req, res)
+        req:on('end', function()
+          res:finish('late')
+        end)
+      end, function(srv)
+        srv.requestTimeout = 150
+      end)
+      local r = raw(port, 'POST / HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc')
+      waitClosed(r)
+      assert.are.equal(408, responses(r.data)[1].status)
+    end)
+
+    it('keepAliveTimeout: an idle connection is closed after it, a busy one is not', function()
+      local _, port = serve(function(req, res)
+        if req.url == '/slow' then
+          setTimeout(function()
+            res:finish('slow')
+          end, 250)
+        else
+          res:finish('x')
+        end
+      end, function(srv)
+        srv.keepAliveTimeout = 100
+      end)
+      local idle = raw(port, 'GET / HTTP/1.1\r\n\r\n')
+      local busy = raw(port, 'GET /slow HTTP/1.1\r\n\r\n')
+      local t0 = core.now()
+      waitResponses(idle, 1)
+      waitClosed(idle, 'the idle connection to close')
+      assert.is_true(core.now() - t0 >= 100)
+      assert.is_false(busy.closed)
+      assert.are.equal('slow', waitResponses(busy, 1)[1].body)
+    end)
+  end)
+
+  it('close() closes idle keep-alive connections at once and finishes in-flight ones', function()
+    local pending
+    local srv, port = serve(function(req, res)
+      if req.url == '/slow' then
+        pending = res
+      else
+        res:finish('x')
+      end
+    end)
+    local idle = raw(port, 'GET / HTTP/1.1\r\n\r\n')
+    waitResponses(idle, 1)
+    local busy = raw(port, 'GET /slow HTTP/1.1\r\n\r\n')
+    waitFor(function()
+      return pending
+    end, 2000, 'the slow request')
+    local closed = false
+    srv:close(function()
+      closed = true
+    end)
+    waitClosed(idle, 'the idle connection to close')
+    assert.is_false(busy.closed)
+    assert.is_false(closed)
+    pending:finish('done')
+    local rs = waitResponses(busy, 1)
+    assert.are.equal('done', rs[1].body)
+    assert.are.equal('close', rs[1].headers.connection)
+    waitClosed(busy)
+    waitFor(function()
+      return closed
+    end, 3000, "the server's close event")
+    servers = {}
+  end)
+
+  it('emits clientError instead of answering when a listener is set', function()
+    local seen
+    local _, port = serve(hello, function(srv)
+      srv:on('clientError', function(err, socket)
+        seen = err
+        socket:finish('HTTP/1.1 400 Custom\r\n\r\n')
+      end)
+    end)
+    local r = raw(port, 'JUNK\r\n\r\n')
+    waitClosed(r)
+    assert.are.equal(400, seen.statusCode)
+    assert.matches('^HPE_', seen.code)
+    assert.are.equal('Custom', responses(r.data)[1].reason)
+  end)
+end)
+
+describe('http client', function()
+  local function collect(res)
+    local out = { status = res.statusCode, headers = res.headers, body = '' }
+    res:on('data', function(c)
+      out.body = out.body .. c
+    end)
+    res:on('end', function()
+      out.done = true
+    end)
+    return out
+  end
+
+  it('gets Content-Length and chunked responses from our server and posts a body', function()
+    local _, port = serve(function(req, res)
+      if req.url == '/chunked' then
+        res:write('a')
+        res:finish('b')
+      elseif req.method == 'POST' then
+        local b = ''
+        req:on('data', function(c)
+          b = b .. c
+        end)
+        req:on('end', function()
+          res:writeHead(201, { ['X-Len'] = #b })
+          res:finish('echo:' .. b)
+        end)
+      else
+        res:finish('plain')
+      end
+    end)
+    local results = {}
+    http.get('http://127.0.0.1:' .. port .. '/', function(res)
+      results.plain = collect(res)
+    end)
+    http.get({ host = '127.0.0.1', port = port, path = '/chunked' }, function(res)
+      results.chunked = collect(res)
+    end)
+    local req = http.request({ host = '127.0.0.1', port = port, method = 'POST', path = '/p' }, function(res)
+      results.post = collect(res)
+    end)
+    req:write('abc')
+    req:finish('def')
+    waitFor(function()
+      return results.plain and results.plain.done and results.chunked and results.chunked.done
+        and results.post and results.post.done
+    end, 3000, 'three responses')
+    assert.are.same({ 200, 'plain', '5' }, { results.plain.status, results.plain.body,
+      results.plain.headers['content-length'] })
+    assert.are.same({ 'ab', 'chunked' }, { results.chunked.body, results.chunked.headers['transfer-encoding'] })
+    assert.are.same({ 201, 'echo:abcdef', '6' }, { results.post.status, results.post.body,
+      results.post.headers['x-len'] })
+  end)
+
+  it('reports a refused connection as an error event', function()
+    local port = lctest.freePort()
+    local err
+    local req = http.get({ host = '127.0.0.1', port = port }, function() end)
+    req:on('error', function(e)
+      err = e
+    end)
+    waitFor(function()
+      return err
+    end, 3000, 'the error')
+    assert.are.equal('ECONNREFUSED', err.code)
+  end)
+
+  it('talks to a node http server (chunked, EOF-delimited and HEAD responses)', function()
+    local dir = lctest.tmpdir()
+    local script = lctest.writeFile(dir .. '/srv.js', [[
+      const http = require('http');
+      const s = http.createServer((req, res) => {
+        if (req.url === '/eof') { res.shouldKeepAlive = false; res.useChunkedEncodingByDefault = false;
+          res.writeHead(200, {'Connection': 'close'}); res.write('until '); res.end('eof'); return; }
+        let b = ''; req.on('data', c => b += c);
+        req.on('end', () => { res.setHeader('Set-Cookie', ['a=1', 'b=2']);
+          res.write(req.method + ' ' + req.url + ' '); res.end(b); });
+      });
+      s.listen(0, '127.0.0.1', () => console.log('port ' + s.address().port));
+    ]])
+    local child = lctest.spawn(script, {}, { binary = 'node' })
+    local port = tonumber(child:waitOutput('port (%d+)'))
+    local results = {}
+    local req = http.request({ host = '127.0.0.1', port = port, method = 'PUT', path = '/x' }, function(res)
+      results.put = collect(res)
+    end)
+    req:finish('body!')
+    http.get({ host = '127.0.0.1', port = port, path = '/eof' }, function(res)
+      results.eof = collect(res)
+    end)
+    http.request({ host = '127.0.0.1', port = port, method = 'HEAD', path = '/h' }, function(res)
+      results.head = collect(res)
+    end):finish()
+    waitFor(function()
+      return results.put and results.put.done and results.eof and results.eof.done
+        and results.head and results.head.done
+    end, 5000, 'responses from node')
+    assert.are.equal('PUT /x body!', results.put.body)
+    assert.are.equal('chunked', results.put.headers['transfer-encoding'])
+    assert.are.same({ 'a=1', 'b=2' }, results.put.headers['set-cookie'])
+    assert.are.equal('until eof', results.eof.body)
+    assert.are.equal(200, results.head.status)
+    assert.are.equal('', results.head.body)
+    child:stop()
+    lctest.rmrf(dir)
+  end)
+end)
