@@ -959,7 +959,7 @@ function ClientRequest:_fail(err)
   end
 end
 
-function ClientRequest:_onParserEvent(ev, status, reason, version, headers, keepAlive, _, complete)
+function ClientRequest:_onParserEvent(ev, status, reason, version, headers, _, _, complete)
   if ev == 'head' then
     if status >= 100 and status < 200 and status ~= 101 then
       self:emit(status == 100 and 'continue' or 'information', { statusCode = status, headers = headers })

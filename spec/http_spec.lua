@@ -213,7 +213,8 @@ describe('http server', function()
     end)
     local r = raw(port, 'GET /path?q=1 HTTP/1.1\r\nHost: h\r\nX-Custom: Yes\r\nset-cookie: a\r\n\r\n')
     local rs = waitResponses(r, 1)
-    assert.are.same({ method = 'GET', url = '/path?q=1', v = '1.1' }, { method = got.method, url = got.url, v = got.v })
+    assert.are.same({ method = 'GET', url = '/path?q=1', v = '1.1' },
+      { method = got.method, url = got.url, v = got.v })
     assert.are.same({ host = 'h', ['x-custom'] = 'Yes', ['set-cookie'] = { 'a' } }, got.h)
     assert.is_truthy(got.sock.remotePort)
     local res = rs[1]
@@ -417,7 +418,8 @@ describe('http server', function()
       { 'a bad Content-Length', 'POST / HTTP/1.1\r\nContent-Length: abc\r\n\r\n', 400 },
       { 'two different Content-Lengths', 'POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab', 400 },
       { 'Content-Length with Transfer-Encoding (smuggling)',
-        'POST / HTTP/1.1\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\n\r\n', 400 },
+        'POST / HTTP/1.1\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n'
+        .. 'GET /smuggled HTTP/1.1\r\n\r\n', 400 },
       { 'a bad chunk size', 'POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n', 400 },
       { 'an oversized head', 'GET / HTTP/1.1\r\nX-Big: ' .. ('a'):rep(20000) .. '\r\n\r\n', 431 },
       { 'a body over maxBodySize', 'POST / HTTP/1.1\r\nContent-Length: 100\r\n\r\n', 413 },
