@@ -1,0 +1,243 @@
+-- _cluster_ipc.lua: what both ends of a cluster channel share: the message codec (a private
+-- lua-cjson instance, so a script's cjson settings never change the wire), the refusal of
+-- values JSON cannot carry (raised before anything is written), handle packing, and the
+-- Channel that turns the C channel's batches of frames into calls on its owner.
+local core = require('_core')
+local cjson = require('cjson')
+local class = require('_class')
+local events = require('events')
+
+local M = {}
+
+-- Frame kinds (runtime/ipc_frame.h). The kind byte, not the body, tells a user message from
+-- an internal one, so a user table shaped like an internal message stays a user message.
+M.KIND_USER, M.KIND_INTERNAL, M.KIND_HANDLE = 1, 2, 3
+
+local enc = cjson.new()
+enc.encode_number_precision(14) -- the most this lua-cjson allows (17 would round-trip doubles)
+enc.encode_invalid_numbers(false)
+enc.encode_keep_buffer(true)
+local encode = enc.encode
+local decode = require('cjson.safe').new().decode
+local null = cjson.null
+
+-- The first thing in v that JSON cannot carry, as a sentence naming where it is; nil when
+-- nothing specific is found.
+local function explain(v, path, seen)
+  local t = type(v)
+  if v == null then
+    return nil
+  elseif t == 'function' or t == 'userdata' or t == 'thread' then
+    return ('%s is a %s'):format(path, t)
+  elseif t == 'number' then
+    if v ~= v then
+      return path .. ' is NaN'
+    elseif v == math.huge or v == -math.huge then
+      return path .. ' is ' .. (v > 0 and 'inf' or '-inf')
+    end
+  elseif t == 'table' then
+    if seen[v] then
+      return path .. ' is a cycle (a table that contains itself)'
+    end
+    seen[v] = true
+    for k, x in pairs(v) do
+      local kt = type(k)
+      if kt ~= 'string' and kt ~= 'number' then
+        return ('%s has a %s key'):format(path, kt)
+      end
+      local why = explain(x, kt == 'number' and ('%s[%s]'):format(path, tostring(k))
+        or (path .. '.' .. k), seen)
+      if why then
+        return why
+      end
+    end
+    seen[v] = nil
+  end
+  return nil
+end
+
+-- Encodes a message or raises ERR_INVALID_ARG_TYPE naming the problem (at `level`).
+function M.encode(msg, level)
+  if msg == nil then
+    error('ERR_MISSING_ARGS: the message to send is nil', level)
+  end
+  local ok, s = pcall(encode, msg)
+  if ok then
+    return s
+  end
+  local why = explain(msg, 'msg', {})
+    or ('msg cannot be encoded as JSON (' .. tostring(s):gsub('^.-:%d+: ', '') .. ')')
+  error('ERR_INVALID_ARG_TYPE: cannot send the message: ' .. why, level)
+end
+
+M.decode = decode
+
+-- Handle passing. net/dgram register a packer with M.registerHandleType(name, packer):
+--   packer.test(handle) -> true when the handle is theirs
+--   packer.pack(handle) -> description table, list of fds (the channel duplicates them)
+--   packer.unpack(desc, fds) -> the handle object in the receiving process (owns the fds)
+-- Until then, and for anything else, an integer handle is a raw fd, delivered as an integer.
+local packers, order = {}, {}
+function M.registerHandleType(name, packer)
+  if not packers[name] then
+    order[#order + 1] = name
+  end
+  packers[name] = packer
+end
+
+-- Returns kind, body, fds for a message with an optional handle; raises on bad input.
+function M.pack(msg, handle, level)
+  level = (level or 2) + 1
+  if handle == nil then
+    return M.KIND_USER, M.encode(msg, level), nil
+  end
+  local desc, fds
+  if type(handle) == 'number' then
+    desc, fds = { type = 'fd' }, { handle }
+  else
+    for _, name in ipairs(order) do
+      local p = packers[name]
+      if p.test(handle) then
+        desc, fds = p.pack(handle)
+        desc.type = name
+        break
+      end
+    end
+  end
+  if not desc then
+    error('ERR_INVALID_HANDLE_TYPE: this handle type cannot be sent', level)
+  end
+  return M.KIND_HANDLE, M.encode({ desc, msg }, level), fds
+end
+
+-- The receiving side of M.pack: msg, handle (fds a list of integers).
+function M.unpackHandle(value, fds)
+  local desc, msg = value[1], value[2]
+  local p = type(desc) == 'table' and packers[desc.type]
+  if p then
+    return msg, p.unpack(desc, fds or {})
+  end
+  -- A raw fd (or a type nobody registered here): the first fd as an integer; the rest would
+  -- leak, so they are closed.
+  for i = 2, #(fds or {}) do
+    core.ipc_closefd(fds[i])
+  end
+  return msg, fds and fds[1]
+end
+
+-- Channel: owns a C channel and calls owner:_onFrame(kind, value, fds) for each frame in
+-- order, owner:_onChannelEnd(err) once at EOF (err nil) or on an error (closing is the
+-- owner's job).
+local Channel = class()
+M.Channel = Channel
+
+function Channel:_init(fd, owner)
+  local batch, pos, last = nil, 1, 0
+  local ch
+  local function dispatch()
+    while pos <= last do
+      local i = pos
+      pos = i + 3
+      local kind, body, fds = batch[i], batch[i + 1], batch[i + 2]
+      local value = decode(body)
+      if value == nil then
+        for _, fd in ipairs(fds or {}) do
+          core.ipc_closefd(fd)
+        end
+        batch = nil
+        owner:_onChannelEnd(events.makeError('EPROTO', 'malformed frame: the body is not JSON'))
+        return
+      end
+      owner:_onFrame(kind, value, fds or nil)
+      if self.closed then
+        batch = nil
+        return
+      end
+    end
+    batch = nil
+  end
+  ch = core.ipc(fd, function(ev, a, b)
+    if ev == 'frames' then
+      batch, pos, last = a, 1, b * 3
+      dispatch()
+    elseif ev == 'resume' then
+      if batch then
+        dispatch()
+      end
+    elseif ev == 'end' then
+      owner:_onChannelEnd(nil)
+    elseif ev == 'error' then
+      owner:_onChannelEnd(events.fromUv(a, b))
+    end
+  end)
+  if not ch then
+    error('cannot open the IPC channel: ' .. tostring(fd), 2)
+  end
+  self._ch = ch
+  self.closed = false
+end
+
+-- Sends a frame; returns true, or nil and an error message.
+function Channel:send(kind, body, fds)
+  if self.closed then
+    return nil, 'EPIPE: the channel is closed', 'EPIPE'
+  end
+  return self._ch:send(kind, body, fds)
+end
+
+function Channel:sendInternal(msg, fds)
+  return self:send(M.KIND_INTERNAL, encode(msg), fds)
+end
+
+-- Closes now (queued bytes are dropped); fn runs once the handle is closed.
+function Channel:close(fn)
+  if self.closed then
+    return false
+  end
+  self.closed = true
+  self._ch:close(fn)
+  return true
+end
+
+-- Closes once every queued byte is written; fn runs once the handle is closed.
+function Channel:finish(fn)
+  if self.closed then
+    return false
+  end
+  self.closed = true
+  self._ch:finish(fn)
+  return true
+end
+
+function Channel:pump()
+  if not self.closed then
+    self._ch:pump()
+  end
+end
+
+function Channel:flushSync(ms)
+  if not self.closed then
+    return self._ch:flush_sync(ms)
+  end
+  return true
+end
+
+function Channel:setRef(on)
+  if not self.closed then
+    if on then
+      self._ch:ref()
+    else
+      self._ch:unref()
+    end
+  end
+end
+
+function Channel:queued()
+  return self.closed and 0 or self._ch:queued()
+end
+
+function Channel:fileno()
+  return not self.closed and self._ch:fileno() or nil
+end
+
+return M

@@ -1,0 +1,450 @@
+-- _cluster_primary.lua: the master side of `cluster`: fork, settings, the Worker object and
+-- its events. Each worker gets its own socketpair channel (runtime/ipc.c), inherited as fd 3.
+--
+-- Event order is fixed: 'fork' before 'online'; a worker's 'disconnect' always before its
+-- 'exit' (the process exit is held back until the channel is closed, after its last messages
+-- were read).
+local core = require('_core')
+local class = require('_class')
+local events = require('events')
+local timer = require('timer')
+local ipc = require('_cluster_ipc')
+
+local CHILD_FD = 3
+
+return function(cluster)
+  cluster.isMaster, cluster.isPrimary, cluster.isWorker = true, true, false
+  cluster.workers = {}
+  cluster.settings = {}
+  cluster.Worker = nil -- set below
+
+  local ids = 0
+
+  -- Internal commands from workers: cmd -> function(worker, msg, fds). net adds its own
+  -- (queryServer, ...) through cluster._internal.
+  local internal = {}
+  cluster._internal = internal
+
+  local function writeErr(s)
+    process._writeErr(s)
+  end
+
+  -- A stream over a silent worker's stdout or stderr: an emitter with 'data'(string), 'end'
+  -- and 'close'.
+  local Output = class(events.Emitter)
+  function Output:_init()
+    self.readable = true
+    self._pipe = core.pipe(false, function(ev, data)
+      if ev == 'data' then
+        self:emit('data', data)
+      elseif ev == 'end' or ev == 'error' then
+        self:_close()
+      end
+    end)
+  end
+  function Output:_close()
+    if self._pipe then
+      local p = self._pipe
+      self._pipe = nil
+      self.readable = false
+      p:close(function()
+        self:emit('end')
+        self:emit('close')
+      end)
+    end
+  end
+  function Output:setEncoding()
+    return self
+  end
+  function Output:pause()
+    if self._pipe then
+      self._pipe:read_stop()
+    end
+    return self
+  end
+  function Output:resume()
+    if self._pipe then
+      self._pipe:read_start()
+    end
+    return self
+  end
+  -- Writes every chunk to dest (anything with :write(s)).
+  function Output:pipe(dest)
+    self:on('data', function(d)
+      dest:write(d)
+    end)
+    return dest
+  end
+
+  local Worker = class(events.Emitter)
+  cluster.Worker = Worker
+
+  function Worker:_init(id)
+    self.id = id
+    self.state = 'none'
+    self.exitedAfterDisconnect = nil
+    self.process = { connected = false }
+  end
+
+  function Worker:isConnected()
+    return self._channel ~= nil
+  end
+
+  function Worker:isDead()
+    return self.process.exitCode ~= nil or self.process.signalCode ~= nil
+  end
+
+  local function emitBoth(worker, ev, ...)
+    worker:emit(ev, ...)
+    cluster.emit(ev, worker, ...)
+  end
+
+  local function emitFork(worker)
+    if not worker._forkEmitted then
+      worker._forkEmitted = true
+      cluster.emit('fork', worker)
+    end
+  end
+
+  -- Send failures on a closed channel: false, and 'error' later if someone listens.
+  local function closedSend(worker, fn)
+    timer.setImmediate(function()
+      local err = events.makeError('ERR_IPC_CHANNEL_CLOSED', 'channel closed')
+      if fn then
+        fn(err)
+      end
+      if worker:listenerCount('error') > 0 then
+        worker:emit('error', err)
+      end
+    end)
+    return false
+  end
+
+  -- worker:send(msg [, handle] [, fn]) -> boolean. Values JSON cannot carry raise here,
+  -- before anything is written. fn(err) runs once the message is handed to the kernel or
+  -- queued in order behind earlier ones.
+  function Worker:send(msg, handle, fn)
+    if fn == nil and type(handle) == 'function' then
+      handle, fn = nil, handle
+    end
+    local kind, body, fds = ipc.pack(msg, handle, 2)
+    local ch = self._channel
+    if not ch then
+      return closedSend(self, fn)
+    end
+    local ok = ch:send(kind, body, fds)
+    if not ok then
+      return closedSend(self, fn)
+    end
+    if fn then
+      timer.setImmediate(fn, nil)
+    end
+    return true
+  end
+
+  -- Sends a runtime message ({cmd=...}); returns true or false (closed).
+  function Worker:_sendInternal(msg, fds)
+    local ch = self._channel
+    return ch ~= nil and ch:sendInternal(msg, fds) == true
+  end
+
+  -- Called once the channel handle is closed: 'disconnect', then a held-back 'exit'.
+  function Worker:_onDisconnected()
+    if self._disconnected then
+      return
+    end
+    self._disconnected = true
+    self.state = 'disconnected'
+    if self.exitedAfterDisconnect == nil then
+      self.exitedAfterDisconnect = false
+    end
+    if self._exit then
+      cluster.workers[self.id] = nil
+    end
+    emitBoth(self, 'disconnect')
+    if self._exit then
+      self:_emitExit()
+    end
+  end
+
+  function Worker:_closeChannel(err)
+    local ch = self._channel
+    if not ch then
+      return
+    end
+    self._channel = nil
+    self.process.connected = false
+    if err then
+      writeErr(('lcluster: IPC channel of worker %d (pid %s) closed: %s\n'):format(
+        self.id, tostring(self.process.pid), tostring(err)))
+    end
+    ch:close(function()
+      if err and self:listenerCount('error') > 0 then
+        self:emit('error', err)
+      end
+      self:_onDisconnected()
+    end)
+  end
+
+  function Worker:_onChannelEnd(err)
+    self:_closeChannel(err)
+  end
+
+  function Worker:_onFrame(kind, value, fds)
+    if kind == ipc.KIND_USER then
+      emitBoth(self, 'message', value)
+    elseif kind == ipc.KIND_HANDLE then
+      local msg, handle = ipc.unpackHandle(value, fds)
+      emitBoth(self, 'message', msg, handle)
+    else
+      local fn = type(value) == 'table' and internal[value.cmd]
+      if fn then
+        fn(self, value, fds)
+      else
+        for _, fd in ipairs(fds or {}) do
+          core.ipc_closefd(fd)
+        end
+      end
+    end
+  end
+
+  function Worker:_emitExit()
+    local e = self._exit
+    self._exit = nil
+    self.state = 'dead'
+    cluster.workers[self.id] = nil
+    emitBoth(self, 'exit', e.code, e.signal)
+  end
+
+  function Worker:_onExit(status, signum)
+    local signal = signum ~= 0 and (core.signals[signum] or signum) or nil
+    local code = (signal == nil) and status or nil
+    self.process.exitCode = code
+    self.process.signalCode = signal
+    if self._proc then
+      self._proc:close()
+      self._proc = nil
+    end
+    if self.exitedAfterDisconnect == nil then
+      self.exitedAfterDisconnect = false
+    end
+    self._exit = { code = code, signal = signal }
+    local ch = self._channel
+    if ch then
+      -- The worker is gone, so everything it wrote is in the socket: read it (its last
+      -- messages, then EOF) before reporting the exit.
+      ch:pump()
+      self:_closeChannel(nil)
+    elseif self._disconnected then
+      self:_emitExit()
+    end
+    -- else: the channel is closing; _onDisconnected emits the exit after 'disconnect'.
+  end
+
+  -- worker:disconnect(): the worker closes its servers and its channel, then exits when its
+  -- loop is empty. exitedAfterDisconnect becomes true.
+  function Worker:disconnect()
+    self.exitedAfterDisconnect = true
+    if self._channel and not self._disconnecting then
+      self._disconnecting = true
+      self:_sendInternal({ cmd = 'disconnect' })
+    end
+    return self
+  end
+
+  -- worker:kill([signal]): closes the channel at once (the worker may be too busy to take
+  -- part in a disconnect) and sends the signal (default SIGTERM).
+  function Worker:kill(signal)
+    signal = signal or 'SIGTERM'
+    local num = type(signal) == 'number' and signal or core.signals[signal]
+    if not num then
+      error('ERR_UNKNOWN_SIGNAL: unknown signal: ' .. tostring(signal), 2)
+    end
+    if self:isDead() then
+      return
+    end
+    self.exitedAfterDisconnect = true
+    self:_closeChannel(nil)
+    if self._proc then
+      self._proc:kill(num)
+    end
+  end
+  Worker.destroy = Worker.kill
+
+  internal.online = function(w)
+    emitFork(w)
+    if w.state == 'none' then
+      w.state = 'online'
+    end
+    emitBoth(w, 'online')
+  end
+  internal.listening = function(w, msg)
+    w.state = 'listening'
+    emitBoth(w, 'listening', msg.address)
+  end
+  internal.ready = function(w)
+    emitBoth(w, 'ready')
+  end
+  internal.exitedAfterDisconnect = function(w)
+    w.exitedAfterDisconnect = true
+  end
+
+  local function defaults()
+    local args = {}
+    for i = 3, #process.argv do
+      args[#args + 1] = process.argv[i]
+    end
+    return { exec = process.argv[2], args = args, execArgv = {}, silent = false }
+  end
+
+  -- cluster.setupPrimary([settings]): merges settings (exec, args, execArgv, silent, cwd,
+  -- uid, gid, env) into cluster.settings and emits 'setup'(settings) on the next turn.
+  function cluster.setupPrimary(opts)
+    if opts ~= nil and type(opts) ~= 'table' then
+      error('ERR_INVALID_ARG_TYPE: settings must be a table', 2)
+    end
+    local s = defaults()
+    for k, v in pairs(cluster.settings) do
+      s[k] = v
+    end
+    for k, v in pairs(opts or {}) do
+      s[k] = v
+    end
+    cluster.settings = s
+    timer.setImmediate(function()
+      cluster.emit('setup', s)
+    end)
+  end
+  cluster.setupMaster = cluster.setupPrimary
+
+  local function absolute(path)
+    if path:sub(1, 1) == '/' then
+      return path
+    end
+    return process.cwd() .. '/' .. path
+  end
+
+  -- cluster.fork([env]) -> worker. Raises when the process cannot be started.
+  function cluster.fork(env)
+    if env ~= nil and type(env) ~= 'table' then
+      error('ERR_INVALID_ARG_TYPE: env must be a table', 2)
+    end
+    cluster.setupPrimary()
+    local s = cluster.settings
+    if type(s.exec) ~= 'string' then
+      error('ERR_INVALID_ARG_TYPE: cluster.settings.exec must be a script path', 2)
+    end
+    ids = ids + 1
+    local worker = Worker.new(ids)
+
+    local vars = {}
+    for k, v in pairs(process.env) do
+      vars[k] = v
+    end
+    for k, v in pairs(s.env or {}) do
+      vars[k] = v
+    end
+    for k, v in pairs(env or {}) do
+      vars[k] = v
+    end
+    vars.LCLUSTER_WORKER_ID = tostring(worker.id)
+    vars.LCLUSTER_IPC_FD = tostring(CHILD_FD)
+    vars.LCLUSTER_MASTER_PID = tostring(process.pid)
+    local envList = {}
+    for k, v in pairs(vars) do
+      if v ~= false and v ~= nil then
+        envList[#envList + 1] = k .. '=' .. tostring(v)
+      end
+    end
+
+    local argv = { process.execPath }
+    for _, a in ipairs(s.execArgv or {}) do
+      argv[#argv + 1] = tostring(a)
+    end
+    argv[#argv + 1] = absolute(s.exec)
+    for _, a in ipairs(s.args or {}) do
+      argv[#argv + 1] = tostring(a)
+    end
+
+    local pfd, cfd = core.ipc_pair()
+    if not pfd then
+      error(cfd, 2)
+    end
+    local stdio
+    if s.silent then
+      worker.process.stdout = Output.new()
+      worker.process.stderr = Output.new()
+      stdio = { 'ignore', worker.process.stdout._pipe, worker.process.stderr._pipe, cfd }
+    else
+      stdio = { 'inherit', 'inherit', 'inherit', cfd }
+    end
+    local proc, pid, code = core.spawn({
+      file = process.execPath,
+      args = argv,
+      env = envList,
+      cwd = s.cwd,
+      uid = s.uid,
+      gid = s.gid,
+      stdio = stdio,
+    }, function(status, signum)
+      worker:_onExit(status, signum)
+    end)
+    core.ipc_closefd(cfd)
+    if not proc then
+      core.ipc_closefd(pfd)
+      if s.silent then
+        worker.process.stdout:_close()
+        worker.process.stderr:_close()
+      end
+      error((code and pid) or ('cannot start a worker: ' .. tostring(pid)), 2)
+    end
+    worker._proc = proc
+    worker.process.pid = pid
+    worker.process.connected = true
+    worker.process.kill = function(_, sig)
+      return worker:kill(sig)
+    end
+    worker._channel = ipc.Channel.new(pfd, worker)
+    -- A live worker's channel does not hold the loop: its process handle does.
+    worker._channel:setRef(false)
+    if s.silent then
+      worker.process.stdout._pipe:read_start()
+      worker.process.stderr._pipe:read_start()
+    end
+    cluster.workers[worker.id] = worker
+    timer.setImmediate(emitFork, worker)
+    return worker
+  end
+
+  -- cluster.disconnect([fn]): disconnects every worker; fn once all have disconnected and
+  -- exited.
+  function cluster.disconnect(fn)
+    local pending = 0
+    local function done()
+      pending = pending - 1
+      if pending == 0 and fn then
+        fn()
+      end
+    end
+    for _, w in pairs(cluster.workers) do
+      if not w:isDead() then
+        pending = pending + 1
+        w:once('exit', done)
+        w:disconnect()
+      end
+    end
+    if pending == 0 and fn then
+      timer.setImmediate(fn)
+    end
+  end
+
+  -- Beyond Node: a message to every live worker.
+  function cluster.broadcast(msg)
+    local kind, body = ipc.pack(msg, nil, 2)
+    for _, w in pairs(cluster.workers) do
+      if w._channel then
+        w._channel:send(kind, body)
+      end
+    end
+  end
+end

@@ -1,0 +1,300 @@
+-- _cluster_worker.lua: the worker side of `cluster` (a process started by cluster.fork):
+-- cluster.worker, process.send / process.connected / process.disconnect, process 'message'.
+--
+-- The channel is fd LCLUSTER_IPC_FD (inherited). The worker never outlives its master: it
+-- exits when the channel reaches EOF without a disconnect having been asked for, and the
+-- kernel sends it SIGTERM when the master dies (PR_SET_PDEATHSIG; the default action kills,
+-- even a busy loop, unless the script listens for SIGTERM).
+local core = require('_core')
+local class = require('_class')
+local events = require('events')
+local timer = require('timer')
+local ipc = require('_cluster_ipc')
+
+return function(cluster)
+  local process = require('process')
+  local id = tonumber(process.env.LCLUSTER_WORKER_ID)
+  local fd = tonumber(process.env.LCLUSTER_IPC_FD)
+  local masterPid = tonumber(process.env.LCLUSTER_MASTER_PID)
+  -- The variables describe this process only: a program the worker starts must not take
+  -- itself for a worker of our master.
+  for _, name in ipairs({ 'LCLUSTER_WORKER_ID', 'LCLUSTER_IPC_FD', 'LCLUSTER_MASTER_PID' }) do
+    process.env[name] = nil
+    core.setenv(name, nil)
+  end
+
+  cluster.isMaster, cluster.isPrimary, cluster.isWorker = false, false, true
+
+  local internal = {}
+  cluster._internal = internal
+  -- Functions that close this worker's servers on a disconnect: fn(done). net adds to it.
+  cluster._closers = {}
+
+  local Worker = class(events.Emitter)
+  local worker = Worker.new()
+  worker.id = id
+  worker.process = process
+  worker.state = 'online'
+  worker.exitedAfterDisconnect = nil
+  cluster.worker = worker
+
+  local channel
+  local pending = {} -- user messages waiting for a 'message' listener: {msg, handle}
+  local flushScheduled = false
+
+  local function listeners()
+    return process.listenerCount('message') + worker:listenerCount('message')
+  end
+
+  local function deliver(msg, handle)
+    process.emit('message', msg, handle, 'master')
+    worker:emit('message', msg, handle)
+  end
+
+  local function flushPending()
+    flushScheduled = false
+    while #pending > 0 and listeners() > 0 do
+      local m = table.remove(pending, 1)
+      deliver(m[1], m[2])
+    end
+  end
+
+  local function onUserMessage(msg, handle)
+    -- Queued until someone listens, and kept in order behind what is already queued.
+    if #pending > 0 or listeners() == 0 then
+      pending[#pending + 1] = { msg, handle }
+      return
+    end
+    deliver(msg, handle)
+  end
+
+  -- The channel holds the loop while someone listens for messages or for the disconnect.
+  local function updateRef()
+    if channel then
+      channel:setRef(listeners() + process.listenerCount('disconnect') > 0)
+    end
+  end
+
+  local function onNewListener(ev)
+    if ev == 'message' or ev == 'disconnect' then
+      timer.setImmediate(updateRef)
+      if ev == 'message' and #pending > 0 and not flushScheduled then
+        flushScheduled = true
+        timer.setImmediate(flushPending)
+      end
+    end
+  end
+  process.on('newListener', onNewListener)
+  worker:on('newListener', onNewListener)
+  process.on('removeListener', function(ev)
+    if ev == 'message' or ev == 'disconnect' then
+      updateRef()
+    end
+  end)
+  worker:on('removeListener', function(ev)
+    if ev == 'message' then
+      updateRef()
+    end
+  end)
+
+  local owner = {}
+  local disconnectEmitted = false
+
+  local function onDisconnected()
+    if disconnectEmitted then
+      return
+    end
+    disconnectEmitted = true
+    process.connected = false
+    if worker.state ~= 'dead' then
+      worker.state = 'disconnected'
+    end
+    process.emit('disconnect')
+    worker:emit('disconnect')
+    if not worker.exitedAfterDisconnect then
+      -- The master went away (or process.disconnect() was called): nothing more to serve.
+      process.exit(0)
+    end
+  end
+
+  local function closeChannel(graceful, err)
+    if not channel then
+      return
+    end
+    local ch = channel
+    channel = nil
+    process.connected = false
+    if err then
+      process._writeErr(('lcluster: worker %d: IPC channel to the master closed: %s\n'):format(
+        id, tostring(err)))
+    end
+    local function closed()
+      if err and (process.listenerCount('error') > 0) then
+        process.emit('error', err)
+      end
+      onDisconnected()
+    end
+    if graceful then
+      ch:finish(closed)
+    else
+      ch:close(closed)
+    end
+  end
+
+  function owner._onFrame(_, kind, value, fds)
+    if kind == ipc.KIND_USER then
+      onUserMessage(value, nil)
+    elseif kind == ipc.KIND_HANDLE then
+      onUserMessage(ipc.unpackHandle(value, fds))
+    else
+      local fn = type(value) == 'table' and internal[value.cmd]
+      if fn then
+        fn(value, fds)
+      else
+        for _, f in ipairs(fds or {}) do
+          core.ipc_closefd(f)
+        end
+      end
+    end
+  end
+
+  function owner._onChannelEnd(_, err)
+    closeChannel(false, err)
+  end
+
+  local function sendInternal(msg, fds)
+    return channel ~= nil and channel:sendInternal(msg, fds) == true
+  end
+  cluster._sendInternal = sendInternal
+
+  -- Closes the servers (cluster._closers), then the channel once its queue is written.
+  local function closeServersThenChannel()
+    local closers = cluster._closers
+    local left = #closers
+    local function done()
+      left = left - 1
+      if left <= 0 then
+        closeChannel(true)
+      end
+    end
+    if left == 0 then
+      return closeChannel(true)
+    end
+    for i = #closers, 1, -1 do
+      closers[i](done)
+    end
+  end
+
+  internal.disconnect = function()
+    worker.exitedAfterDisconnect = true
+    closeServersThenChannel()
+  end
+
+  local function closedError(fn)
+    timer.setImmediate(function()
+      local err = events.makeError('ERR_IPC_CHANNEL_CLOSED', 'channel closed')
+      if fn then
+        fn(err)
+      end
+      if process.listenerCount('error') > 0 then
+        process.emit('error', err)
+      end
+    end)
+    return false
+  end
+
+  -- process.send(msg [, handle] [, fn]) -> boolean
+  function process.send(msg, handle, fn)
+    if fn == nil and type(handle) == 'function' then
+      handle, fn = nil, handle
+    end
+    local kind, body, fds = ipc.pack(msg, handle, 2)
+    if not channel or not channel:send(kind, body, fds) then
+      return closedError(fn)
+    end
+    if fn then
+      timer.setImmediate(fn, nil)
+    end
+    return true
+  end
+
+  -- process.disconnect(): closes the channel; the worker exits (as in Node, a disconnect the
+  -- master did not ask for ends a worker).
+  function process.disconnect()
+    closeChannel(true)
+  end
+
+  -- process.ready(): tells the master this worker is ready (for reloads) without listening.
+  function process.ready()
+    sendInternal({ cmd = 'ready' })
+  end
+
+  function worker.send(_, msg, handle, fn)
+    return process.send(msg, handle, fn)
+  end
+
+  function worker.isConnected()
+    return channel ~= nil
+  end
+
+  function worker.isDead()
+    return false
+  end
+
+  -- cluster.worker:disconnect(): tells the master this exit is wanted, closes the servers,
+  -- then the channel; the worker exits once its loop is empty.
+  function worker.disconnect()
+    if not channel then
+      return worker
+    end
+    worker.exitedAfterDisconnect = true
+    worker.state = 'disconnecting'
+    sendInternal({ cmd = 'exitedAfterDisconnect' })
+    closeServersThenChannel()
+    return worker
+  end
+
+  -- cluster.worker:kill(): a wanted exit with status 0, after the master was told.
+  function worker.kill()
+    worker.exitedAfterDisconnect = true
+    if not channel then
+      process.exit(0)
+    end
+    sendInternal({ cmd = 'exitedAfterDisconnect' })
+    process.once('disconnect', function()
+      process.exit(0)
+    end)
+    closeChannel(true)
+  end
+  worker.destroy = worker.kill
+
+  -- The address a server listens on, for the master's 'listening' event (net calls this).
+  function cluster._notifyListening(address)
+    worker.state = 'listening'
+    sendInternal({ cmd = 'listening', address = address })
+  end
+
+  -- Never outlive the master: a signal when it dies, and a check for a master already gone.
+  core.pdeathsig(core.signals.SIGTERM)
+  if masterPid and core.ppid() ~= masterPid then
+    process.exit(0)
+  end
+
+  if not fd then
+    process._writeErr('lcluster: worker ' .. tostring(id) .. ' has no IPC channel\n')
+    process.connected = false
+    return
+  end
+  channel = ipc.Channel.new(fd, owner)
+  channel:setRef(false)
+  process.connected = true
+  sendInternal({ cmd = 'online' })
+
+  -- Messages still queued when the process exits are written out (bounded wait), so a
+  -- worker's last `process.send` before `process.exit` arrives.
+  process.on('exit', function()
+    if channel then
+      channel:flushSync(1000)
+    end
+  end)
+end

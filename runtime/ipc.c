@@ -1,0 +1,654 @@
+// ipc.c: the cluster IPC channel, a raw AF_UNIX stream socketpair driven by a uv_poll (not a
+// libuv ipc pipe, whose queue of received fds is not tied to message boundaries). Frames are
+// described in ipc_frame.h.
+//
+// Lua: `_core.ipc_pair()` -> parent_fd, child_fd; `_core.ipc(fd, cb)` -> channel;
+// `_core.ipc_closefd(fd)`. Events go to cb as:
+//   cb('frames', list, n)  n frames read in one go; list = {kind, body, fds|false, ...}
+//   cb('resume')           an error in a 'frames' call went to an uncaughtException listener;
+//                          the Lua side goes on with the frames it had not dispatched yet
+//   cb('end')              the peer closed the channel
+//   cb('error', msg, code) a socket error or a malformed frame (code 'EPROTO'); reading
+//                          stops, the owner closes the channel
+// Methods: send(kind, body [, fds [, close_fds]]), pump(), finish(), flush_sync(ms),
+// queued(), ref(), unref(), close([fn]) and the shared handle methods.
+#include "ipc.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#define MT "lc.ipc"
+#define MAX_IOV 64
+#define READ_BUDGET (8u * 1024u * 1024u) // bytes read per poll callback before yielding
+#define MAX_READS 64
+#define RECV_FDS 64 // room for more than a frame may carry, so excess is seen, not lost
+
+typedef struct wreq {
+  struct wreq *next;
+  size_t len, off;
+  int nfds; // fds still to send with the first byte (0 once sent)
+  int fds[LC_IPC_FRAME_MAX_FDS];
+  char data[];
+} wreq_t;
+
+struct lc_ipc {
+  lc_handle_t h;
+  uv_poll_t poll;
+  int fd;
+  int events;     // what the poll is started with
+  int want_ref;   // the owner wants the loop kept alive by the channel
+  int finishing;  // close once the write queue is empty
+  int reading;    // 0 after an error or EOF
+  int delivering; // inside a Lua callback from do_read
+  int torn_down;  // fd closed, buffers freed
+  lc_ipc_frame_decoder_t dec;
+  wreq_t *head, *tail;
+  size_t queued;
+  lc_ipc_hook hook;
+  void *hook_data;
+};
+
+static void close_fd(int fd) {
+  if (fd >= 0) close(fd);
+}
+
+static void set_flags(int fd) {
+  int fl = fcntl(fd, F_GETFL);
+  if (fl >= 0 && !(fl & O_NONBLOCK)) fcntl(fd, F_SETFL, fl | O_NONBLOCK);
+  int fdfl = fcntl(fd, F_GETFD);
+  if (fdfl >= 0 && !(fdfl & FD_CLOEXEC)) fcntl(fd, F_SETFD, fdfl | FD_CLOEXEC);
+}
+
+// Starts the poll with the events the channel needs now and sets whether it holds the loop:
+// it does while the owner asks, and always while bytes wait to be written (so a process
+// whose last act was a send does not exit before the bytes are out).
+static void update_poll(lc_ipc_t *ch);
+static void on_poll(uv_poll_t *p, int status, int events);
+
+static void drop_queue(lc_ipc_t *ch) {
+  wreq_t *w = ch->head;
+  while (w != NULL) {
+    wreq_t *next = w->next;
+    for (int i = 0; i < w->nfds; i++)
+      close_fd(w->fds[i]);
+    free(w);
+    w = next;
+  }
+  ch->head = ch->tail = NULL;
+  ch->queued = 0;
+}
+
+static void teardown(lc_ipc_t *ch) {
+  if (ch->torn_down) return;
+  ch->torn_down = 1;
+  drop_queue(ch);
+  lc_ipc_frame_free(&ch->dec, close_fd);
+  close_fd(ch->fd);
+  ch->fd = -1;
+}
+
+// Closes the handle now; its fd and buffers go at once unless a read callback is running
+// (it tears down when it returns). The struct itself is freed by the close callback.
+static void close_channel(lc_ipc_t *ch) {
+  if (ch->h.closing) return;
+  lc_handle_close(&ch->h); // stops the poll synchronously, before the fd is closed
+  if (!ch->delivering) teardown(ch);
+}
+
+static void emit_error(lc_ipc_t *ch, const char *code, const char *msg) {
+  lua_State *L = lc_L;
+  ch->reading = 0;
+  update_poll(ch);
+  if (!lc_handle_push_cb(L, &ch->h)) return;
+  lua_pushliteral(L, "error");
+  lua_pushfstring(L, "%s: %s", code, msg);
+  lua_pushstring(L, code);
+  lc_pcall(L, 3, 0);
+}
+
+static void emit_uverr(lc_ipc_t *ch, int err) {
+  emit_error(ch, uv_err_name(err), uv_strerror(err));
+}
+
+// ---- writing ----
+
+// One sendmsg of up to MAX_IOV queued requests starting at the head. A request carrying fds
+// always starts its own sendmsg, so its fds ride with its frame's first byte.
+static ssize_t send_queue(lc_ipc_t *ch) {
+  struct iovec iov[MAX_IOV];
+  int n = 0;
+  for (wreq_t *w = ch->head; w != NULL && n < MAX_IOV; w = w->next) {
+    if (n > 0 && w->nfds > 0) break;
+    iov[n].iov_base = w->data + w->off;
+    iov[n].iov_len = w->len - w->off;
+    n++;
+  }
+  struct msghdr msg;
+  memset(&msg, 0, sizeof(msg));
+  msg.msg_iov = iov;
+  msg.msg_iovlen = (size_t)n;
+  char cbuf[CMSG_SPACE(sizeof(int) * LC_IPC_FRAME_MAX_FDS)];
+  if (ch->head->nfds > 0) {
+    memset(cbuf, 0, sizeof(cbuf));
+    msg.msg_control = cbuf;
+    msg.msg_controllen = CMSG_SPACE(sizeof(int) * (size_t)ch->head->nfds);
+    struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int) * (size_t)ch->head->nfds);
+    memcpy(CMSG_DATA(c), ch->head->fds, sizeof(int) * (size_t)ch->head->nfds);
+  }
+  ssize_t r;
+  do {
+    r = sendmsg(ch->fd, &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
+  } while (r < 0 && errno == EINTR);
+  return r < 0 ? -errno : r;
+}
+
+// Writes as much of the queue as the socket takes. Returns 0 or a libuv error.
+static int flush_writes(lc_ipc_t *ch) {
+  while (ch->head != NULL) {
+    ssize_t r = send_queue(ch);
+    if (r == -EAGAIN || r == -EWOULDBLOCK) break;
+    if (r < 0) return uv_translate_sys_error((int)-r);
+    size_t n = (size_t)r;
+    // The head's fds went out with this call: they are the peer's now.
+    for (int i = 0; i < ch->head->nfds; i++)
+      close_fd(ch->head->fds[i]);
+    ch->head->nfds = 0;
+    ch->queued -= n;
+    while (n > 0) {
+      wreq_t *w = ch->head;
+      size_t rem = w->len - w->off;
+      if (n < rem) {
+        w->off += n;
+        break;
+      }
+      n -= rem;
+      ch->head = w->next;
+      if (ch->head == NULL) ch->tail = NULL;
+      free(w);
+    }
+  }
+  return 0;
+}
+
+static void update_poll(lc_ipc_t *ch) {
+  if (ch->h.closing) return;
+  int ev = (ch->reading ? UV_READABLE | UV_DISCONNECT : 0) | (ch->head != NULL ? UV_WRITABLE : 0);
+  if (ev != ch->events) {
+    if (ev == 0) {
+      uv_poll_stop(&ch->poll);
+    } else {
+      uv_poll_start(&ch->poll, ev, on_poll);
+    }
+    ch->events = ev;
+  }
+  if (ch->want_ref || ch->head != NULL) {
+    uv_ref((uv_handle_t *)&ch->poll);
+  } else {
+    uv_unref((uv_handle_t *)&ch->poll);
+  }
+}
+
+int lc_ipc_send(lc_ipc_t *ch, int kind, const char *body, size_t len, const int *fds, int nfds,
+                int close_fds) {
+  int rc = 0;
+  size_t sent = 0;
+  unsigned char hdr[LC_IPC_FRAME_HEADER];
+  if (ch->h.closing || ch->finishing || ch->torn_down) {
+    rc = UV_EPIPE;
+    goto fail;
+  }
+  if (len > LC_IPC_FRAME_MAX_BODY) {
+    rc = UV_E2BIG;
+    goto fail;
+  }
+  if (nfds < 0 || nfds > LC_IPC_FRAME_MAX_FDS || kind < LC_IPC_KIND_USER ||
+      kind > LC_IPC_KIND_HANDLE) {
+    rc = UV_EINVAL;
+    goto fail;
+  }
+  lc_ipc_frame_header(hdr, (uint32_t)len, kind, nfds);
+  size_t total = len + LC_IPC_FRAME_HEADER;
+  if (ch->head == NULL) {
+    // Nothing queued: try the write now, with no copy and no loop turn.
+    struct iovec iov[2] = {{hdr, sizeof(hdr)}, {(void *)body, len}};
+    struct msghdr msg;
+    memset(&msg, 0, sizeof(msg));
+    msg.msg_iov = iov;
+    msg.msg_iovlen = len > 0 ? 2 : 1;
+    char cbuf[CMSG_SPACE(sizeof(int) * LC_IPC_FRAME_MAX_FDS)];
+    if (nfds > 0) {
+      memset(cbuf, 0, sizeof(cbuf));
+      msg.msg_control = cbuf;
+      msg.msg_controllen = CMSG_SPACE(sizeof(int) * (size_t)nfds);
+      struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+      c->cmsg_level = SOL_SOCKET;
+      c->cmsg_type = SCM_RIGHTS;
+      c->cmsg_len = CMSG_LEN(sizeof(int) * (size_t)nfds);
+      memcpy(CMSG_DATA(c), fds, sizeof(int) * (size_t)nfds);
+    }
+    ssize_t r;
+    do {
+      r = sendmsg(ch->fd, &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
+    } while (r < 0 && errno == EINTR);
+    if (r < 0 && errno != EAGAIN && errno != EWOULDBLOCK) {
+      rc = uv_translate_sys_error(errno);
+      goto fail;
+    }
+    if (r > 0) {
+      sent = (size_t)r;
+      if (close_fds)
+        for (int i = 0; i < nfds; i++)
+          close_fd(fds[i]);
+      nfds = 0; // the fds went with the first byte
+      if (sent == total) return 0;
+    }
+  }
+  // Queue what is left: a copy, so the caller's buffer may go at once.
+  size_t rem = total - sent;
+  wreq_t *w = malloc(sizeof(*w) + rem);
+  if (w == NULL) {
+    rc = UV_ENOMEM;
+    goto fail;
+  }
+  w->next = NULL;
+  w->len = rem;
+  w->off = 0;
+  w->nfds = 0;
+  if (sent < LC_IPC_FRAME_HEADER) {
+    memcpy(w->data, hdr + sent, LC_IPC_FRAME_HEADER - sent);
+    memcpy(w->data + LC_IPC_FRAME_HEADER - sent, body, len);
+  } else {
+    memcpy(w->data, body + (sent - LC_IPC_FRAME_HEADER), rem);
+  }
+  for (int i = 0; i < nfds; i++) {
+    // Queued fds must survive the caller closing its own: keep a duplicate unless we own them.
+    int fd = close_fds ? fds[i] : fcntl(fds[i], F_DUPFD_CLOEXEC, 0);
+    if (fd < 0) {
+      rc = uv_translate_sys_error(errno);
+      for (int j = 0; j < w->nfds; j++)
+        close_fd(w->fds[j]);
+      free(w);
+      goto fail;
+    }
+    w->fds[w->nfds++] = fd;
+  }
+  if (ch->tail != NULL) {
+    ch->tail->next = w;
+  } else {
+    ch->head = w;
+  }
+  ch->tail = w;
+  ch->queued += rem;
+  update_poll(ch);
+  return 0;
+fail:
+  if (close_fds)
+    for (int i = 0; i < nfds; i++)
+      close_fd(fds[i]);
+  return rc;
+}
+
+void lc_ipc_set_hook(lc_ipc_t *ch, lc_ipc_hook hook, void *data) {
+  ch->hook = hook;
+  ch->hook_data = data;
+}
+
+size_t lc_ipc_queued(const lc_ipc_t *ch) {
+  return ch->queued;
+}
+
+// ---- reading ----
+
+// Pushes one frame as three list entries: kind, body, fds (a list of integers) or false.
+static void push_frame(lua_State *L, const lc_ipc_frame_t *f, int list, int *n) {
+  lua_pushinteger(L, f->kind);
+  lua_rawseti(L, list, ++*n);
+  lua_pushlstring(L, f->body, f->len);
+  lua_rawseti(L, list, ++*n);
+  if (f->nfds > 0) {
+    lua_createtable(L, f->nfds, 0);
+    for (int i = 0; i < f->nfds; i++) {
+      lua_pushinteger(L, f->fds[i]);
+      lua_rawseti(L, -2, i + 1);
+    }
+  } else {
+    lua_pushboolean(L, 0);
+  }
+  lua_rawseti(L, list, ++*n);
+}
+
+// Reads what the socket holds (up to a budget, so a flood cannot starve the loop), decodes
+// every complete frame and hands them to Lua in one call. Errors and EOF are reported after
+// the frames that preceded them.
+static void do_read(lc_ipc_t *ch) {
+  lua_State *L = lc_L;
+  if (ch->delivering || !ch->reading || ch->h.closing) return;
+  int top = lua_gettop(L);
+  int list = 0, n = 0, eof = 0, frame_err = 0, sys_err = 0;
+  size_t budget = READ_BUDGET;
+  for (int reads = 0; reads < MAX_READS && budget > 0; reads++) {
+    char *p;
+    size_t len;
+    if (lc_ipc_frame_space(&ch->dec, &p, &len) != 0) {
+      frame_err = LC_IPC_FRAME_ENOMEM;
+      break;
+    }
+    struct iovec iov = {p, len};
+    char cbuf[CMSG_SPACE(sizeof(int) * RECV_FDS)];
+    struct msghdr msg;
+    memset(&msg, 0, sizeof(msg));
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf;
+    msg.msg_controllen = sizeof(cbuf);
+    ssize_t r = recvmsg(ch->fd, &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) break;
+      if (errno == ECONNRESET) {
+        eof = 1; // the peer died with bytes unread: as good as EOF for us
+      } else {
+        sys_err = uv_translate_sys_error(errno);
+      }
+      break;
+    }
+    int fds[RECV_FDS];
+    int nfds = 0;
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c != NULL; c = CMSG_NXTHDR(&msg, c)) {
+      if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+      int cnt = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+      for (int i = 0; i < cnt; i++) {
+        int fd;
+        memcpy(&fd, CMSG_DATA(c) + sizeof(int) * (size_t)i, sizeof(int));
+        if (nfds < RECV_FDS) {
+          fds[nfds++] = fd;
+        } else {
+          close_fd(fd);
+        }
+      }
+    }
+    if (msg.msg_flags & MSG_CTRUNC) {
+      for (int i = 0; i < nfds; i++)
+        close_fd(fds[i]);
+      frame_err = LC_IPC_FRAME_ETOOMANYFDS;
+      break;
+    }
+    if (lc_ipc_frame_commit(&ch->dec, (size_t)r, fds, nfds, close_fd) != 0) {
+      frame_err = ch->dec.err;
+      break;
+    }
+    if (r == 0) {
+      eof = 1;
+      break;
+    }
+    budget -= (size_t)r < budget ? (size_t)r : budget;
+    lc_ipc_frame_t f;
+    int rc;
+    while ((rc = lc_ipc_frame_next(&ch->dec, &f)) == LC_IPC_FRAME_OK) {
+      if (ch->hook != NULL && ch->hook(ch, &f, ch->hook_data)) continue;
+      if (list == 0) {
+        lua_createtable(L, 24, 0);
+        list = lua_gettop(L);
+      }
+      push_frame(L, &f, list, &n);
+    }
+    if (rc < 0) {
+      frame_err = rc;
+      break;
+    }
+    // A short read means the socket is (almost surely) drained; the poll says if not.
+    if ((size_t)r < len) break;
+  }
+  if (n > 0 && lc_handle_push_cb(L, &ch->h)) {
+    ch->delivering = 1;
+    lua_pushliteral(L, "frames");
+    lua_pushvalue(L, list);
+    lua_pushinteger(L, n / 3);
+    int rc = lc_pcall(L, 3, 0);
+    // An error that an uncaughtException listener handled must not drop the frames after it.
+    while (rc != 0 && !ch->h.closing && lc_handle_push_cb(L, &ch->h)) {
+      lua_pushliteral(L, "resume");
+      rc = lc_pcall(L, 1, 0);
+    }
+    ch->delivering = 0;
+  }
+  lua_settop(L, top);
+  if (ch->h.closing) {
+    teardown(ch);
+    return;
+  }
+  if (frame_err != 0) {
+    emit_error(ch, "EPROTO", lc_ipc_frame_strerror(frame_err));
+  } else if (sys_err != 0) {
+    emit_uverr(ch, sys_err);
+  } else if (eof) {
+    int rc = lc_ipc_frame_finish(&ch->dec);
+    if (rc != 0) {
+      emit_error(ch, "EPROTO", lc_ipc_frame_strerror(rc));
+    } else {
+      ch->reading = 0;
+      update_poll(ch);
+      if (lc_handle_push_cb(L, &ch->h)) {
+        lua_pushliteral(L, "end");
+        lc_pcall(L, 1, 0);
+      }
+    }
+  }
+}
+
+static void on_poll(uv_poll_t *p, int status, int events) {
+  lc_ipc_t *ch = p->data;
+  if (ch->h.closing) return;
+  if (status < 0) {
+    emit_uverr(ch, status);
+    return;
+  }
+  if (events & UV_WRITABLE) {
+    int rc = flush_writes(ch);
+    if (rc < 0) {
+      // The peer is gone (EPIPE): what is queued can never be delivered.
+      drop_queue(ch);
+      if (ch->finishing) {
+        close_channel(ch);
+        return;
+      }
+      update_poll(ch);
+      // Reading goes on: the EOF that follows tells the owner the peer is gone.
+    } else if (ch->head == NULL) {
+      if (ch->finishing) {
+        close_channel(ch);
+        return;
+      }
+      update_poll(ch);
+    }
+  }
+  if (events & (UV_READABLE | UV_DISCONNECT)) do_read(ch);
+}
+
+// ---- Lua bindings ----
+
+lc_ipc_t *lc_ipc_check(lua_State *L, int idx) {
+  return lc_handle_check(L, idx, MT);
+}
+
+// _core.ipc_pair() -> parent_fd, child_fd | nil, err, code. Both ends are close-on-exec (the
+// spawn dup2s the child's end into place, which clears the flag on the copy the child gets);
+// the parent closes child_fd once the child is spawned.
+static int ipc_pair(lua_State *L) {
+  int sv[2];
+  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0)
+    return lc_util_push_uverr(L, uv_translate_sys_error(errno));
+  // Bigger kernel buffers mean fewer wake-ups for large messages (capped by wmem_max).
+  int sz = 4 * 1024 * 1024;
+  for (int i = 0; i < 2; i++) {
+    setsockopt(sv[i], SOL_SOCKET, SO_SNDBUF, &sz, sizeof(sz));
+    setsockopt(sv[i], SOL_SOCKET, SO_RCVBUF, &sz, sizeof(sz));
+  }
+  set_flags(sv[0]);
+  lua_pushinteger(L, sv[0]);
+  lua_pushinteger(L, sv[1]);
+  return 2;
+}
+
+// _core.ipc_closefd(fd): closes a descriptor received on or made for a channel.
+static int ipc_closefd(lua_State *L) {
+  int fd = (int)luaL_checkinteger(L, 1);
+  return lc_util_push_result(L, close(fd) == 0 ? 0 : uv_translate_sys_error(errno));
+}
+
+// _core.ipc(fd, cb) -> channel | nil, err, code. The channel owns fd from now on (it is made
+// non-blocking and close-on-exec). It does not hold the loop until ch:ref().
+static int ipc_new(lua_State *L) {
+  int fd = (int)luaL_checkinteger(L, 1);
+  luaL_checktype(L, 2, LUA_TFUNCTION);
+  set_flags(fd);
+  lc_ipc_t *ch = lc_handle_new(L, sizeof(*ch), MT, 2); // [ch]
+  ch->h.uv = (uv_handle_t *)&ch->poll;
+  ch->fd = fd;
+  lc_ipc_frame_init(&ch->dec);
+  int rc = uv_poll_init_socket(lc_loop, &ch->poll, fd);
+  ch->poll.data = ch;
+  if (rc < 0) {
+    // The handle never started; mark it torn down without closing the caller's fd.
+    ch->torn_down = 1;
+    ch->fd = -1;
+    lc_handle_close(&ch->h);
+    return lc_util_push_uverr(L, rc);
+  }
+  ch->reading = 1;
+  ch->events = UV_READABLE | UV_DISCONNECT;
+  uv_poll_start(&ch->poll, ch->events, on_poll);
+  uv_unref((uv_handle_t *)&ch->poll);
+  return 1;
+}
+
+// ch:send(kind, body [, fds [, close_fds]]) -> true | nil, err, code
+static int ipc_send(lua_State *L) {
+  lc_ipc_t *ch = lc_ipc_check(L, 1);
+  int kind = (int)luaL_checkinteger(L, 2);
+  size_t len;
+  const char *body = luaL_checklstring(L, 3, &len);
+  int fds[LC_IPC_FRAME_MAX_FDS];
+  int nfds = 0;
+  if (!lua_isnoneornil(L, 4)) {
+    luaL_checktype(L, 4, LUA_TTABLE);
+    size_t cnt = lua_objlen(L, 4);
+    if (cnt > LC_IPC_FRAME_MAX_FDS) luaL_argerror(L, 4, "too many file descriptors");
+    for (size_t i = 0; i < cnt; i++) {
+      lua_rawgeti(L, 4, (int)i + 1);
+      fds[nfds++] = (int)luaL_checkinteger(L, -1);
+      lua_pop(L, 1);
+    }
+  }
+  int rc = lc_ipc_send(ch, kind, body, len, fds, nfds, lua_toboolean(L, 5));
+  if (rc < 0) return lc_util_push_uverr(L, rc);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+// ch:pump(): reads and delivers what the socket holds now (used when the peer is known to
+// have exited, to take its last messages and its EOF before reporting the exit).
+static int ipc_pump(lua_State *L) {
+  lc_ipc_t *ch = lc_ipc_check(L, 1);
+  do_read(ch);
+  return 0;
+}
+
+// ch:finish([fn]): stops reading and closes the channel once every queued byte is written
+// (or the peer is gone); fn runs once the handle is closed.
+static int ipc_finish(lua_State *L) {
+  lc_ipc_t *ch = lc_ipc_check(L, 1);
+  if (ch->finishing) return 0;
+  if (lua_isfunction(L, 2)) {
+    lua_pushvalue(L, 2);
+    ch->h.close_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  }
+  ch->finishing = 1;
+  ch->reading = 0;
+  if (ch->head == NULL) {
+    close_channel(ch);
+  } else {
+    update_poll(ch);
+  }
+  return 0;
+}
+
+// ch:flush_sync(ms) -> true when the queue is empty: writes the queue blocking (up to ms in
+// all). For process exit, where queued messages would otherwise be lost.
+static int ipc_flush_sync(lua_State *L) {
+  lc_ipc_t *ch = lc_ipc_check(L, 1);
+  int ms = (int)luaL_optinteger(L, 2, 1000);
+  uint64_t deadline = uv_hrtime() + (uint64_t)ms * 1000000u;
+  while (ch->head != NULL) {
+    if (flush_writes(ch) < 0) break;
+    if (ch->head == NULL) break;
+    uint64_t now = uv_hrtime();
+    if (now >= deadline) break;
+    struct pollfd pfd = {ch->fd, POLLOUT, 0};
+    int left = (int)((deadline - now) / 1000000u) + 1;
+    if (poll(&pfd, 1, left) < 0 && errno != EINTR) break;
+  }
+  update_poll(ch);
+  lua_pushboolean(L, ch->head == NULL);
+  return 1;
+}
+
+static int ipc_queued(lua_State *L) {
+  lc_ipc_t *ch = lc_ipc_check(L, 1);
+  lua_pushinteger(L, (lua_Integer)ch->queued);
+  return 1;
+}
+
+static int ipc_ref(lua_State *L) {
+  lc_ipc_t *ch = lc_ipc_check(L, 1);
+  ch->want_ref = 1;
+  update_poll(ch);
+  return 0;
+}
+
+static int ipc_unref(lua_State *L) {
+  lc_ipc_t *ch = lc_ipc_check(L, 1);
+  ch->want_ref = 0;
+  update_poll(ch);
+  return 0;
+}
+
+// ch:close([fn]): closes at once; queued bytes are dropped (see finish for a graceful close).
+static int ipc_close(lua_State *L) {
+  lc_handle_t **ud = luaL_checkudata(L, 1, MT);
+  if (*ud == NULL || (*ud)->closing) return 0;
+  if (lua_isfunction(L, 2)) {
+    lua_pushvalue(L, 2);
+    (*ud)->close_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  }
+  close_channel((lc_ipc_t *)*ud);
+  return 0;
+}
+
+void lc_ipc_open(lua_State *L) {
+  static const luaL_Reg methods[] = {{"send", ipc_send},
+                                     {"pump", ipc_pump},
+                                     {"finish", ipc_finish},
+                                     {"flush_sync", ipc_flush_sync},
+                                     {"queued", ipc_queued},
+                                     {"ref", ipc_ref},
+                                     {"unref", ipc_unref},
+                                     {"close", ipc_close},
+                                     {NULL, NULL}};
+  lc_handle_meta(L, MT, methods, NULL);
+  lua_pushcfunction(L, ipc_new);
+  lua_setfield(L, -2, "ipc");
+  lua_pushcfunction(L, ipc_pair);
+  lua_setfield(L, -2, "ipc_pair");
+  lua_pushcfunction(L, ipc_closefd);
+  lua_setfield(L, -2, "ipc_closefd");
+}

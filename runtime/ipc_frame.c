@@ -1,0 +1,173 @@
+// ipc_frame.c: the IPC frame decoder (see ipc_frame.h). Pure: no syscalls besides memory,
+// so the fuzz harness exercises exactly the code the channel runs.
+#include "ipc_frame.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#define READ_CHUNK (64u * 1024u)      // free space offered for an ordinary read
+#define KEEP_CAP (4u * 1024u * 1024u) // an empty buffer larger than this is released
+#define FDQ_SIZE (sizeof(((lc_ipc_frame_decoder_t *)0)->fdq) / sizeof(int))
+
+void lc_ipc_frame_header(unsigned char out[LC_IPC_FRAME_HEADER], uint32_t len, int kind, int nfds) {
+  out[0] = (unsigned char)(len & 0xff);
+  out[1] = (unsigned char)((len >> 8) & 0xff);
+  out[2] = (unsigned char)((len >> 16) & 0xff);
+  out[3] = (unsigned char)((len >> 24) & 0xff);
+  out[4] = (unsigned char)kind;
+  out[5] = (unsigned char)nfds;
+  out[6] = 0;
+  out[7] = 0;
+}
+
+void lc_ipc_frame_init(lc_ipc_frame_decoder_t *d) {
+  memset(d, 0, sizeof(*d));
+}
+
+void lc_ipc_frame_free(lc_ipc_frame_decoder_t *d, void (*close_fd)(int fd)) {
+  while (d->fdcount > 0) {
+    if (close_fd != NULL) close_fd(d->fdq[d->fdhead]);
+    d->fdhead = (d->fdhead + 1) % FDQ_SIZE;
+    d->fdcount--;
+  }
+  free(d->buf);
+  d->buf = NULL;
+  d->cap = d->start = d->end = 0;
+}
+
+// Reads the header at buf[start] (the caller checked 8 bytes are there). Returns 0 or an
+// error; *total is the frame's size with its header.
+static int parse_header(const lc_ipc_frame_decoder_t *d, size_t *total, int *kind, int *nfds) {
+  const unsigned char *h = (const unsigned char *)d->buf + d->start;
+  uint32_t len = (uint32_t)h[0] | (uint32_t)h[1] << 8 | (uint32_t)h[2] << 16 | (uint32_t)h[3] << 24;
+  *kind = h[4];
+  *nfds = h[5];
+  if (*kind < LC_IPC_KIND_USER || *kind > LC_IPC_KIND_HANDLE) return LC_IPC_FRAME_EKIND;
+  if (h[6] != 0 || h[7] != 0) return LC_IPC_FRAME_ERESERVED;
+  if (len > LC_IPC_FRAME_MAX_BODY) return LC_IPC_FRAME_ETOOBIG;
+  if (*nfds > LC_IPC_FRAME_MAX_FDS) return LC_IPC_FRAME_ETOOMANYFDS;
+  *total = (size_t)len + LC_IPC_FRAME_HEADER;
+  return 0;
+}
+
+int lc_ipc_frame_space(lc_ipc_frame_decoder_t *d, char **p, size_t *len) {
+  size_t unread = d->end - d->start;
+  if (unread == 0) {
+    d->start = d->end = 0;
+    if (d->cap > KEEP_CAP) {
+      free(d->buf);
+      d->buf = NULL;
+      d->cap = 0;
+    }
+  }
+  // The capacity wanted from `start`: an ordinary read's worth past what is unread, or, for a
+  // frame known to be larger, up to twice the current capacity (never more than the frame),
+  // so a large frame costs O(size) copying in all and a bogus length costs little.
+  size_t want = unread + READ_CHUNK;
+  if (unread >= LC_IPC_FRAME_HEADER) {
+    size_t total;
+    int kind, nfds;
+    if (parse_header(d, &total, &kind, &nfds) == 0 && total > want) {
+      size_t grown = d->cap * 2;
+      size_t big = total < grown ? total : grown;
+      if (big > want) want = big;
+    }
+  }
+  if (d->cap - d->start < want) {
+    if (d->start > 0) {
+      memmove(d->buf, d->buf + d->start, unread);
+      d->start = 0;
+      d->end = unread;
+    }
+    if (d->cap < want) {
+      char *nb = realloc(d->buf, want);
+      if (nb == NULL) return LC_IPC_FRAME_ENOMEM;
+      d->buf = nb;
+      d->cap = want;
+    }
+  }
+  *p = d->buf + d->end;
+  *len = d->cap - d->end;
+  return 0;
+}
+
+int lc_ipc_frame_commit(lc_ipc_frame_decoder_t *d, size_t n, const int *fds, int nfds,
+                        void (*close_fd)(int fd)) {
+  d->end += n;
+  for (int i = 0; i < nfds; i++) {
+    if (d->fdcount == FDQ_SIZE) {
+      if (close_fd != NULL) close_fd(fds[i]);
+      d->err = LC_IPC_FRAME_ETOOMANYFDS;
+      continue;
+    }
+    d->fdq[(d->fdhead + d->fdcount) % FDQ_SIZE] = fds[i];
+    d->fdcount++;
+  }
+  return d->err;
+}
+
+int lc_ipc_frame_next(lc_ipc_frame_decoder_t *d, lc_ipc_frame_t *f) {
+  if (d->err != 0) return d->err;
+  size_t unread = d->end - d->start;
+  if (unread < LC_IPC_FRAME_HEADER) {
+    // fds arrive with their frame's first byte: with no byte of a frame there is no owner.
+    if (d->fdcount > (unread == 0 ? 0 : LC_IPC_FRAME_MAX_FDS)) d->err = LC_IPC_FRAME_ESTRAYFDS;
+    return d->err != 0 ? d->err : LC_IPC_FRAME_MORE;
+  }
+  size_t total;
+  int kind, nfds;
+  int rc = parse_header(d, &total, &kind, &nfds);
+  if (rc != 0) return d->err = rc;
+  if (unread < total) {
+    // Every fd queued now came with this frame (the next frame's bytes, and fds, come after
+    // all of this one's), so more than it announced is a malformed stream.
+    if (d->fdcount > (size_t)nfds) return d->err = LC_IPC_FRAME_ESTRAYFDS;
+    return LC_IPC_FRAME_MORE;
+  }
+  if (d->fdcount < (size_t)nfds) return d->err = LC_IPC_FRAME_EMISSINGFDS;
+  for (int i = 0; i < nfds; i++) {
+    f->fds[i] = d->fdq[d->fdhead];
+    d->fdhead = (d->fdhead + 1) % FDQ_SIZE;
+    d->fdcount--;
+  }
+  f->body = d->buf + d->start + LC_IPC_FRAME_HEADER;
+  f->len = (uint32_t)(total - LC_IPC_FRAME_HEADER);
+  f->kind = (uint8_t)kind;
+  f->nfds = (uint8_t)nfds;
+  d->start += total;
+  return LC_IPC_FRAME_OK;
+}
+
+int lc_ipc_frame_finish(lc_ipc_frame_decoder_t *d) {
+  if (d->err != 0) return d->err;
+  if (d->end > d->start) return d->err = LC_IPC_FRAME_ETRUNCATED;
+  if (d->fdcount > 0) return d->err = LC_IPC_FRAME_ESTRAYFDS;
+  return 0;
+}
+
+size_t lc_ipc_frame_pending(const lc_ipc_frame_decoder_t *d) {
+  return d->end - d->start;
+}
+
+const char *lc_ipc_frame_strerror(int err) {
+  switch (err) {
+  case LC_IPC_FRAME_EKIND:
+    return "malformed frame: unknown kind";
+  case LC_IPC_FRAME_ERESERVED:
+    return "malformed frame: reserved header bytes are not zero";
+  case LC_IPC_FRAME_ETOOBIG:
+    return "malformed frame: body length over the 256 MiB limit";
+  case LC_IPC_FRAME_ETOOMANYFDS:
+    return "malformed frame: too many file descriptors";
+  case LC_IPC_FRAME_EMISSINGFDS:
+    return "malformed frame: fewer file descriptors arrived than the frame announced";
+  case LC_IPC_FRAME_ESTRAYFDS:
+    return "malformed frame: file descriptors arrived that no frame announced";
+  case LC_IPC_FRAME_ETRUNCATED:
+    return "truncated frame: the channel closed in the middle of a frame";
+  case LC_IPC_FRAME_ENOMEM:
+    return "out of memory receiving a frame";
+  default:
+    return "malformed frame";
+  }
+}

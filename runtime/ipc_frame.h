@@ -1,0 +1,88 @@
+// ipc_frame.h: the IPC channel's wire format and its decoder, kept free of sockets, libuv and
+// Lua so a libFuzzer harness (fuzz/ipc_frame_fuzz.c) can drive it alone.
+//
+// A frame is an 8-byte header then the body:
+//   bytes 0-3  body length, unsigned 32-bit little-endian (at most LC_IPC_FRAME_MAX_BODY)
+//   byte  4    kind: LC_IPC_KIND_USER, _INTERNAL or _HANDLE (anything else is malformed)
+//   byte  5    number of file descriptors the frame carries (at most LC_IPC_FRAME_MAX_FDS)
+//   bytes 6-7  reserved, zero
+// A frame's fds travel as SCM_RIGHTS with the sendmsg that carries its first byte, so they
+// reach the receiver no later than the header. The decoder queues received fds in arrival
+// order and hands each complete frame exactly the number its header names.
+#pragma once
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define LC_IPC_FRAME_HEADER 8
+#define LC_IPC_FRAME_MAX_BODY (256u * 1024u * 1024u)
+#define LC_IPC_FRAME_MAX_FDS 16
+
+/// Frame kinds. A user message is never taken for an internal one: the kind byte, not the
+/// body, says which it is.
+enum {
+  LC_IPC_KIND_USER = 1,     // body: the user's message (JSON)
+  LC_IPC_KIND_INTERNAL = 2, // body: a runtime message (JSON object with a `cmd`)
+  LC_IPC_KIND_HANDLE = 3,   // body: [handle description, user message]; carries fds
+};
+
+/// Results of lc_ipc_frame_next and errors of the decoder. Errors are sticky: once the
+/// stream is malformed, every later call returns the same error.
+enum {
+  LC_IPC_FRAME_OK = 1,
+  LC_IPC_FRAME_MORE = 0,
+  LC_IPC_FRAME_EKIND = -1,
+  LC_IPC_FRAME_ERESERVED = -2,
+  LC_IPC_FRAME_ETOOBIG = -3,
+  LC_IPC_FRAME_ETOOMANYFDS = -4,
+  LC_IPC_FRAME_EMISSINGFDS = -5,
+  LC_IPC_FRAME_ESTRAYFDS = -6,
+  LC_IPC_FRAME_ETRUNCATED = -7,
+  LC_IPC_FRAME_ENOMEM = -8,
+};
+
+/// One decoded frame. `body` points into the decoder's buffer and stays valid until the next
+/// lc_ipc_frame_space or lc_ipc_frame_commit call; `fds` now belong to the caller.
+typedef struct {
+  const char *body;
+  uint32_t len;
+  uint8_t kind;
+  uint8_t nfds;
+  int fds[LC_IPC_FRAME_MAX_FDS];
+} lc_ipc_frame_t;
+
+/// A receiving buffer and fd queue. The buffer grows geometrically to hold the frame being
+/// received (so a large frame costs amortised linear copying) and is compacted only when
+/// room is needed; after a large frame it shrinks back.
+typedef struct {
+  char *buf;
+  size_t cap, start, end; // unread bytes are buf[start, end)
+  int fdq[4 * LC_IPC_FRAME_MAX_FDS];
+  size_t fdhead, fdcount; // a ring over fdq
+  int err;
+} lc_ipc_frame_decoder_t;
+
+/// Writes the 8-byte header of a frame into `out`.
+void lc_ipc_frame_header(unsigned char out[LC_IPC_FRAME_HEADER], uint32_t len, int kind, int nfds);
+/// Initialises an empty decoder (no allocation yet).
+void lc_ipc_frame_init(lc_ipc_frame_decoder_t *d);
+/// Frees the buffer; queued fds are passed to close_fd when it is not NULL.
+void lc_ipc_frame_free(lc_ipc_frame_decoder_t *d, void (*close_fd)(int fd));
+/// Makes room for the next read: sets *p and *len (len >= 4096) to free space at the end of
+/// the buffer. Returns 0 or LC_IPC_FRAME_ENOMEM.
+int lc_ipc_frame_space(lc_ipc_frame_decoder_t *d, char **p, size_t *len);
+/// Records that n bytes were read into the space and that `nfds` fds arrived with them
+/// (taken by the decoder). Returns 0 or an error (too many fds queued; the fds that did not
+/// fit are passed to close_fd when it is not NULL).
+int lc_ipc_frame_commit(lc_ipc_frame_decoder_t *d, size_t n, const int *fds, int nfds,
+                        void (*close_fd)(int fd));
+/// Decodes the next complete frame into *f: LC_IPC_FRAME_OK, LC_IPC_FRAME_MORE when more
+/// bytes are needed, or a negative error.
+int lc_ipc_frame_next(lc_ipc_frame_decoder_t *d, lc_ipc_frame_t *f);
+/// At end of stream: 0 when nothing is left over, else LC_IPC_FRAME_ETRUNCATED (part of a
+/// frame) or LC_IPC_FRAME_ESTRAYFDS (fds no frame claimed).
+int lc_ipc_frame_finish(lc_ipc_frame_decoder_t *d);
+/// Bytes of a partly received frame (0 when the buffer holds none).
+size_t lc_ipc_frame_pending(const lc_ipc_frame_decoder_t *d);
+/// A sentence describing a decoder error.
+const char *lc_ipc_frame_strerror(int err);
