@@ -183,6 +183,10 @@ function Socket:_init(options)
   -- __index function's lookups each time.
   self._timeoutMs = false
   self._events = false
+  self._readEnded = false
+  self._writeEnded = false
+  self._paused = false
+  self._server = false
   if options ~= nil then
     checkType(options, 'table', 'options', 3)
     checkKeys(options, socketOptions, 'socket', 3)
@@ -521,8 +525,8 @@ function Socket:_onClose(err)
   end
   self:emit('close', err ~= nil)
   local server = self._server
-  if server ~= nil then
-    self._server = nil
+  if server then
+    self._server = false
     server:_connectionClosed()
   end
 end
