@@ -692,6 +692,33 @@ describe('net', function()
     assert.is_false(called)
   end)
 
+  it("balance = 'reuseport' lets two servers bind the same port", function()
+    local a, port = listening(nil, nil)
+    local err
+    local plain = track(net.createServer())
+    plain:on('error', function(e)
+      err = e
+    end)
+    plain:listen({ port = port, host = '127.0.0.1', balance = 'reuseport' })
+    waitFor(function()
+      return err ~= nil
+    end, 2000, 'EADDRINUSE against a socket without SO_REUSEPORT')
+    assert.are.equal('EADDRINUSE', err.code)
+    a:close()
+    local n = 0
+    local first = track(net.createServer())
+    first:listen({ port = 0, host = '127.0.0.1', balance = 'reuseport' }, function()
+      n = n + 1
+      local second = track(net.createServer())
+      second:listen({ port = first:address().port, host = '127.0.0.1', balance = 'reuseport' }, function()
+        n = n + 1
+      end)
+    end)
+    waitFor(function()
+      return n == 2
+    end, 2000, 'both reuseport servers to listen')
+  end)
+
   it('wraps a connected descriptor as a socket (Socket._wrap)', function()
     local _, port = echoServer()
     local h
