@@ -86,10 +86,11 @@ function M.registerHandleType(name, packer)
 end
 
 -- Returns kind, body, fds for a message with an optional handle; raises on bad input.
+-- `level` is the caller's level as error() counts it from pack's caller.
 function M.pack(msg, handle, level)
   level = (level or 2) + 1
   if handle == nil then
-    return M.KIND_USER, M.encode(msg, level), nil
+    return M.KIND_USER, M.encode(msg, level + 1), nil
   end
   local desc, fds
   if type(handle) == 'number' then
@@ -107,7 +108,7 @@ function M.pack(msg, handle, level)
   if not desc then
     error('ERR_INVALID_HANDLE_TYPE: this handle type cannot be sent', level)
   end
-  return M.KIND_HANDLE, M.encode({ desc, msg }, level), fds
+  return M.KIND_HANDLE, M.encode({ desc, msg }, level + 1), fds
 end
 
 -- The receiving side of M.pack: msg, handle (fds a list of integers).

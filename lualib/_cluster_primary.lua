@@ -423,7 +423,8 @@ return function(cluster)
     local function done()
       pending = pending - 1
       if pending == 0 and fn then
-        fn()
+        -- After the last 'exit' has reached every listener (cluster's come after the worker's).
+        timer.setImmediate(fn)
       end
     end
     for _, w in pairs(cluster.workers) do

@@ -116,6 +116,22 @@ static void emit_uverr(lc_ipc_t *ch, int err) {
   emit_error(ch, uv_err_name(err), uv_strerror(err));
 }
 
+// The peer closed: 'end', or an error when it left part of a frame behind.
+static void emit_end(lc_ipc_t *ch) {
+  lua_State *L = lc_L;
+  int rc = lc_ipc_frame_finish(&ch->dec);
+  if (rc != 0) {
+    emit_error(ch, "EPROTO", lc_ipc_frame_strerror(rc));
+    return;
+  }
+  ch->reading = 0;
+  update_poll(ch);
+  if (lc_handle_push_cb(L, &ch->h)) {
+    lua_pushliteral(L, "end");
+    lc_pcall(L, 1, 0);
+  }
+}
+
 // ---- writing ----
 
 // One sendmsg of up to MAX_IOV queued requests starting at the head. A request carrying fds
@@ -431,17 +447,7 @@ static void do_read(lc_ipc_t *ch) {
   } else if (sys_err != 0) {
     emit_uverr(ch, sys_err);
   } else if (eof) {
-    int rc = lc_ipc_frame_finish(&ch->dec);
-    if (rc != 0) {
-      emit_error(ch, "EPROTO", lc_ipc_frame_strerror(rc));
-    } else {
-      ch->reading = 0;
-      update_poll(ch);
-      if (lc_handle_push_cb(L, &ch->h)) {
-        lua_pushliteral(L, "end");
-        lc_pcall(L, 1, 0);
-      }
-    }
+    emit_end(ch);
   }
 }
 
@@ -449,7 +455,18 @@ static void on_poll(uv_poll_t *p, int status, int events) {
   lc_ipc_t *ch = p->data;
   if (ch->h.closing) return;
   if (status < 0) {
-    emit_uverr(ch, status);
+    // libuv reports POLLERR as UV_EBADF and stops the poll. On a unix socket that is the
+    // peer closing with bytes of ours unread (a reset): read what it left, then its EOF.
+    ch->events = 0;
+    int soerr = 0;
+    socklen_t sl = sizeof(soerr);
+    getsockopt(ch->fd, SOL_SOCKET, SO_ERROR, &soerr, &sl);
+    if (soerr != 0 && soerr != ECONNRESET && soerr != EPIPE) {
+      emit_uverr(ch, uv_translate_sys_error(soerr));
+      return;
+    }
+    do_read(ch);
+    if (!ch->h.closing && ch->reading) emit_end(ch);
     return;
   }
   if (events & UV_WRITABLE) {
