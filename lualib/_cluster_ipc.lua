@@ -142,8 +142,8 @@ function Channel:_init(fd, owner)
       local kind, body, fds = batch[i], batch[i + 1], batch[i + 2]
       local value = decode(body)
       if value == nil then
-        for _, fd in ipairs(fds or {}) do
-          core.ipc_closefd(fd)
+        for _, f in ipairs(fds or {}) do
+          core.ipc_closefd(f)
         end
         batch = nil
         owner:_onChannelEnd(events.makeError('EPROTO', 'malformed frame: the body is not JSON'))

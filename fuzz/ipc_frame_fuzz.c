@@ -1,0 +1,77 @@
+// ipc_frame_fuzz.c: drives the IPC frame decoder (runtime/ipc_frame.c) as the channel does:
+// bytes arrive in reads of varying sizes, some reads bring fds, and complete frames are taken
+// after each read. The first two input bytes choose the read sizes and fd arrivals; the rest
+// is the stream. Checks that every frame lies inside the bytes received, that fds are handed
+// out exactly once and in order, and that the decoder never reads past what it was given.
+#include <assert.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "ipc_frame.h"
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+static int open_fds; // fake fds handed to the decoder and not yet taken or closed
+
+static void fake_close(int fd) {
+  assert(fd >= 1000);
+  open_fds--;
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+  if (size < 2) return 0;
+  unsigned seed = (unsigned)data[0] | (unsigned)data[1] << 8;
+  data += 2;
+  size -= 2;
+  lc_ipc_frame_decoder_t d;
+  lc_ipc_frame_init(&d);
+  open_fds = 0;
+  int next_fd = 1000, expect_fd = 1000;
+  size_t off = 0, consumed = 0;
+  int err = 0;
+  while (off < size && err == 0) {
+    char *p;
+    size_t room;
+    if (lc_ipc_frame_space(&d, &p, &room) != 0) break;
+    assert(room >= 4096);
+    seed = seed * 1103515245u + 12345u;
+    size_t n = 1 + (seed >> 8) % 9000; // reads from 1 byte to a few pages
+    if (n > room) n = room;
+    if (n > size - off) n = size - off;
+    memcpy(p, data + off, n);
+    off += n;
+    int fds[3];
+    int nfds = (int)((seed >> 20) % 4 == 0 ? (seed >> 24) % 3 : 0);
+    for (int i = 0; i < nfds; i++)
+      fds[i] = next_fd++;
+    open_fds += nfds;
+    err = lc_ipc_frame_commit(&d, n, fds, nfds, fake_close);
+    lc_ipc_frame_t f;
+    int rc;
+    while (err == 0 && (rc = lc_ipc_frame_next(&d, &f)) == LC_IPC_FRAME_OK) {
+      assert(f.kind >= LC_IPC_KIND_USER && f.kind <= LC_IPC_KIND_HANDLE);
+      assert(f.nfds <= LC_IPC_FRAME_MAX_FDS);
+      assert(f.len <= LC_IPC_FRAME_MAX_BODY);
+      consumed += LC_IPC_FRAME_HEADER + f.len;
+      assert(consumed <= off);
+      // The body is the stream's bytes at that place.
+      assert(memcmp(f.body, data + consumed - f.len, f.len) == 0);
+      for (int i = 0; i < f.nfds; i++) {
+        assert(f.fds[i] == expect_fd);
+        expect_fd++;
+        open_fds--;
+      }
+    }
+    if (err == 0 && rc < 0) err = rc;
+  }
+  if (err == 0) {
+    int rc = lc_ipc_frame_finish(&d);
+    assert(rc == 0 || rc == LC_IPC_FRAME_ETRUNCATED || rc == LC_IPC_FRAME_ESTRAYFDS);
+    assert((rc == 0) == (lc_ipc_frame_pending(&d) == 0 && open_fds == 0));
+  }
+  assert(lc_ipc_frame_strerror(err) != NULL);
+  lc_ipc_frame_free(&d, fake_close);
+  assert(open_fds == 0);
+  return 0;
+}
