@@ -68,11 +68,17 @@ return function(cluster)
     deliver(msg, handle)
   end
 
-  -- The channel holds the loop while someone listens for messages or for the disconnect.
+  -- The channel holds the loop while someone listens for messages or for the disconnect, or
+  -- while servers listen through the master (cluster._holds: connections arrive on it).
+  cluster._holds = 0
   local function updateRef()
     if channel then
-      channel:setRef(listeners() + process.listenerCount('disconnect') > 0)
+      channel:setRef(listeners() + process.listenerCount('disconnect') + cluster._holds > 0)
     end
+  end
+  function cluster._hold(delta)
+    cluster._holds = cluster._holds + delta
+    updateRef()
   end
 
   local function onNewListener(ev)

@@ -1,0 +1,599 @@
+// rr.c: the master's connection hand-off for a shared TCP (or Unix) port, in C so that no Lua
+// runs per connection in the master. `_core.rr_listen(...)` owns one listening socket; on each
+// readable event it accepts a batch (up to ACCEPT_BATCH connections), chooses a worker for
+// each, and sends each worker its share in one frame carrying several fds (SCM_RIGHTS).
+//
+// In flight and acks. Node allows one unacknowledged hand-off per worker, which halves its
+// connection rate. We keep a window of WINDOW unacknowledged hand-offs per worker. The master
+// keeps its copy of each fd it sent until the worker acknowledges the frame (the worker sends
+// {"cmd":"rrack","k":K,"n":N} after handling it; that frame is consumed here, in C, through
+// the channel's hook). A worker that dies with hand-offs unacknowledged never touched them, so
+// the master hands those connections to other workers: nothing queued for a dead worker is
+// lost, and nothing is leaked (Node leaks the in-flight handle). When every worker's window is
+// full, the master stops accepting and the kernel's backlog holds new connections.
+//
+// Policies:
+//   rr      fewest in flight, ties rotate (so sequential connections visit every worker)
+//   least   fewest open connections (workers report them with rr:load), then as rr
+//   sticky  rendezvous hash of the client address over the workers' stable keys (their
+//           slots), so a client keeps its worker while other workers come and go
+//
+// Lua: `_core.rr_listen(host, port, backlog, flags, cb)` / `_core.rr_listen_path(path,
+// backlog, cb)` -> rr | nil, err, code; `rr:id()`, `rr:getsockname()`, `rr:set_body(json)`
+// (the newconn message: must contain the rr's id as "k"), `rr:set_policy(name)`,
+// `rr:add(id, channel [, key])`, `rr:suspend(id)` (the worker closed its server: send it no
+// more), `rr:remove(id)` (its channel is gone: unacknowledged connections go to others),
+// `rr:load(id, n)`, `rr:dispatch(fd [, exclude_id])`, `rr:stats()`, `rr:pending()`, close([fn]).
+// cb('error', msg, code) when accept fails for a reason other than running dry.
+#include <errno.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "ipc.h"
+
+#define MT "lc.rr"
+#define ACCEPT_BATCH 64
+#define WINDOW 64 // unacknowledged hand-offs per worker
+#define MAX_TARGETS 256
+#define MAX_PENDING 4096
+
+enum { POLICY_RR, POLICY_LEAST, POLICY_STICKY };
+
+typedef struct {
+  int id;
+  int ch_ref;   // registry reference to the channel's userdata
+  lc_ipc_t *ch; // valid while the userdata says it is open (checked on each use)
+  uint32_t key; // stable key for sticky hashing (the worker's slot, else its id)
+  int suspended;
+  long load;        // open connections the worker reported (least)
+  uint64_t sent;    // connections handed to this worker
+  int ring[WINDOW]; // our copies of unacknowledged hand-offs, oldest first
+  int rhead, rcount;
+  int batch[LC_IPC_FRAME_MAX_FDS]; // chosen this turn, not sent yet (also in the ring)
+  int nbatch;
+} target_t;
+
+typedef struct lc_rr {
+  lc_handle_t h;
+  uv_poll_t poll;
+  int fd;
+  int k; // process-unique id, carried by newconn and rrack messages
+  int polling;
+  int policy;
+  int path_bound; // listen_path: unlink the file on close
+  char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
+  char *body;
+  size_t body_len;
+  target_t *targets;
+  int ntargets;
+  unsigned rotate;
+  int *pending; // accepted while no worker could take them, oldest first
+  int phead, npending;
+  struct lc_rr *next; // every open rr, for the ack hook
+} lc_rr_t;
+
+static lc_rr_t *all_rr;
+static int next_k = 1;
+
+static void flush_all(lua_State *L, lc_rr_t *self);
+static void update_polling(lc_rr_t *self);
+
+static lc_ipc_t *target_channel(lua_State *L, target_t *t) {
+  lua_rawgeti(L, LUA_REGISTRYINDEX, t->ch_ref);
+  lc_handle_t **ud = lua_touserdata(L, -1);
+  lua_pop(L, 1);
+  if (ud == NULL || *ud == NULL || (*ud)->closing) return NULL;
+  return (lc_ipc_t *)*ud;
+}
+
+static int usable(lua_State *L, target_t *t) {
+  return !t->suspended && t->rcount < WINDOW && target_channel(L, t) != NULL;
+}
+
+// Sticky: a 32-bit mix of the client's address and the worker's key (rendezvous hashing).
+static uint32_t mix(uint32_t a, uint32_t b) {
+  uint32_t h = a * 0x9E3779B1u ^ (b + 0x7F4A7C15u + (a << 6) + (a >> 2));
+  h ^= h >> 16;
+  h *= 0x85EBCA6Bu;
+  h ^= h >> 13;
+  h *= 0xC2B2AE35u;
+  h ^= h >> 16;
+  return h;
+}
+
+static uint32_t addr_hash(int fd) {
+  struct sockaddr_storage ss;
+  socklen_t len = sizeof(ss);
+  if (getpeername(fd, (struct sockaddr *)&ss, &len) != 0) return 0;
+  if (ss.ss_family == AF_INET) return ((struct sockaddr_in *)&ss)->sin_addr.s_addr;
+  if (ss.ss_family == AF_INET6) {
+    const uint32_t *w = (const uint32_t *)&((struct sockaddr_in6 *)&ss)->sin6_addr;
+    return mix(mix(w[0], w[1]), mix(w[2], w[3]));
+  }
+  return 0;
+}
+
+// Chooses the target for connection fd: its index, -1 when no worker can take it now, -2
+// when (sticky) the client's worker is busy and the connection must wait for it.
+static int choose(lua_State *L, lc_rr_t *self, int fd, int exclude_id) {
+  int best = -1;
+  if (self->policy == POLICY_STICKY) {
+    uint32_t a = addr_hash(fd), best_h = 0;
+    for (int i = 0; i < self->ntargets; i++) {
+      target_t *t = &self->targets[i];
+      if (t->id == exclude_id || t->suspended || target_channel(L, t) == NULL) continue;
+      uint32_t h = mix(a, t->key);
+      if (best < 0 || h > best_h) {
+        best = i;
+        best_h = h;
+      }
+    }
+    if (best >= 0 && self->targets[best].rcount >= WINDOW) return -2;
+    return best;
+  }
+  long best_load = 0;
+  int n = self->ntargets;
+  for (int j = 0; j < n; j++) {
+    int i = (int)((self->rotate + (unsigned)j) % (unsigned)n);
+    target_t *t = &self->targets[i];
+    if (t->id == exclude_id || !usable(L, t)) continue;
+    long load = t->rcount + (self->policy == POLICY_LEAST ? t->load * WINDOW : 0);
+    if (best < 0 || load < best_load) {
+      best = i;
+      best_load = load;
+    }
+  }
+  if (best >= 0) self->rotate = (unsigned)best + 1;
+  return best;
+}
+
+static void push_pending(lc_rr_t *self, int fd) {
+  if (self->npending == MAX_PENDING) {
+    close(fd);
+    return;
+  }
+  self->pending[(self->phead + self->npending++) % MAX_PENDING] = fd;
+}
+
+// Gives fd to a worker (batched until flush_all) or queues it until one can take it.
+static void place(lua_State *L, lc_rr_t *self, int fd, int exclude_id) {
+  int i = choose(L, self, fd, exclude_id);
+  if (i < 0) {
+    push_pending(self, fd);
+    return;
+  }
+  target_t *t = &self->targets[i];
+  t->ring[(t->rhead + t->rcount++) % WINDOW] = fd;
+  t->batch[t->nbatch++] = fd;
+  if (self->policy == POLICY_LEAST) t->load++;
+  if (t->nbatch == LC_IPC_FRAME_MAX_FDS) flush_all(L, self);
+}
+
+// Takes the n newest ring entries back out (a send that failed) and re-places them later.
+static void unsend(lc_rr_t *self, target_t *t, int n) {
+  for (int i = 0; i < n; i++) {
+    int fd = t->ring[(t->rhead + t->rcount - n + i) % WINDOW];
+    push_pending(self, fd);
+  }
+  t->rcount -= n;
+}
+
+static void flush_target(lua_State *L, lc_rr_t *self, target_t *t) {
+  if (t->nbatch == 0) return;
+  lc_ipc_t *ch = target_channel(L, t);
+  int n = t->nbatch;
+  t->nbatch = 0;
+  // The channel gets copies (close_fds = 0): ours stay in the ring until acknowledged.
+  int rc = ch == NULL
+               ? UV_EPIPE
+               : lc_ipc_send(ch, LC_IPC_KIND_INTERNAL, self->body, self->body_len, t->batch, n, 0);
+  if (rc < 0) {
+    t->suspended = 1;
+    unsend(self, t, n);
+    return;
+  }
+  t->sent += (uint64_t)n;
+}
+
+// Sends every batch, then hands queued connections to workers with room, repeatedly.
+static void flush_all(lua_State *L, lc_rr_t *self) {
+  for (;;) {
+    for (int i = 0; i < self->ntargets; i++)
+      flush_target(L, self, &self->targets[i]);
+    int moved = 0;
+    while (self->npending > 0) {
+      int fd = self->pending[self->phead];
+      int i = choose(L, self, fd, -1);
+      if (i < 0) break;
+      self->phead = (self->phead + 1) % MAX_PENDING;
+      self->npending--;
+      target_t *t = &self->targets[i];
+      t->ring[(t->rhead + t->rcount++) % WINDOW] = fd;
+      t->batch[t->nbatch++] = fd;
+      moved = 1;
+      if (t->nbatch == LC_IPC_FRAME_MAX_FDS) break;
+    }
+    if (!moved) break;
+  }
+  update_polling(self);
+}
+
+static void on_readable(uv_poll_t *p, int status, int events) {
+  lc_rr_t *self = p->data;
+  lua_State *L = lc_L;
+  (void)events;
+  if (status < 0) return;
+  for (int n = 0; n < ACCEPT_BATCH && self->npending == 0; n++) {
+    int fd = accept4(self->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd < 0) {
+      if (errno == EINTR || errno == ECONNABORTED) continue;
+      if (errno != EAGAIN && errno != EWOULDBLOCK) {
+        int err = uv_translate_sys_error(errno);
+        flush_all(L, self);
+        if (lc_handle_push_cb(L, &self->h)) {
+          lua_pushliteral(L, "error");
+          lua_pushfstring(L, "%s: accept failed: %s", uv_err_name(err), uv_strerror(err));
+          lua_pushstring(L, uv_err_name(err));
+          lc_pcall(L, 3, 0);
+        }
+        return;
+      }
+      break;
+    }
+    place(L, self, fd, -1);
+  }
+  flush_all(L, self);
+}
+
+// Accepts while some worker can take a connection; otherwise the kernel backlog waits.
+static void update_polling(lc_rr_t *self) {
+  if (self->h.closing || self->fd < 0) return;
+  int want = self->npending == 0 && self->ntargets > 0;
+  if (want && !self->polling) {
+    uv_poll_start(&self->poll, UV_READABLE, on_readable);
+  } else if (!want && self->polling) {
+    uv_poll_stop(&self->poll);
+  }
+  self->polling = want;
+}
+
+// Reads the integer after `"name":` in a NUL-terminated JSON object; -1 when absent.
+static int json_int(const char *buf, const char *name) {
+  const char *p = strstr(buf, name);
+  if (p == NULL) return -1;
+  p += strlen(name);
+  int v = 0, digits = 0;
+  while (*p >= '0' && *p <= '9' && digits < 9) {
+    v = v * 10 + (*p++ - '0');
+    digits++;
+  }
+  return digits > 0 ? v : -1;
+}
+
+// The channel hook: consumes acknowledgements, internal frames {"cmd":"rrack","k":K,"n":N}
+// (in any key order), in C. Everything else goes on to Lua.
+static int ack_hook(lc_ipc_t *ch, const lc_ipc_frame_t *f, void *data) {
+  (void)data;
+  if (f->kind != LC_IPC_KIND_INTERNAL || f->nfds != 0 || f->len >= 64) return 0;
+  char buf[64];
+  memcpy(buf, f->body, f->len);
+  buf[f->len] = '\0';
+  if (strstr(buf, "\"cmd\":\"rrack\"") == NULL) return 0;
+  int k = json_int(buf, "\"k\":"), n = json_int(buf, "\"n\":");
+  if (k < 0 || n <= 0) return 0;
+  lc_rr_t *self = all_rr;
+  while (self != NULL && self->k != k)
+    self = self->next;
+  if (self == NULL) return 1; // the rr closed meanwhile: nothing to release
+  for (int i = 0; i < self->ntargets; i++) {
+    target_t *t = &self->targets[i];
+    if (t->ch != ch) continue;
+    if (n > t->rcount) n = t->rcount;
+    for (int j = 0; j < n; j++) {
+      close(t->ring[t->rhead]);
+      t->rhead = (t->rhead + 1) % WINDOW;
+    }
+    t->rcount -= n;
+    flush_all(lc_L, self);
+    break;
+  }
+  return 1;
+}
+
+static void free_parts(lc_rr_t *self) {
+  lua_State *L = lc_L;
+  for (lc_rr_t **pp = &all_rr; *pp != NULL; pp = &(*pp)->next) {
+    if (*pp == self) {
+      *pp = self->next;
+      break;
+    }
+  }
+  while (self->npending > 0) {
+    close(self->pending[self->phead]);
+    self->phead = (self->phead + 1) % MAX_PENDING;
+    self->npending--;
+  }
+  for (int i = 0; i < self->ntargets; i++) {
+    target_t *t = &self->targets[i];
+    for (int j = 0; j < t->rcount; j++)
+      close(t->ring[(t->rhead + j) % WINDOW]);
+    luaL_unref(L, LUA_REGISTRYINDEX, t->ch_ref);
+  }
+  free(self->pending);
+  free(self->targets);
+  free(self->body);
+  self->pending = NULL;
+  self->targets = NULL;
+  self->body = NULL;
+  self->ntargets = 0;
+  if (self->fd >= 0) close(self->fd);
+  if (self->path_bound) unlink(self->path);
+  self->fd = -1;
+}
+
+// Stops accepting and releases everything. libuv stops watching the fd inside uv_close
+// (uv__poll_close removes it from epoll), so closing the fd right after is safe.
+static void rr_close_handle(lc_rr_t *self) {
+  if (self->h.closing) return;
+  if (self->polling) uv_poll_stop(&self->poll);
+  self->polling = 0;
+  lc_handle_close(&self->h);
+  free_parts(self);
+}
+
+// Wraps a bound socket in a new rr handle (pushed) and listens; on failure closes fd and
+// pushes the error values instead.
+static int new_listening(lua_State *L, int fd, int backlog, int cb_idx, const char *path) {
+  if (listen(fd, backlog) != 0) {
+    int err = uv_translate_sys_error(errno);
+    close(fd);
+    if (path != NULL) unlink(path);
+    return lc_util_push_uverr(L, err);
+  }
+  lc_rr_t *self = lc_handle_new(L, sizeof(*self), MT, cb_idx); // [rr]
+  self->targets = calloc(MAX_TARGETS, sizeof(target_t));
+  self->pending = malloc(MAX_PENDING * sizeof(int));
+  self->h.uv = (uv_handle_t *)&self->poll;
+  uv_poll_init(lc_loop, &self->poll, fd);
+  self->poll.data = self;
+  self->fd = fd;
+  self->k = next_k++;
+  self->next = all_rr;
+  all_rr = self;
+  if (path != NULL) {
+    snprintf(self->path, sizeof(self->path), "%s", path);
+    self->path_bound = 1;
+  }
+  if (self->targets == NULL || self->pending == NULL) {
+    rr_close_handle(self);
+    return luaL_error(L, "out of memory");
+  }
+  return 1;
+}
+
+// _core.rr_listen(host, port, backlog, flags|nil, cb) -> rr | nil, err, code
+static int rr_listen(lua_State *L) {
+  const char *host = luaL_checkstring(L, 1);
+  int port = (int)luaL_checkinteger(L, 2);
+  int backlog = (int)luaL_optinteger(L, 3, 511);
+  luaL_checktype(L, 5, LUA_TFUNCTION);
+  struct sockaddr_storage ss;
+  int rc = lc_util_parse_addr(host, port, &ss);
+  if (rc < 0) return lc_util_push_uverr(L, rc);
+  int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) return lc_util_push_uverr(L, uv_translate_sys_error(errno));
+  int one = 1;
+  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+  if (lua_istable(L, 4)) {
+    lua_getfield(L, 4, "ipv6only");
+    if (lua_toboolean(L, -1) && ss.ss_family == AF_INET6)
+      setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+    lua_pop(L, 1);
+  }
+  socklen_t len =
+      ss.ss_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
+  if (bind(fd, (struct sockaddr *)&ss, len) != 0) {
+    int err = uv_translate_sys_error(errno);
+    close(fd);
+    return lc_util_push_uverr(L, err);
+  }
+  return new_listening(L, fd, backlog, 5, NULL);
+}
+
+// _core.rr_listen_path(path, backlog, cb) -> rr | nil, err, code. The socket file is removed
+// when the rr closes.
+static int rr_listen_path(lua_State *L) {
+  size_t plen;
+  const char *path = luaL_checklstring(L, 1, &plen);
+  int backlog = (int)luaL_optinteger(L, 2, 511);
+  luaL_checktype(L, 3, LUA_TFUNCTION);
+  struct sockaddr_un sun;
+  if (plen >= sizeof(sun.sun_path)) return lc_util_push_uverr(L, UV_ENAMETOOLONG);
+  memset(&sun, 0, sizeof(sun));
+  sun.sun_family = AF_UNIX;
+  memcpy(sun.sun_path, path, plen);
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) return lc_util_push_uverr(L, uv_translate_sys_error(errno));
+  if (bind(fd, (struct sockaddr *)&sun, sizeof(sun)) != 0) {
+    int err = uv_translate_sys_error(errno);
+    close(fd);
+    return lc_util_push_uverr(L, err);
+  }
+  return new_listening(L, fd, backlog, 3, path);
+}
+
+static int rr_id(lua_State *L) {
+  lc_rr_t *self = lc_handle_check(L, 1, MT);
+  lua_pushinteger(L, self->k);
+  return 1;
+}
+
+static int rr_getsockname(lua_State *L) {
+  lc_rr_t *self = lc_handle_check(L, 1, MT);
+  struct sockaddr_storage ss;
+  socklen_t len = sizeof(ss);
+  if (getsockname(self->fd, (struct sockaddr *)&ss, &len) != 0)
+    return lc_util_push_uverr(L, uv_translate_sys_error(errno));
+  lc_util_push_addr(L, (struct sockaddr *)&ss);
+  return 1;
+}
+
+// rr:set_body(json): the internal message each hand-off frame carries.
+static int rr_set_body(lua_State *L) {
+  lc_rr_t *self = lc_handle_check(L, 1, MT);
+  size_t len;
+  const char *s = luaL_checklstring(L, 2, &len);
+  char *copy = malloc(len + 1);
+  if (copy == NULL) return luaL_error(L, "out of memory");
+  memcpy(copy, s, len + 1);
+  free(self->body);
+  self->body = copy;
+  self->body_len = len;
+  return 0;
+}
+
+static int rr_set_policy(lua_State *L) {
+  static const char *const names[] = {"rr", "least", "sticky", NULL};
+  lc_rr_t *self = lc_handle_check(L, 1, MT);
+  self->policy = luaL_checkoption(L, 2, "rr", names);
+  return 0;
+}
+
+static target_t *find(lc_rr_t *self, int id) {
+  for (int i = 0; i < self->ntargets; i++)
+    if (self->targets[i].id == id) return &self->targets[i];
+  return NULL;
+}
+
+// rr:add(id, channel [, key]): the worker takes connections from now on.
+static int rr_add(lua_State *L) {
+  lc_rr_t *self = lc_handle_check(L, 1, MT);
+  int id = (int)luaL_checkinteger(L, 2);
+  lc_ipc_t *ch = lc_ipc_check(L, 3);
+  target_t *t = find(self, id);
+  if (t != NULL) {
+    t->suspended = 0;
+  } else {
+    if (self->ntargets == MAX_TARGETS) return luaL_error(L, "rr: too many workers");
+    t = &self->targets[self->ntargets++];
+    memset(t, 0, sizeof(*t));
+    t->id = id;
+    t->ch = ch;
+    t->key = (uint32_t)luaL_optinteger(L, 4, id);
+    lua_pushvalue(L, 3);
+    t->ch_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    lc_ipc_set_hook(ch, ack_hook, NULL);
+  }
+  flush_all(L, self);
+  return 0;
+}
+
+// rr:suspend(id): send this worker no more connections (it closed its server); what it has
+// in flight it will handle or refuse, and acknowledge.
+static int rr_suspend(lua_State *L) {
+  lc_rr_t *self = lc_handle_check(L, 1, MT);
+  target_t *t = find(self, (int)luaL_checkinteger(L, 2));
+  if (t != NULL) t->suspended = 1;
+  return 0;
+}
+
+// rr:remove(id) -> true when the worker was a target. Its channel is gone: connections it
+// never acknowledged go to the other workers.
+static int rr_remove(lua_State *L) {
+  lc_rr_t *self = lc_handle_check(L, 1, MT);
+  int id = (int)luaL_checkinteger(L, 2);
+  for (int i = 0; i < self->ntargets; i++) {
+    target_t *t = &self->targets[i];
+    if (t->id != id) continue;
+    t->nbatch = 0; // batched fds are in the ring too
+    while (t->rcount > 0) {
+      push_pending(self, t->ring[t->rhead]);
+      t->rhead = (t->rhead + 1) % WINDOW;
+      t->rcount--;
+    }
+    luaL_unref(L, LUA_REGISTRYINDEX, t->ch_ref);
+    self->targets[i] = self->targets[--self->ntargets];
+    flush_all(L, self);
+    lua_pushboolean(L, 1);
+    return 1;
+  }
+  lua_pushboolean(L, 0);
+  return 1;
+}
+
+static int rr_load(lua_State *L) {
+  lc_rr_t *self = lc_handle_check(L, 1, MT);
+  target_t *t = find(self, (int)luaL_checkinteger(L, 2));
+  if (t != NULL) t->load = (long)luaL_checkinteger(L, 3);
+  return 0;
+}
+
+// rr:dispatch(fd [, exclude_id]): hands out a connection a worker refused (it had closed its
+// server); takes ownership of fd.
+static int rr_dispatch(lua_State *L) {
+  lc_rr_t *self = lc_handle_check(L, 1, MT);
+  int fd = (int)luaL_checkinteger(L, 2);
+  place(L, self, fd, (int)luaL_optinteger(L, 3, -1));
+  flush_all(L, self);
+  return 0;
+}
+
+// rr:stats() -> {[id] = connections handed to it}, {[id] = unacknowledged}
+static int rr_stats(lua_State *L) {
+  lc_rr_t *self = lc_handle_check_any(L, 1, MT);
+  lua_createtable(L, 0, self->ntargets);
+  lua_createtable(L, 0, self->ntargets);
+  for (int i = 0; i < self->ntargets; i++) {
+    lua_pushnumber(L, (lua_Number)self->targets[i].sent);
+    lua_rawseti(L, -3, self->targets[i].id);
+    lua_pushinteger(L, self->targets[i].rcount);
+    lua_rawseti(L, -2, self->targets[i].id);
+  }
+  return 2;
+}
+
+static int rr_pending(lua_State *L) {
+  lc_rr_t *self = lc_handle_check_any(L, 1, MT);
+  lua_pushinteger(L, self->npending);
+  lua_pushinteger(L, self->ntargets);
+  return 2;
+}
+
+// rr:close([fn]): stops accepting, closes queued connections and the socket.
+static int rr_close(lua_State *L) {
+  lc_handle_t **ud = luaL_checkudata(L, 1, MT);
+  if (*ud == NULL || (*ud)->closing) return 0;
+  lc_rr_t *self = (lc_rr_t *)*ud;
+  if (lua_isfunction(L, 2)) {
+    lua_pushvalue(L, 2);
+    self->h.close_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  }
+  rr_close_handle(self);
+  return 0;
+}
+
+void lc_rr_open(lua_State *L) {
+  static const luaL_Reg methods[] = {{"id", rr_id},
+                                     {"getsockname", rr_getsockname},
+                                     {"set_body", rr_set_body},
+                                     {"set_policy", rr_set_policy},
+                                     {"add", rr_add},
+                                     {"suspend", rr_suspend},
+                                     {"remove", rr_remove},
+                                     {"load", rr_load},
+                                     {"dispatch", rr_dispatch},
+                                     {"stats", rr_stats},
+                                     {"pending", rr_pending},
+                                     {"close", rr_close},
+                                     {NULL, NULL}};
+  lc_handle_meta(L, MT, methods, NULL);
+  lua_pushcfunction(L, rr_listen);
+  lua_setfield(L, -2, "rr_listen");
+  lua_pushcfunction(L, rr_listen_path);
+  lua_setfield(L, -2, "rr_listen_path");
+}
