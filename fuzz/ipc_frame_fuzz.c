@@ -50,7 +50,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     lc_ipc_frame_t f;
     int rc;
     while (err == 0 && (rc = lc_ipc_frame_next(&d, &f)) == LC_IPC_FRAME_OK) {
-      assert(f.kind >= LC_IPC_KIND_USER && f.kind <= LC_IPC_KIND_HANDLE);
+      assert(f.kind >= LC_IPC_KIND_USER && f.kind <= LC_IPC_KIND_MAX);
       assert(f.nfds <= LC_IPC_FRAME_MAX_FDS);
       assert(f.len <= LC_IPC_FRAME_MAX_BODY);
       consumed += LC_IPC_FRAME_HEADER + f.len;

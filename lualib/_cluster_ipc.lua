@@ -11,7 +11,8 @@ local M = {}
 
 -- Frame kinds (runtime/ipc_frame.h). The kind byte, not the body, tells a user message from
 -- an internal one, so a user table shaped like an internal message stays a user message.
-M.KIND_USER, M.KIND_INTERNAL, M.KIND_HANDLE = 1, 2, 3
+-- A string message travels as its raw bytes (KIND_STRING): no JSON escaping or parsing.
+M.KIND_USER, M.KIND_INTERNAL, M.KIND_HANDLE, M.KIND_STRING = 1, 2, 3, 4
 
 local enc = cjson.new()
 enc.encode_number_precision(14) -- the most this lua-cjson allows (17 would round-trip doubles)
@@ -90,6 +91,9 @@ end
 function M.pack(msg, handle, level)
   level = (level or 2) + 1
   if handle == nil then
+    if type(msg) == 'string' then
+      return M.KIND_STRING, msg, nil
+    end
     return M.KIND_USER, M.encode(msg, level + 1), nil
   end
   local desc, fds
@@ -131,6 +135,7 @@ end
 -- owner's job).
 local Channel = class()
 M.Channel = Channel
+local KIND_STRING, KIND_USER = M.KIND_STRING, M.KIND_USER
 
 function Channel:_init(fd, owner)
   local batch, pos, last = nil, 1, 0
@@ -140,7 +145,12 @@ function Channel:_init(fd, owner)
       local i = pos
       pos = i + 3
       local kind, body, fds = batch[i], batch[i + 1], batch[i + 2]
-      local value = decode(body)
+      local value
+      if kind == KIND_STRING then
+        kind, value = KIND_USER, body
+      else
+        value = decode(body)
+      end
       if value == nil then
         for _, f in ipairs(fds or {}) do
           core.ipc_closefd(f)

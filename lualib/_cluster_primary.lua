@@ -288,6 +288,11 @@ return function(cluster)
   internal.exitedAfterDisconnect = function(w)
     w.exitedAfterDisconnect = true
   end
+  -- The worker hit an uncaught error and is draining before it exits (_worker_lifecycle).
+  internal.stopping = function(w, msg)
+    w._stopping = true
+    w:emit('stopping', type(msg.reason) == 'string' and msg.reason or nil)
+  end
 
   local function defaults()
     local args = {}
@@ -383,6 +388,7 @@ return function(cluster)
       args = argv,
       env = envList,
       cwd = s.cwd,
+      detached = s.detached,
       uid = s.uid,
       gid = s.gid,
       stdio = stdio,
@@ -438,6 +444,18 @@ return function(cluster)
       timer.setImmediate(fn)
     end
   end
+
+  -- Messages still queued for workers when the master exits are written out (bounded), so a
+  -- last broadcast before process.exit arrives.
+  process.on('exit', function()
+    local deadline = process.hrtime() + 1e9
+    for _, w in pairs(cluster.workers) do
+      local left = math.floor((deadline - process.hrtime()) / 1e6)
+      if w._channel and left > 0 then
+        w._channel:flushSync(left)
+      end
+    end
+  end)
 
   -- Beyond Node: a message to every live worker.
   function cluster.broadcast(msg)

@@ -28,11 +28,17 @@
 #define READ_BUDGET (8u * 1024u * 1024u) // bytes read per poll callback before yielding
 #define MAX_READS 64
 #define RECV_FDS 64 // room for more than a frame may carry, so excess is seen, not lost
+// Sends go to the socket at once, except in a burst: after this many sends with no poll
+// event on the channel in between, frames are queued (appended into shared chunks) and one
+// writev per poll turn sends them all. Round trips keep their latency; floods cost far
+// fewer syscalls.
+#define BURST_SENDS 8
+#define CHUNK (64u * 1024u)
 
 typedef struct wreq {
   struct wreq *next;
-  size_t len, off;
-  int nfds; // fds still to send with the first byte (0 once sent)
+  size_t len, off, cap; // data[off, len) is unsent; later frames may be appended up to cap
+  int nfds;             // fds still to send with the first byte (0 once sent)
   int fds[LC_IPC_FRAME_MAX_FDS];
   char data[];
 } wreq_t;
@@ -47,6 +53,7 @@ struct lc_ipc {
   int reading;    // 0 after an error or EOF
   int delivering; // inside a Lua callback from do_read
   int torn_down;  // fd closed, buffers freed
+  int burst;      // sends since the last poll event
   lc_ipc_frame_decoder_t dec;
   wreq_t *head, *tail;
   size_t queued;
@@ -227,13 +234,14 @@ int lc_ipc_send(lc_ipc_t *ch, int kind, const char *body, size_t len, const int 
     goto fail;
   }
   if (nfds < 0 || nfds > LC_IPC_FRAME_MAX_FDS || kind < LC_IPC_KIND_USER ||
-      kind > LC_IPC_KIND_HANDLE) {
+      kind > LC_IPC_KIND_MAX) {
     rc = UV_EINVAL;
     goto fail;
   }
   lc_ipc_frame_header(hdr, (uint32_t)len, kind, nfds);
   size_t total = len + LC_IPC_FRAME_HEADER;
-  if (ch->head == NULL) {
+  if (ch->head == NULL && ch->burst < BURST_SENDS) {
+    ch->burst++;
     // Nothing queued: try the write now, with no copy and no loop turn.
     struct iovec iov[2] = {{hdr, sizeof(hdr)}, {(void *)body, len}};
     struct msghdr msg;
@@ -268,23 +276,33 @@ int lc_ipc_send(lc_ipc_t *ch, int kind, const char *body, size_t len, const int 
       if (sent == total) return 0;
     }
   }
-  // Queue what is left: a copy, so the caller's buffer may go at once.
+  // Queue what is left: a copy, so the caller's buffer may go at once. A frame without fds
+  // joins the tail chunk when it fits (its bytes follow the tail's in the stream either way).
   size_t rem = total - sent;
-  wreq_t *w = malloc(sizeof(*w) + rem);
-  if (w == NULL) {
-    rc = UV_ENOMEM;
-    goto fail;
+  wreq_t *w = ch->tail;
+  int fresh = 0;
+  if (nfds > 0 || w == NULL || w->cap - w->len < rem) {
+    size_t cap = rem < CHUNK && nfds == 0 ? CHUNK : rem;
+    w = malloc(sizeof(*w) + cap);
+    if (w == NULL) {
+      rc = UV_ENOMEM;
+      goto fail;
+    }
+    w->next = NULL;
+    w->len = 0;
+    w->off = 0;
+    w->cap = cap;
+    w->nfds = 0;
+    fresh = 1;
   }
-  w->next = NULL;
-  w->len = rem;
-  w->off = 0;
-  w->nfds = 0;
+  char *dst = w->data + w->len;
   if (sent < LC_IPC_FRAME_HEADER) {
-    memcpy(w->data, hdr + sent, LC_IPC_FRAME_HEADER - sent);
-    memcpy(w->data + LC_IPC_FRAME_HEADER - sent, body, len);
+    memcpy(dst, hdr + sent, LC_IPC_FRAME_HEADER - sent);
+    if (len > 0) memcpy(dst + LC_IPC_FRAME_HEADER - sent, body, len);
   } else {
-    memcpy(w->data, body + (sent - LC_IPC_FRAME_HEADER), rem);
+    memcpy(dst, body + (sent - LC_IPC_FRAME_HEADER), rem);
   }
+  w->len += rem;
   for (int i = 0; i < nfds; i++) {
     // Queued fds must survive the caller closing its own: keep a duplicate unless we own them.
     int fd = close_fds ? fds[i] : fcntl(fds[i], F_DUPFD_CLOEXEC, 0);
@@ -292,17 +310,19 @@ int lc_ipc_send(lc_ipc_t *ch, int kind, const char *body, size_t len, const int 
       rc = uv_translate_sys_error(errno);
       for (int j = 0; j < w->nfds; j++)
         close_fd(w->fds[j]);
-      free(w);
+      free(w); // fresh: a frame with fds always gets its own chunk
       goto fail;
     }
     w->fds[w->nfds++] = fd;
   }
-  if (ch->tail != NULL) {
-    ch->tail->next = w;
-  } else {
-    ch->head = w;
+  if (fresh) {
+    if (ch->tail != NULL) {
+      ch->tail->next = w;
+    } else {
+      ch->head = w;
+    }
+    ch->tail = w;
   }
-  ch->tail = w;
   ch->queued += rem;
   update_poll(ch);
   return 0;
@@ -454,6 +474,7 @@ static void do_read(lc_ipc_t *ch) {
 static void on_poll(uv_poll_t *p, int status, int events) {
   lc_ipc_t *ch = p->data;
   if (ch->h.closing) return;
+  ch->burst = 0;
   if (status < 0) {
     // libuv reports POLLERR as UV_EBADF and stops the poll. On a unix socket that is the
     // peer closing with bytes of ours unread (a reset): read what it left, then its EOF.

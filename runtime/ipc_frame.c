@@ -42,7 +42,7 @@ static int parse_header(const lc_ipc_frame_decoder_t *d, size_t *total, int *kin
   uint32_t len = (uint32_t)h[0] | (uint32_t)h[1] << 8 | (uint32_t)h[2] << 16 | (uint32_t)h[3] << 24;
   *kind = h[4];
   *nfds = h[5];
-  if (*kind < LC_IPC_KIND_USER || *kind > LC_IPC_KIND_HANDLE) return LC_IPC_FRAME_EKIND;
+  if (*kind < LC_IPC_KIND_USER || *kind > LC_IPC_KIND_MAX) return LC_IPC_FRAME_EKIND;
   if (h[6] != 0 || h[7] != 0) return LC_IPC_FRAME_ERESERVED;
   if (len > LC_IPC_FRAME_MAX_BODY) return LC_IPC_FRAME_ETOOBIG;
   if (*nfds > LC_IPC_FRAME_MAX_FDS) return LC_IPC_FRAME_ETOOMANYFDS;

@@ -3,7 +3,7 @@
 //
 // A frame is an 8-byte header then the body:
 //   bytes 0-3  body length, unsigned 32-bit little-endian (at most LC_IPC_FRAME_MAX_BODY)
-//   byte  4    kind: LC_IPC_KIND_USER, _INTERNAL or _HANDLE (anything else is malformed)
+//   byte  4    kind: LC_IPC_KIND_USER, _INTERNAL, _HANDLE or _STRING (else malformed)
 //   byte  5    number of file descriptors the frame carries (at most LC_IPC_FRAME_MAX_FDS)
 //   bytes 6-7  reserved, zero
 // A frame's fds travel as SCM_RIGHTS with the sendmsg that carries its first byte, so they
@@ -24,6 +24,9 @@ enum {
   LC_IPC_KIND_USER = 1,     // body: the user's message (JSON)
   LC_IPC_KIND_INTERNAL = 2, // body: a runtime message (JSON object with a `cmd`)
   LC_IPC_KIND_HANDLE = 3,   // body: [handle description, user message]; carries fds
+  LC_IPC_KIND_STRING = 4,   // body: a user message that is a string, as its raw bytes (no
+                            // JSON escaping or parsing for the commonest large payload)
+  LC_IPC_KIND_MAX = 4,
 };
 
 /// Results of lc_ipc_frame_next and errors of the decoder. Errors are sticky: once the
