@@ -41,19 +41,31 @@ end
 -- and lower-case name -> name as first given (the case written on the wire).
 local Headers = class(Emitter)
 
+-- Header names already checked (a server sets the same few names over and over); bounded,
+-- since a proxy may copy names from requests.
+local validNames, nValid = {}, 0
+local find = string.find
+
 function Headers:setHeader(name, value)
   if self.headersSent or self._headWritten then
     error(headersSentError(), 2)
   end
-  if type(name) ~= 'string' or name == '' or name:find('[^%w!#$%%&\'*+%-.^_`|~]') then
-    error('ERR_INVALID_HTTP_TOKEN: header name must be a valid HTTP token ["' .. tostring(name) .. '"]', 2)
+  if not validNames[name] then
+    if type(name) ~= 'string' or name == '' or find(name, '[^%w!#$%%&\'*+%-.^_`|~]') then
+      error('ERR_INVALID_HTTP_TOKEN: header name must be a valid HTTP token ["' .. tostring(name) .. '"]', 2)
+    end
+    if nValid >= 512 then
+      validNames, nValid = {}, 0
+    end
+    validNames[name] = true
+    nValid = nValid + 1
   end
   if value == nil then
     error('ERR_HTTP_INVALID_HEADER_VALUE: invalid value "nil" for header "' .. name .. '"', 2)
   end
   if type(value) ~= 'table' then
     value = tostring(value)
-    if value:find('[\r\n%z]') then
+    if find(value, '\r', 1, true) or find(value, '\n', 1, true) or find(value, '\0', 1, true) then
       error('ERR_INVALID_CHAR: invalid character in header content ["' .. name .. '"]', 2)
     end
   end
@@ -104,14 +116,26 @@ end
 
 local IncomingMessage = class(Emitter)
 
-function IncomingMessage:_init(socket)
-  self.socket = socket
-  self.connection = socket
-  self.complete = false
-  self.aborted = false
-  self._queue = nil -- chunks (and a final false for 'end') waiting to flow
-  self._flowing = false
-  self._held = true -- true while the handler that received the message runs
+-- Built in one table constructor (every field present, false rather than nil) so a request
+-- costs one allocation and no rehash: this runs once per request.
+function IncomingMessage.new(socket, method, url, version, headers)
+  return setmetatable({
+    socket = socket,
+    connection = socket,
+    method = method,
+    url = url,
+    httpVersion = version,
+    headers = headers,
+    complete = false,
+    aborted = false,
+    _events = false,
+    _queue = false, -- chunks (and a final false for 'end') waiting to flow
+    _flowing = false,
+    _held = true, -- true while the handler that received the message runs
+    _paused = false,
+    _dump = false,
+    _flushScheduled = false,
+  }, IncomingMessage)
 end
 
 function IncomingMessage:on(ev, fn)
@@ -136,7 +160,7 @@ function IncomingMessage:_flush()
   if not q then
     return
   end
-  self._queue = nil
+  self._queue = false
   for i = 1, #q do
     local c = q[i]
     if c == false then
@@ -233,23 +257,30 @@ end
 
 local ServerResponse = class(Headers)
 
-function ServerResponse:_init(conn, req, keepAlive)
-  self._conn = conn
-  self.req = req
-  self.socket = conn.socket
-  self.connection = conn.socket
-  self.statusCode = 200
-  self.statusMessage = nil
-  self.headersSent = false
-  self.finished = false
-  self.writableEnded = false
-  self.writableFinished = false
-  self.sendDate = true
-  self._headers = {}
-  self._names = {}
-  self._keepAlive = keepAlive
-  self._head = req.method == 'HEAD'
-  self._pending = nil -- http_send argument lists held while an earlier response is active
+function ServerResponse.new(conn, req, keepAlive)
+  local socket = conn.socket
+  return setmetatable({
+    _conn = conn,
+    req = req,
+    socket = socket,
+    connection = socket,
+    statusCode = 200,
+    statusMessage = false,
+    headersSent = false,
+    finished = false,
+    writableEnded = false,
+    writableFinished = false,
+    sendDate = true,
+    _events = false,
+    _headers = {},
+    _names = {},
+    _keepAlive = keepAlive,
+    _head = req.method == 'HEAD',
+    _headWritten = false,
+    _chunked = false,
+    _needDrain = false,
+    _pending = false, -- http_send argument lists held while an earlier response is active
+  }, ServerResponse)
 end
 
 -- Sends (or, when not this connection's turn, keeps) one http_send call.
@@ -282,7 +313,7 @@ end
 -- Becomes the active response: writes what it kept.
 function ServerResponse:_activate()
   local p = self._pending
-  self._pending = nil
+  self._pending = false
   if p then
     local h = self._conn.handle
     for i = 1, #p do
@@ -532,11 +563,7 @@ end
 
 function Conn:_onHead(method, url, version, headers, keepAlive, upgrade, complete)
   local server = self.server
-  local req = IncomingMessage.new(self.socket)
-  req.method = method
-  req.url = url
-  req.httpVersion = version
-  req.headers = headers
+  local req = IncomingMessage.new(self.socket, method, url, version, headers)
   if upgrade then
     self.upgradeReq = req
     return
@@ -965,7 +992,7 @@ function ClientRequest:_onParserEvent(ev, status, reason, version, headers, _, _
       self:emit(status == 100 and 'continue' or 'information', { statusCode = status, headers = headers })
       return
     end
-    local res = IncomingMessage.new(self.socket)
+    local res = IncomingMessage.new(self.socket, nil, nil, version, headers)
     res.statusCode = status
     res.statusMessage = reason
     res.httpVersion = version

@@ -535,6 +535,19 @@ static size_t put(char *d, const char *s, size_t n) {
   return n;
 }
 
+// Writes n in decimal; returns the digit count (at most 20).
+static size_t put_uint(char *d, uint64_t n) {
+  char tmp[24];
+  size_t k = 0;
+  do {
+    tmp[k++] = (char)('0' + n % 10);
+    n /= 10;
+  } while (n > 0);
+  for (size_t i = 0; i < k; i++)
+    d[i] = tmp[k - 1 - i];
+  return k;
+}
+
 static const char *reason_phrase(int status) {
   switch (status) {
   case 100:
@@ -781,7 +794,10 @@ static int http_send(lua_State *L) {
     if (flags & SEND_CLOSE) o += put(obuf + o, "Connection: close\r\n", 19);
     if (flags & SEND_KEEPALIVE) o += put(obuf + o, "Connection: keep-alive\r\n", 24);
     if (lua_isnumber(L, 7)) {
-      o += (size_t)sprintf(obuf + o, "Content-Length: %.0f\r\n", lua_tonumber(L, 7));
+      o += put(obuf + o, "Content-Length: ", 16);
+      o += put_uint(obuf + o, (uint64_t)lua_tonumber(L, 7));
+      obuf[o++] = '\r';
+      obuf[o++] = '\n';
     } else if (flags & SEND_CHUNKED) {
       o += put(obuf + o, "Transfer-Encoding: chunked\r\n", 28);
     }
