@@ -156,6 +156,11 @@ describe('cluster messaging', function()
     assertOrder(r, 'worker-sum ' .. sum, 'master-got-big ' .. sum, 'worker-exit 0 nil')
   end)
 
+  it('keeps order across strings, tables, numbers and a 2 MiB string, each way', function()
+    local r = messages('mixed')
+    assertOrder(r, 'mixed-ok 3000', 'worker-exit 0 nil')
+  end)
+
   it('queues messages sent before the worker is online, in order', function()
     local r = messages('early')
     assertOrder(r, 'sent-early 1 true', 'sent-early 5 true', 'echo 1', 'echo 2', 'echo 3', 'echo 4',
