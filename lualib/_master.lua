@@ -24,7 +24,11 @@ function M.run(script, args, opts)
   local backoffBase = envNumber('LCLUSTER_BACKOFF_BASE', 100)
   local backoffCap = envNumber('LCLUSTER_BACKOFF_CAP', 30000)
 
-  cluster.setupPrimary({ exec = script, args = args })
+  -- Workers get their own process group, so a terminal's Ctrl-C or a SIGHUP reaches only
+  -- the master, which coordinates the stop or the reload.
+  cluster.setupPrimary({ exec = script, args = args, detached = true })
+  -- Workers drain for at most as long on an uncaught error (_worker_lifecycle).
+  process.env.LCLUSTER_KILL_TIMEOUT = tostring(killTimeout)
 
   local slots = {} -- slot -> { worker=, fails=, timer= }
   local stopping = false
@@ -44,6 +48,18 @@ function M.run(script, args, opts)
     end
     w:on('listening', ready)
     w:on('ready', ready)
+    -- An uncaught error: the worker drains and exits; its replacement starts now, so the
+    -- slot keeps serving. The old worker's exit is then a replaced worker's exit.
+    w:on('stopping', function(reason)
+      if slot.worker == w and not stopping and w._ready then
+        log(('worker %d (pid %d, slot %d) hit an uncaught error (%s); starting its replacement'):format(
+          w.id, w.process.pid, slotNo, tostring(reason)))
+        slot.fails = slot.fails + ((w._readyAt and (process.hrtime() - w._readyAt) / 1e6 >= stableAfter) and 0 or 1)
+        slot.worker = nil
+        local delay = slot.fails > 0 and math.min(backoffBase * 2 ^ (slot.fails - 1), backoffCap) or 0
+        schedule(slotNo, delay)
+      end
+    end)
     w:on('exit', function(code, signal)
       local how = signal and ('signal ' .. signal) or ('code ' .. tostring(code))
       if slot.worker ~= w then

@@ -19,6 +19,7 @@ cluster._registerHandleType = require('_cluster_ipc').registerHandleType
 if os.getenv('LCLUSTER_WORKER_ID') then
   require('_cluster_worker')(cluster)
   require('_cluster_shared').worker(cluster)
+  require('_worker_lifecycle')(cluster)
 else
   require('_cluster_primary')(cluster)
   require('_cluster_shared').primary(cluster)

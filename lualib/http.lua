@@ -563,6 +563,7 @@ end
 
 function Conn:_onHead(method, url, version, headers, keepAlive, upgrade, complete)
   local server = self.server
+  self.served = true
   local req = IncomingMessage.new(self.socket, method, url, version, headers)
   if upgrade then
     self.upgradeReq = req
@@ -853,6 +854,9 @@ function Server:setTimeout(ms, fn)
 end
 
 -- Stops accepting; idle keep-alive connections close now, busy ones after their response.
+-- A connection that has not sent its first request yet was just handed to us (by the
+-- master, during a reload): its request is on its way, so it gets a short grace
+-- (server.closeGrace, 1000 ms) before it counts as idle.
 function Server:close(fn)
   self._closing = true
   if self._sweep then
@@ -860,14 +864,19 @@ function Server:close(fn)
     self._sweep = nil
   end
   local r = net.Server.close(self, fn)
-  self:closeIdleConnections()
+  self:closeIdleConnections(true)
+  if next(self._conns) ~= nil then
+    setTimeout(function()
+      self:closeIdleConnections()
+    end, self.closeGrace or 1000):unref()
+  end
   return r
 end
 
-function Server:closeIdleConnections()
+function Server:closeIdleConnections(spareFresh)
   for _, conn in pairs(self._conns) do
     local inMessage = conn.parser:state()
-    if conn.active == nil and not inMessage then
+    if conn.active == nil and not inMessage and not (spareFresh and not conn.served) then
       conn:destroy()
     end
   end

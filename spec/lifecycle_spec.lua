@@ -1,0 +1,262 @@
+-- The built-in master (lcluster -w N): respawn with stable slots, crash-loop backoff,
+-- rolling reload without failed requests, graceful stop, kill timeout, graceful exit on
+-- uncaught errors. Real processes, real HTTP over loopback.
+local lctest = require('lctest')
+local http = require('http')
+
+local FIX = 'spec/fixtures/'
+
+-- One GET; returns a result table filled in when it completes: {done, status, body, err}.
+local function get(port, path)
+  local r = { done = false }
+  local req = http.get({ host = '127.0.0.1', port = port, path = path or '/' }, function(res)
+    local parts = {}
+    res:on('data', function(c)
+      parts[#parts + 1] = c
+    end)
+    res:on('end', function()
+      r.status, r.body, r.done = res.statusCode, table.concat(parts), true
+    end)
+  end)
+  req:on('error', function(e)
+    r.err, r.done = tostring(e), true
+  end)
+  return r
+end
+
+local function getSync(port, path, ms)
+  local r = get(port, path)
+  lctest.waitFor(function()
+    return r.done
+  end, ms or 5000, 'GET ' .. (path or '/'))
+  return r
+end
+
+-- Requests one after another on `loops` concurrent loops (every third asks for /slow, so
+-- requests are in flight whenever a worker is replaced) until stop() is called: counts
+-- answers, errors, pids.
+local function loadLoop(port, loops)
+  loops = loops or 6
+  local st = { ok = 0, failed = 0, errors = {}, pids = {}, running = true, live = loops }
+  local function one(i)
+    if not st.running then
+      st.live = st.live - 1
+      st.stopped = st.live == 0
+      return
+    end
+    local r = get(port, i % 3 == 0 and '/slow' or '/')
+    local function check()
+      if not r.done then
+        return setImmediate(check)
+      end
+      if r.status == 200 then
+        st.ok = st.ok + 1
+      else
+        st.failed = st.failed + 1
+        st.errors[#st.errors + 1] = r.err or ('status ' .. tostring(r.status))
+      end
+      one(i)
+    end
+    check()
+  end
+  for i = 1, loops do
+    one(i)
+  end
+  function st.stop()
+    st.running = false
+    lctest.waitFor(function()
+      return st.stopped
+    end, 5000, 'the load loop to stop')
+  end
+  return st
+end
+
+local function readyPids(app, n)
+  local pids = {}
+  lctest.waitFor(function()
+    local count = 0
+    for pid in app.stdout:gmatch('worker ready pid (%d+)') do
+      if not pids[pid] then
+        pids[pid] = true
+      end
+    end
+    for _ in pairs(pids) do
+      count = count + 1
+    end
+    return count >= n
+  end, 5000, n .. ' workers ready')
+  return pids
+end
+
+describe('lcluster -w', function()
+  after_each(lctest.cleanup)
+
+  it('forks N workers that share the port and answer', function()
+    local port = lctest.freePort()
+    local app = lctest.spawn(FIX .. 'life_app.lua', { port }, { flags = { '-w', '2' } })
+    readyPids(app, 2)
+    local seen = {}
+    for _ = 1, 6 do
+      local r = getSync(port, '/')
+      assert.are.equal(200, r.status)
+      seen[r.body:match('slot (%d+)')] = true
+    end
+    assert.is_truthy(seen['1'] and seen['2'])
+    assert.are.equal(2, #lctest.childPids(app.pid))
+  end)
+
+  it('respawns a worker that dies, keeping its slot', function()
+    local port = lctest.freePort()
+    local app = lctest.spawn(FIX .. 'life_app.lua', { port }, { flags = { '-w', '2' } })
+    readyPids(app, 2)
+    local victim, slot = app.stdout:match('worker ready pid (%d+) slot (%d+)')
+    assert.is_true(lctest.isAlive(tonumber(victim)))
+    require('_core').kill(tonumber(victim), 9)
+    local newPid = app:waitOutput('worker ready pid (%d+) slot ' .. slot .. '\n.-worker ready pid (%d+) slot ' .. slot)
+    assert.is_truthy(newPid)
+    app:waitOutput('exited unexpectedly with signal SIGKILL', 5000, 'stderr')
+    local pids = readyPids(app, 3)
+    assert.is_truthy(pids[victim])
+    assert.are.equal(2, #lctest.childPids(app.pid))
+    assert.are.equal(200, getSync(port, '/').status)
+  end)
+
+  it('backs off a crash-looping worker and stays up, saying why', function()
+    local app = lctest.spawn(FIX .. 'life_crashloop.lua', {}, { flags = { '-w', '1' },
+      env = { LCLUSTER_BACKOFF_BASE = 50 } })
+    app:waitOutput('restarting in 400 ms', 10000, 'stderr')
+    local _, starts = app.stdout:gsub('crashing worker', '')
+    -- 50, 100, 200, 400: the fourth failure, not hundreds of forks.
+    assert.is_true(starts <= 5, 'forks so far: ' .. starts)
+    assert.matches('before it was ready', app.stderr, 1, true)
+    assert.matches('cannot start: missing configuration', app.stderr, 1, true)
+    assert.is_false(app.exited)
+    app:kill('SIGTERM')
+    assert.are.equal(0, app:waitExit())
+  end)
+
+  it('reloads every worker on SIGHUP under load with no failed request', function()
+    local port = lctest.freePort()
+    local app = lctest.spawn(FIX .. 'life_app.lua', { port }, { flags = { '-w', '2' } })
+    local old = readyPids(app, 2)
+    local load = loadLoop(port)
+    lctest.waitFor(function()
+      return load.ok >= 20
+    end, 5000, 'load before the reload')
+    app:kill('SIGHUP')
+    app:waitOutput('reload complete', 10000, 'stderr')
+    local mark = load.ok
+    lctest.waitFor(function()
+      return load.ok >= mark + 20
+    end, 5000, 'load after the reload')
+    load.stop()
+    assert.are.same({}, load.errors)
+    assert.are.equal(0, load.failed)
+    local now = lctest.childPids(app.pid)
+    assert.are.equal(2, #now)
+    for _, pid in ipairs(now) do
+      assert.is_nil(old[tostring(pid)], 'pid ' .. pid .. ' was not replaced')
+    end
+  end)
+
+  it('coalesces overlapping reload signals', function()
+    local port = lctest.freePort()
+    local app = lctest.spawn(FIX .. 'life_app.lua', { port }, { flags = { '-w', '1' } })
+    readyPids(app, 1)
+    app:kill('SIGHUP')
+    app:kill('SIGUSR2')
+    app:kill('SIGHUP')
+    app:waitOutput('reload complete.-reload complete', 10000, 'stderr')
+    lctest.turn(300)
+    local _, reloads = app.stderr:gsub('reloading 1 workers', '')
+    assert.are.equal(2, reloads)
+  end)
+
+  it('keeps serving on the old workers when the new version cannot start', function()
+    local port = lctest.freePort()
+    local dir = lctest.tmpdir()
+    finally(function()
+      lctest.rmrf(dir)
+    end)
+    local flag = dir .. '/broken'
+    local app = lctest.spawn(FIX .. 'life_app.lua', { port, flag }, { flags = { '-w', '2' } })
+    local old = readyPids(app, 2)
+    lctest.writeFile(flag, 'x')
+    app:kill('SIGHUP')
+    app:waitOutput('reload aborted', 10000, 'stderr')
+    for _ = 1, 4 do
+      local r = getSync(port, '/')
+      assert.are.equal(200, r.status)
+      assert.is_truthy(old[r.body:match('pid (%d+)')])
+    end
+  end)
+
+  it('stops gracefully on SIGTERM: a slow request in flight is answered, exit 0', function()
+    local port = lctest.freePort()
+    local app = lctest.spawn(FIX .. 'life_app.lua', { port }, { flags = { '-w', '2' } })
+    readyPids(app, 2)
+    local r = get(port, '/slow')
+    lctest.waitFor(function()
+      return app.stdout:find('worker ready') -- the request is on its way
+    end)
+    lctest.turn(50)
+    app:kill('SIGTERM')
+    lctest.waitFor(function()
+      return r.done
+    end, 5000, 'the slow response')
+    assert.are.equal(200, r.status)
+    assert.matches('slow done', r.body)
+    assert.are.equal(0, app:waitExit())
+  end)
+
+  it('kills what is left after the kill timeout and exits non-zero', function()
+    local port = lctest.freePort()
+    local app = lctest.spawn(FIX .. 'life_app.lua', { port }, { flags = { '-w', '1', '--kill-timeout', '300' } })
+    local pids = readyPids(app, 1)
+    local r = get(port, '/hang')
+    lctest.turn(50)
+    app:kill('SIGTERM')
+    local code = app:waitExit(5000)
+    assert.are.equal(1, code)
+    assert.matches('SIGKILL', app.stderr, 1, true)
+    for pid in pairs(pids) do
+      assert.is_false(lctest.isAlive(tonumber(pid)))
+    end
+    lctest.waitFor(function()
+      return r.done
+    end)
+  end)
+
+  it('a second SIGINT stops at once', function()
+    local port = lctest.freePort()
+    local app = lctest.spawn(FIX .. 'life_app.lua', { port }, { flags = { '-w', '1', '--kill-timeout', '10000' } })
+    readyPids(app, 1)
+    get(port, '/hang')
+    lctest.turn(50)
+    app:kill('SIGINT')
+    app:waitOutput('SIGINT: stopping', 5000, 'stderr')
+    app:kill('SIGINT')
+    assert.are.equal(130, app:waitExit(3000))
+  end)
+
+  it('on an uncaught error, finishes in-flight requests and a replacement serves', function()
+    local port = lctest.freePort()
+    local app = lctest.spawn(FIX .. 'life_app.lua', { port }, { flags = { '-w', '1', '--kill-timeout', '1000' } })
+    local first = readyPids(app, 1)
+    local slow = get(port, '/slow')
+    lctest.turn(50)
+    get(port, '/crash')
+    app:waitOutput('handler crashed on purpose', 5000, 'stderr')
+    lctest.waitFor(function()
+      return slow.done
+    end, 5000, 'the slow request to finish')
+    assert.are.equal(200, slow.status)
+    local pids = readyPids(app, 2)
+    local r = getSync(port, '/')
+    assert.are.equal(200, r.status)
+    local servedBy = r.body:match('pid (%d+)')
+    assert.is_nil(first[servedBy])
+    assert.is_truthy(pids[servedBy])
+    app:waitOutput('hit an uncaught error', 5000, 'stderr')
+  end)
+end)
