@@ -668,3 +668,63 @@ describe('http client', function()
     lctest.rmrf(dir)
   end)
 end)
+
+describe('http apps', function()
+  local function fetch(port, method, path, body)
+    local out = {}
+    local req = http.request({ host = '127.0.0.1', port = port, method = method, path = path }, function(res)
+      out.status = res.statusCode
+      out.body = ''
+      res:on('data', function(c)
+        out.body = out.body .. c
+      end)
+      res:on('end', function()
+        out.done = true
+      end)
+    end)
+    req:on('error', function(e)
+      out.err = e
+    end)
+    req:finish(body)
+    waitFor(function()
+      return out.done or out.err
+    end, 5000, method .. ' ' .. path)
+    assert.is_nil(out.err)
+    return out
+  end
+
+  it('json_api.lua creates, lists, reads and deletes items', function()
+    local port = lctest.freePort()
+    local child = lctest.spawn('apps/json_api.lua', { port })
+    child:waitOutput('json api on port')
+    local created = fetch(port, 'POST', '/items', '{"name":"pen"}')
+    assert.are.equal(201, created.status)
+    assert.are.same({ id = 1, name = 'pen' }, require('cjson').decode(created.body))
+    assert.are.same({ { id = 1, name = 'pen' } }, require('cjson').decode(fetch(port, 'GET', '/items').body))
+    assert.are.equal(400, fetch(port, 'POST', '/items', 'not json').status)
+    assert.are.equal(204, fetch(port, 'DELETE', '/items/1').status)
+    assert.are.equal(404, fetch(port, 'GET', '/items/1').status)
+    assert.are.equal('[]', fetch(port, 'GET', '/items').body)
+    child:stop()
+  end)
+
+  it('long_computation.lua answers with the sum and its pid', function()
+    local port = lctest.freePort()
+    local child = lctest.spawn('apps/long_computation.lua', { port, 1000 })
+    child:waitOutput('started process')
+    local r = fetch(port, 'GET', '/')
+    assert.matches('^Sum is 499500%-%-time%-%d+%-%-pid = ' .. child.pid .. '$', r.body)
+    child:stop()
+  end)
+
+  it('http_cluster.lua serves hello world from its workers on one port', function()
+    local port = lctest.freePort()
+    local child = lctest.spawn('apps/http_cluster.lua', { port, 2 })
+    waitFor(function()
+      local _, n = child.stdout:gsub('is running on port', '')
+      return n == 2
+    end, 5000, 'two workers listening')
+    assert.are.equal('hello world\n', fetch(port, 'GET', '/').body)
+    child:stop()
+  end)
+end)
