@@ -283,6 +283,18 @@ describe('cluster settings', function()
       'silent-stdout exec worker 3 cwd=' .. dir .. ' arg=x foo=third|', 'silent-stderr to stderr|')
   end)
 
+  it('starts workers as settings.uid / settings.gid', function()
+    local f = assert(io.open('/proc/self/status'))
+    local uid = f:read('*a'):match('\nUid:%s+(%d+)')
+    f:close()
+    if uid ~= '0' then
+      pending('needs root to change uid')
+      return
+    end
+    local c = run('cluster_uid.lua', { 65534, 65534 })
+    assert.matches('WORKER ids 65534 65534\nWORKER exit 0', c.stdout, 1, true)
+  end)
+
   it('has the scheduling policy constants', function()
     local cluster = require('cluster')
     assert.are.equal(1, cluster.SCHED_NONE)
