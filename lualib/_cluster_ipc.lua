@@ -135,7 +135,8 @@ end
 -- owner's job).
 local Channel = class()
 M.Channel = Channel
-local KIND_STRING, KIND_USER = M.KIND_STRING, M.KIND_USER
+local KIND_STRING, KIND_USER, KIND_HANDLE = M.KIND_STRING, M.KIND_USER, M.KIND_HANDLE
+local KIND_INTERNAL = M.KIND_INTERNAL
 
 function Channel:_init(fd, owner)
   local batch, pos, last = nil, 1, 0
@@ -151,12 +152,24 @@ function Channel:_init(fd, owner)
       else
         value = decode(body)
       end
+      if fds and kind ~= KIND_HANDLE and kind ~= KIND_INTERNAL then
+        -- Only handle and internal frames carry fds; others' would leak.
+        for _, f in ipairs(fds) do
+          core.ipc_closefd(f)
+        end
+        fds = nil
+      end
+      if kind == KIND_HANDLE and type(value) ~= 'table' then
+        value = nil
+      end
       if value == nil then
         for _, f in ipairs(fds or {}) do
           core.ipc_closefd(f)
         end
         batch = nil
-        owner:_onChannelEnd(events.makeError('EPROTO', 'malformed frame: the body is not JSON'))
+        owner:_onChannelEnd(events.makeError('EPROTO', kind == KIND_HANDLE
+          and 'malformed frame: a handle frame without its description'
+          or 'malformed frame: the body is not JSON'))
         return
       end
       owner:_onFrame(kind, value, fds or nil)

@@ -342,6 +342,7 @@ describe('cluster at scale and under faults', function()
     { 'fds', 'fewer file descriptors arrived than the frame announced' },
     { 'reserved', 'reserved header bytes are not zero' },
     { 'json', 'the body is not JSON' },
+    { 'handle', 'a handle frame without its description' },
     { 'truncated', 'truncated frame' },
   }) do
     it('closes a channel on a bad frame (' .. case[1] .. ') with a clear error; the master lives', function()
