@@ -94,10 +94,15 @@ return function(cluster)
     return self.process.exitCode ~= nil or self.process.signalCode ~= nil
   end
 
+  -- The agent's events stay on its worker object: a script's cluster.on('exit') respawn
+  -- logic must not take the agent for one of its workers.
   local function emitBoth(worker, ev, ...)
     worker:emit(ev, ...)
-    cluster.emit(ev, worker, ...)
+    if not worker.isAgent then
+      cluster.emit(ev, worker, ...)
+    end
   end
+  cluster._emitBoth = emitBoth
 
   local function emitFork(worker)
     if not worker._forkEmitted then
@@ -331,16 +336,31 @@ return function(cluster)
 
   -- cluster.fork([env]) -> worker. Raises when the process cannot be started.
   function cluster.fork(env)
+    return cluster._fork(env)
+  end
+
+  -- The fork behind cluster.fork and cluster.forkAgent (agent = { exec = script }).
+  function cluster._fork(env, agent)
     if env ~= nil and type(env) ~= 'table' then
-      error('ERR_INVALID_ARG_TYPE: env must be a table', 2)
+      error('ERR_INVALID_ARG_TYPE: env must be a table', 3)
     end
     cluster.setupPrimary()
     local s = cluster.settings
+    if agent then
+      local copy = {}
+      for k, v in pairs(s) do
+        copy[k] = v
+      end
+      copy.exec, copy.args = agent.exec, agent.args or {}
+      s = copy
+    end
     if type(s.exec) ~= 'string' then
-      error('ERR_INVALID_ARG_TYPE: cluster.settings.exec must be a script path', 2)
+      error('ERR_INVALID_ARG_TYPE: cluster.settings.exec must be a script path', 3)
     end
     ids = ids + 1
     local worker = Worker.new(ids)
+    worker.isAgent = agent ~= nil
+    worker._env = env
 
     local vars = {}
     for k, v in pairs(process.env) do
@@ -353,6 +373,7 @@ return function(cluster)
       vars[k] = v
     end
     vars.LCLUSTER_WORKER_ID = tostring(worker.id)
+    vars.LCLUSTER_AGENT = agent and '1' or false
     vars.LCLUSTER_IPC_FD = tostring(CHILD_FD)
     vars.LCLUSTER_MASTER_PID = tostring(process.pid)
     local envList = {}
@@ -417,7 +438,9 @@ return function(cluster)
       worker.process.stdout._pipe:read_start()
       worker.process.stderr._pipe:read_start()
     end
-    cluster.workers[worker.id] = worker
+    if not worker.isAgent then
+      cluster.workers[worker.id] = worker
+    end
     timer.setImmediate(emitFork, worker)
     return worker
   end

@@ -46,27 +46,29 @@ return function(cluster)
     return process.listenerCount('message') + worker:listenerCount('message')
   end
 
-  local function deliver(msg, handle)
-    process.emit('message', msg, handle, 'master')
-    worker:emit('message', msg, handle)
+  local function deliver(msg, handle, from)
+    process.emit('message', msg, handle, from or 'master')
+    worker:emit('message', msg, handle, from or 'master')
   end
 
   local function flushPending()
     flushScheduled = false
     while #pending > 0 and listeners() > 0 do
       local m = table.remove(pending, 1)
-      deliver(m[1], m[2])
+      deliver(m[1], m[2], m[3])
     end
   end
 
-  local function onUserMessage(msg, handle)
+  local function onUserMessage(msg, handle, from)
     -- Queued until someone listens, and kept in order behind what is already queued.
     if #pending > 0 or listeners() == 0 then
-      pending[#pending + 1] = { msg, handle }
+      pending[#pending + 1] = { msg, handle, from }
       return
     end
-    deliver(msg, handle)
+    deliver(msg, handle, from)
   end
+  -- Messages relayed by the master from another worker or the agent (_cluster_messaging).
+  cluster._deliverUser = onUserMessage
 
   -- The channel holds the loop while someone listens for messages or for the disconnect, or
   -- while servers listen through the master (cluster._holds: connections arrive on it).

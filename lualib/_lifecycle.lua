@@ -111,4 +111,57 @@ function M.reload(slots, opts, cb)
   nextSlot()
 end
 
+-- cluster.reload([fn]) for script masters: replaces every live worker, one at a time, with a
+-- new one forked with the same environment; fn(err) at the end (err set when a replacement
+-- failed and the reload stopped, keeping the remaining old workers). Calls while a reload
+-- runs are coalesced into one more pass.
+function M.install(cluster)
+  local running, again, waiters = false, false, {}
+  local function run()
+    running = true
+    local ids = {}
+    for id in pairs(cluster.workers) do
+      ids[#ids + 1] = id
+    end
+    table.sort(ids)
+    local slots = {}
+    for _, id in ipairs(ids) do
+      local old = cluster.workers[id]
+      slots[#slots + 1] = {
+        worker = old,
+        fork = function()
+          return cluster.fork(old._env)
+        end,
+      }
+    end
+    local env = process.env
+    M.reload(slots, {
+      readyTimeout = tonumber(env.LCLUSTER_READY_TIMEOUT or '') or 10000,
+      killTimeout = tonumber(env.LCLUSTER_KILL_TIMEOUT or '') or 5000,
+    }, function(err)
+      running = false
+      if again then
+        again = false
+        return run()
+      end
+      local list = waiters
+      waiters = {}
+      for _, fn in ipairs(list) do
+        fn(err)
+      end
+    end)
+  end
+  function cluster.reload(fn)
+    if fn ~= nil and type(fn) ~= 'function' then
+      error('ERR_INVALID_ARG_TYPE: reload callback must be a function', 2)
+    end
+    waiters[#waiters + 1] = fn
+    if running then
+      again = true
+    else
+      run()
+    end
+  end
+end
+
 return M

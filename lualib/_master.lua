@@ -33,7 +33,6 @@ function M.run(script, args, opts)
   local slots = {} -- slot -> { worker=, fails=, timer= }
   local stopping = false
   local reloading, reloadPending = false, false
-  local agent
 
   local schedule -- defined below fork, which it calls
   local function fork(slotNo)
@@ -154,14 +153,17 @@ function M.run(script, args, opts)
         for _, w in pairs(cluster.workers) do
           w:kill('SIGKILL')
         end
-        if agent then
-          agent:kill('SIGKILL')
+        if cluster.agent then
+          cluster.agent:kill('SIGKILL')
         end
         process.exit(130)
       end
       return
     end
     stopping = true
+    if cluster._stopAgent then
+      cluster._stopAgent()
+    end
     log(('%s: stopping %d workers gracefully'):format(signal, n))
     for _, slot in pairs(slots) do
       if slot.timer then
@@ -175,8 +177,12 @@ function M.run(script, args, opts)
         log('stopped')
         process.exit(killed and 1 or 0)
       end
-      if agent and not agent:isDead() then
-        lifecycle.stopWorker(agent, killTimeout, done, function()
+      local a = cluster.agent
+      if a and not a:isDead() then
+        lifecycle.stopWorker(a, killTimeout, function()
+          log(('agent (pid %d) stopped'):format(a.process.pid))
+          done()
+        end, function()
           killed = true
         end)
       else
@@ -185,17 +191,15 @@ function M.run(script, args, opts)
     end
     local remaining = 0
     for _, w in pairs(cluster.workers) do
-      if w ~= agent then
-        remaining = remaining + 1
-        lifecycle.stopWorker(w, killTimeout, function()
-          remaining = remaining - 1
-          if remaining == 0 then
-            finish()
-          end
-        end, function()
-          killed = true
-        end)
-      end
+      remaining = remaining + 1
+      lifecycle.stopWorker(w, killTimeout, function()
+        remaining = remaining - 1
+        if remaining == 0 then
+          finish()
+        end
+      end, function()
+        killed = true
+      end)
     end
     if remaining == 0 then
       finish()
@@ -221,8 +225,15 @@ function M.run(script, args, opts)
   end
 
   if opts.agent then
-    agent = cluster.forkAgent(opts.agent)
-    cluster.on('agentReady', startWorkers)
+    cluster.forkAgent(opts.agent)
+    local started = false
+    cluster.on('agentReady', function(a)
+      if not started then
+        started = true
+        log(('agent (pid %d) is ready'):format(a.process.pid))
+        startWorkers()
+      end
+    end)
   else
     startWorkers()
   end

@@ -259,4 +259,30 @@ describe('lcluster -w', function()
     assert.is_truthy(pids[servedBy])
     app:waitOutput('hit an uncaught error', 5000, 'stderr')
   end)
+
+  it('cluster.reload() in a script master replaces every worker with no failed request', function()
+    local port = lctest.freePort()
+    local app = lctest.spawn(FIX .. 'life_script_master.lua', { port })
+    local old = readyPids(app, 2)
+    local load = loadLoop(port)
+    lctest.waitFor(function()
+      return load.ok >= 20
+    end, 5000, 'load before the reload')
+    app:kill('SIGUSR2')
+    app:waitOutput('reloaded nil', 10000)
+    local mark = load.ok
+    lctest.waitFor(function()
+      return load.ok >= mark + 20
+    end, 5000, 'load after the reload')
+    load.stop()
+    assert.are.same({}, load.errors)
+    local now = lctest.childPids(app.pid)
+    assert.are.equal(2, #now)
+    for _, pid in ipairs(now) do
+      assert.is_nil(old[tostring(pid)], 'pid ' .. pid .. ' was not replaced')
+    end
+    assert.is_nil(app.stdout:find('unexpected exit'))
+    app:kill('SIGTERM')
+    assert.are.equal(0, app:waitExit())
+  end)
 end)

@@ -1,0 +1,181 @@
+-- _cluster_messaging.lua: the agent process and messages between any two processes of a
+-- cluster, relayed by the master (seed 000's master/agent/worker model, Egg.js style).
+--
+--   cluster.forkAgent(script [, env]) master: starts the agent (no port; respawned if it
+--                                     dies; stopped last by cluster.disconnect)
+--   cluster.agent                     master: the agent's worker object (events stay on it)
+--   cluster.broadcast(msg)            master: to every worker and the agent
+--   process.sendTo(target, msg)       any process: target = worker id | 'agent' | 'master'
+--   process.broadcast(msg)            worker/agent: to every other worker and the agent
+--   process.on('message', fn(msg, handle, from))  from = 'master', a worker id or 'agent'
+-- The agent tells the master it is ready when its main chunk has run (or, when it sets
+-- process.deferReady = true, when it calls process.ready()); the master then emits
+-- cluster 'agentReady'(agent).
+local ipc = require('_cluster_ipc')
+
+local M = {}
+
+local function checkTarget(target, level)
+  if target ~= 'agent' and target ~= 'master' and (type(target) ~= 'number' or target % 1 ~= 0) then
+    error(("ERR_INVALID_ARG_VALUE: target must be a worker id, 'agent' or 'master', got %s"):format(
+      tostring(target)), level + 1)
+  end
+end
+
+function M.primary(cluster)
+  local process = require('process')
+  local internal = cluster._internal
+  local agentScript, agentEnv, agentFails = nil, nil, 0
+
+  local function fromOf(w)
+    return w.isAgent and 'agent' or w.id
+  end
+
+  local function targetOf(target)
+    if target == 'agent' then
+      return cluster.agent
+    end
+    return cluster.workers[target]
+  end
+
+  -- Delivers msg to one process on behalf of `from` ('master', a worker id or 'agent').
+  local function relay(to, msg, from)
+    if to == 'master' then
+      process.emit('message', msg, nil, from)
+      return true
+    end
+    local w = targetOf(to)
+    if not w or not w._channel or w:isDead() then
+      return false
+    end
+    return w:_sendInternal({ cmd = 'relay', from = from, msg = msg })
+  end
+
+  function process.sendTo(target, msg)
+    checkTarget(target, 2)
+    ipc.encode(msg, 3)
+    return relay(target, msg, 'master')
+  end
+
+  internal.sendTo = function(w, m)
+    if m.to == 'master' then
+      -- Also the ordinary 'message' events, so a master that only listens on cluster hears it.
+      cluster._emitBoth(w, 'message', m.msg)
+    end
+    relay(m.to, m.msg, fromOf(w))
+  end
+
+  internal.broadcast = function(w, m)
+    for _, other in pairs(cluster.workers) do
+      if other ~= w then
+        relay(other.id, m.msg, fromOf(w))
+      end
+    end
+    if cluster.agent and cluster.agent ~= w then
+      relay('agent', m.msg, fromOf(w))
+    end
+  end
+
+  local workerBroadcast = cluster.broadcast
+  function cluster.broadcast(msg)
+    workerBroadcast(msg)
+    if cluster.agent and cluster.agent._channel then
+      cluster.agent:send(msg)
+    end
+  end
+
+  local stopping = false
+  local function startAgent()
+    local a = cluster._fork(agentEnv, { exec = agentScript })
+    cluster.agent = a
+    a:on('ready', function()
+      a._ready = true
+      cluster.emit('agentReady', a)
+    end)
+    a:on('exit', function(code, signal)
+      if cluster.agent ~= a then
+        return
+      end
+      if stopping or a.exitedAfterDisconnect then
+        cluster.agent = nil
+        return
+      end
+      agentFails = a._ready and 0 or agentFails + 1
+      local delay = agentFails > 0 and math.min(100 * 2 ^ (agentFails - 1), 30000) or 0
+      process._writeErr(('lcluster master: the agent (pid %d) exited with %s; restarting in %d ms\n'):format(
+        a.process.pid, signal and ('signal ' .. signal) or ('code ' .. tostring(code)), delay))
+      setTimeout(function()
+        if not stopping and cluster.agent == a then
+          startAgent()
+        end
+      end, delay)
+    end)
+    return a
+  end
+
+  function cluster.forkAgent(script, env)
+    if type(script) ~= 'string' then
+      error('ERR_INVALID_ARG_TYPE: forkAgent needs the agent script path', 2)
+    end
+    if cluster.agent then
+      error('ERR_AGENT_RUNNING: the agent is already running', 2)
+    end
+    agentScript, agentEnv, stopping = script, env, false
+    return startAgent()
+  end
+
+  -- cluster.disconnect stops the agent last, after every worker has exited.
+  local disconnect = cluster.disconnect
+  function cluster.disconnect(fn)
+    disconnect(function()
+      local a = cluster.agent
+      if a and not a:isDead() then
+        stopping = true
+        a:once('exit', function()
+          if fn then
+            setImmediate(fn)
+          end
+        end)
+        a:disconnect()
+      elseif fn then
+        fn()
+      end
+    end)
+  end
+  function cluster._stopAgent()
+    stopping = true
+  end
+end
+
+function M.worker(cluster)
+  local process = require('process')
+  local internal = cluster._internal
+  cluster.isAgent = process.env.LCLUSTER_AGENT == '1'
+  process.env.LCLUSTER_AGENT = nil
+
+  internal.relay = function(m)
+    cluster._deliverUser(m.msg, nil, m.from)
+  end
+
+  function process.sendTo(target, msg)
+    checkTarget(target, 2)
+    ipc.encode(msg, 3)
+    return cluster._sendInternal({ cmd = 'sendTo', to = target, msg = msg })
+  end
+
+  function process.broadcast(msg)
+    ipc.encode(msg, 3)
+    return cluster._sendInternal({ cmd = 'broadcast', msg = msg })
+  end
+
+  if cluster.isAgent then
+    -- Ready once the main chunk has run, unless the agent defers it to process.ready().
+    setImmediate(function()
+      if not process.deferReady then
+        process.ready()
+      end
+    end)
+  end
+end
+
+return M
