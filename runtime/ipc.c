@@ -54,6 +54,7 @@ struct lc_ipc {
   int delivering; // inside a Lua callback from do_read
   int torn_down;  // fd closed, buffers freed
   int burst;      // sends since the last poll event
+  int blocked;    // the socket said EAGAIN; wait for the poll to say it is writable
   lc_ipc_frame_decoder_t dec;
   wreq_t *head, *tail;
   size_t queued;
@@ -178,7 +179,10 @@ static ssize_t send_queue(lc_ipc_t *ch) {
 static int flush_writes(lc_ipc_t *ch) {
   while (ch->head != NULL) {
     ssize_t r = send_queue(ch);
-    if (r == -EAGAIN || r == -EWOULDBLOCK) break;
+    if (r == -EAGAIN || r == -EWOULDBLOCK) {
+      ch->blocked = 1;
+      break;
+    }
     if (r < 0) return uv_translate_sys_error((int)-r);
     size_t n = (size_t)r;
     // The head's fds went out with this call: they are the peer's now.
@@ -324,6 +328,9 @@ int lc_ipc_send(lc_ipc_t *ch, int kind, const char *body, size_t len, const int 
     ch->tail = w;
   }
   ch->queued += rem;
+  // A burst that filled a chunk writes it now rather than when the loop polls, so the peer
+  // starts reading while this process is still sending. Errors surface at the poll.
+  if (fresh && ch->head != w && !ch->blocked) flush_writes(ch);
   update_poll(ch);
   return 0;
 fail:
@@ -491,6 +498,7 @@ static void on_poll(uv_poll_t *p, int status, int events) {
     return;
   }
   if (events & UV_WRITABLE) {
+    ch->blocked = 0;
     int rc = flush_writes(ch);
     if (rc < 0) {
       // The peer is gone (EPIPE): what is queued can never be delivered.
