@@ -12,6 +12,7 @@
 -- UDP: the master binds one socket per key and sends the same fd to every worker.
 local core = require('_core')
 local events = require('events')
+local setImmediate = require('timer').setImmediate
 
 local M = {}
 
@@ -62,8 +63,10 @@ function M.worker(cluster)
   end
 
   internal.queryReply = function(msg, fds)
-    local w = waiting[msg.seq]
-    waiting[msg.seq] = nil
+    local w = msg.seq ~= nil and waiting[msg.seq]
+    if w then
+      waiting[msg.seq] = nil
+    end
     if w then
       clearTimeout(w.timer)
       w.fn(msg, fds)
@@ -113,6 +116,40 @@ function M.worker(cluster)
       done()
     end
   end)
+
+  -- 'least': the master needs each worker's open-connection count for the key. Reported when
+  -- connections open or close, at most once per loop turn and only when it changed.
+  local function reportLoad(server, key)
+    local scheduled, lastSent = false, 0
+    local function send()
+      scheduled = false
+      if servers[key] ~= server then
+        return
+      end
+      local n = server._connections
+      if n ~= lastSent then
+        lastSent = n
+        sendInternal({ cmd = 'load', key = key, n = n })
+      end
+    end
+    local function schedule()
+      if not scheduled then
+        scheduled = true
+        setImmediate(send)
+      end
+    end
+    server._connLoadReport = schedule
+    -- Per instance, so servers of other policies pay nothing per connection.
+    local closed = server._connectionClosed
+    server._connectionClosed = function(s)
+      closed(s)
+      schedule()
+    end
+    server:once('close', function()
+      server._connLoadReport = nil
+      server._connectionClosed = nil
+    end)
+  end
 
   net._listenHook = function(server, opts, cb)
     local balance = opts.balance
@@ -173,6 +210,9 @@ function M.worker(cluster)
         return cb(nil, h, reply.address)
       end
       servers[key] = server
+      if reply.balance == 'least' then
+        reportLoad(server, key)
+      end
       cb(nil, nil, reply.address)
     end)
   end
@@ -340,9 +380,18 @@ function M.primary(cluster)
     return h
   end
 
+  local function validPort(p)
+    return type(p) == 'number' and p >= 0 and p <= 65535 and p % 1 == 0
+  end
+
   internal.queryServer = function(worker, msg)
+    if type(msg.seq) ~= 'number' then
+      return -- not from _listenHook/_bindHook: nobody waits for an answer
+    end
     if type(msg.key) ~= 'string' or (msg.kind ~= 'tcp' and msg.kind ~= 'udp')
-      or (msg.path == nil and (type(msg.port) ~= 'number' or type(msg.host) ~= 'string')) then
+      or (msg.path ~= nil and (type(msg.path) ~= 'string' or msg.kind ~= 'tcp'))
+      or (msg.path == nil and (not validPort(msg.port) or type(msg.host) ~= 'string'))
+      or (msg.backlog ~= nil and (type(msg.backlog) ~= 'number' or msg.backlog < 0)) then
       return failReply(worker, msg, 'ERR_INVALID_ARG_VALUE: malformed queryServer', 'ERR_INVALID_ARG_VALUE')
     end
     local balance = msg.kind == 'udp' and 'udp' or (msg.balance or defaultBalance())
@@ -438,8 +487,8 @@ function M.primary(cluster)
     local out = {}
     for key, h in pairs(handles) do
       if h.rr then
-        local sent, inflight = h.rr:stats()
-        out[key] = { sent = sent, inflight = inflight, balance = h.balance }
+        local sent, inflight, load = h.rr:stats()
+        out[key] = { sent = sent, inflight = inflight, load = load, balance = h.balance }
       end
     end
     return out

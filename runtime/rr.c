@@ -160,6 +160,13 @@ static void push_pending(lc_rr_t *self, int fd) {
   self->pending[(self->phead + self->npending++) % MAX_PENDING] = fd;
 }
 
+// Records fd as handed to t: in its ring (until acknowledged) and in this turn's batch.
+static void assign(lc_rr_t *self, target_t *t, int fd) {
+  t->ring[(t->rhead + t->rcount++) % WINDOW] = fd;
+  t->batch[t->nbatch++] = fd;
+  if (self->policy == POLICY_LEAST) t->load++;
+}
+
 // Gives fd to a worker (batched until flush_all) or queues it until one can take it.
 static void place(lua_State *L, lc_rr_t *self, int fd, int exclude_id) {
   int i = choose(L, self, fd, exclude_id);
@@ -168,9 +175,7 @@ static void place(lua_State *L, lc_rr_t *self, int fd, int exclude_id) {
     return;
   }
   target_t *t = &self->targets[i];
-  t->ring[(t->rhead + t->rcount++) % WINDOW] = fd;
-  t->batch[t->nbatch++] = fd;
-  if (self->policy == POLICY_LEAST) t->load++;
+  assign(self, t, fd);
   if (t->nbatch == LC_IPC_FRAME_MAX_FDS) flush_all(L, self);
 }
 
@@ -213,8 +218,7 @@ static void flush_all(lua_State *L, lc_rr_t *self) {
       self->phead = (self->phead + 1) % MAX_PENDING;
       self->npending--;
       target_t *t = &self->targets[i];
-      t->ring[(t->rhead + t->rcount++) % WINDOW] = fd;
-      t->batch[t->nbatch++] = fd;
+      assign(self, t, fd);
       moved = 1;
       if (t->nbatch == LC_IPC_FRAME_MAX_FDS) break;
     }
@@ -543,18 +547,23 @@ static int rr_dispatch(lua_State *L) {
   return 0;
 }
 
-// rr:stats() -> {[id] = connections handed to it}, {[id] = unacknowledged}
+// rr:stats() -> {[id] = connections handed to it}, {[id] = unacknowledged}, {[id] = open
+// connections as the master counts them for 'least' (reported, plus handed out since)
 static int rr_stats(lua_State *L) {
   lc_rr_t *self = lc_handle_check_any(L, 1, MT);
-  lua_createtable(L, 0, self->ntargets);
-  lua_createtable(L, 0, self->ntargets);
+  lua_createtable(L, 0, self->ntargets); // [sent]
+  lua_createtable(L, 0, self->ntargets); // [sent, inflight]
+  lua_createtable(L, 0, self->ntargets); // [sent, inflight, load]
   for (int i = 0; i < self->ntargets; i++) {
-    lua_pushnumber(L, (lua_Number)self->targets[i].sent);
-    lua_rawseti(L, -3, self->targets[i].id);
-    lua_pushinteger(L, self->targets[i].rcount);
-    lua_rawseti(L, -2, self->targets[i].id);
+    const target_t *t = &self->targets[i];
+    lua_pushnumber(L, (lua_Number)t->sent);
+    lua_rawseti(L, -4, t->id);
+    lua_pushinteger(L, t->rcount);
+    lua_rawseti(L, -3, t->id);
+    lua_pushinteger(L, (lua_Integer)t->load);
+    lua_rawseti(L, -2, t->id);
   }
-  return 2;
+  return 3;
 }
 
 static int rr_pending(lua_State *L) {
