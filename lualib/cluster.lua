@@ -19,11 +19,13 @@ cluster._registerHandleType = require('_cluster_ipc').registerHandleType
 if os.getenv('LCLUSTER_WORKER_ID') then
   require('_cluster_worker')(cluster)
   require('_cluster_shared').worker(cluster)
+  require('_cluster_handles')(cluster)
   require('_worker_lifecycle')(cluster)
   require('_cluster_messaging').worker(cluster)
 else
   require('_cluster_primary')(cluster)
   require('_cluster_shared').primary(cluster)
+  require('_cluster_handles')(cluster)
   require('_cluster_messaging').primary(cluster)
   require('_lifecycle').install(cluster)
 end
