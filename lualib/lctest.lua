@@ -207,9 +207,17 @@ function M.childPids(pid)
   return out
 end
 
+-- True while the process runs; a zombie (exited, not yet reaped: PID 1 in a container may
+-- never reap orphans) counts as dead.
 function M.isAlive(pid)
-  local ok, _, code = core.kill(pid, 0)
-  return ok == true or code == 'EPERM'
+  local f = io.open('/proc/' .. tonumber(pid) .. '/stat')
+  if not f then
+    return false
+  end
+  local stat = f:read('*a') or ''
+  f:close()
+  local state = stat:match('^%d+ %b() (%a)')
+  return state ~= nil and state ~= 'Z' and state ~= 'X'
 end
 
 -- A TCP port free on 127.0.0.1 right now (bound to port 0, read, closed).
