@@ -6,6 +6,7 @@ max_line_length = 120
 -- os gains cpus() and hostname() in lcluster.
 read_globals.os = { fields = { 'cpus', 'hostname' }, other_fields = true }
 files['spec/'] = { std = '+busted' }
+files['apps/spec/'] = { std = '+busted' }
 files['lualib/_main.lua'] = { globals = { 'print', 'arg', 'os', 'setTimeout', 'setInterval', 'clearTimeout', 'clearInterval', 'setImmediate', 'clearImmediate' } }
 files['lualib/_busted.lua'] = { globals = { 'os' } }
 files['lualib/lctest.lua'] = { globals = { 'process' } }
