@@ -13,8 +13,8 @@ describe('lcluster test on an app in apps/', function()
 
   before_each(function()
     dir = lctest.tmpdir()
-    assert.are.equal(0, os.execute(('mkdir -p %s/apps/spec && cp apps/echo.lua %s/apps/ && cp apps/spec/echo_spec.lua %s/apps/spec/')
-      :format(dir, dir, dir)))
+    local copy = 'mkdir -p %s/apps/spec && cp apps/echo.lua %s/apps/ && cp apps/spec/echo_spec.lua %s/apps/spec/'
+    assert.are.equal(0, os.execute(copy:format(dir, dir, dir)))
   end)
 
   after_each(function()
