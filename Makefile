@@ -2,10 +2,9 @@
 # packages first (deps/install.sh), so a fresh clone needs nothing else.
 BUILD ?= build
 JOBS ?= $(shell nproc)
-LC_SUPP := $(CURDIR)/deps/lsan.supp
-SAN_ENV := ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 LSAN_OPTIONS=suppressions=$(LC_SUPP):print_suppressions=0 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+SAN_ENV := ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 
-.PHONY: all deps build demo test check test-sanitize fuzz bench clean
+.PHONY: all deps build demo test check test-sanitize valgrind fuzz bench clean
 
 all: build
 
@@ -35,6 +34,15 @@ test-sanitize: deps
 	cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DLCLUSTER_SANITIZE=ON -DLCLUSTER_WERROR=ON
 	cmake --build build-asan -j$(JOBS)
 	$(SAN_ENV) build-asan/lcluster test spec
+
+# The C core under valgrind's memcheck: the demo (master, workers, IPC, round-robin hand-off,
+# HTTP, respawn, reload, disconnect) and the runtime fixtures; any error or definite leak fails.
+VALGRIND := valgrind --trace-children=yes --error-exitcode=9 --leak-check=full --show-leak-kinds=definite -q
+valgrind: build
+	@command -v valgrind >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y valgrind
+	$(VALGRIND) $(BUILD)/lcluster apps/demo.lua > /dev/null
+	$(VALGRIND) $(BUILD)/lcluster spec/fixtures/rt_timers.lua > /dev/null
+	$(VALGRIND) $(BUILD)/lcluster spec/fixtures/rt_uncaught.lua > /dev/null
 
 # libFuzzer harnesses (fuzz/), each run for FUZZ_SECONDS on its committed corpus.
 FUZZ_SECONDS ?= 20
