@@ -37,7 +37,7 @@ test-sanitize: deps
 
 # The C core under valgrind's memcheck: the demo (master, workers, IPC, round-robin hand-off,
 # HTTP, respawn, reload, disconnect) and the runtime fixtures; any error or definite leak fails.
-VALGRIND := valgrind --trace-children=yes --error-exitcode=9 --leak-check=full --show-leak-kinds=definite -q
+VALGRIND := valgrind --trace-children=yes --error-exitcode=9 --leak-check=full --show-leak-kinds=definite --errors-for-leak-kinds=definite -q
 valgrind: build
 	@command -v valgrind >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y valgrind
 	$(VALGRIND) $(BUILD)/lcluster apps/demo.lua > /dev/null
