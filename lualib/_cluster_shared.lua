@@ -217,6 +217,27 @@ function M.worker(cluster)
     end)
   end
 
+  -- Acknowledgements go out once per loop turn, one message per rr for every frame read in
+  -- that turn (the master keeps a window of 64 unacknowledged hand-offs per worker).
+  local acks, ackScheduled = {}, false
+  local function flushAcks()
+    ackScheduled = false
+    for k, n in pairs(acks) do
+      acks[k] = nil
+      sendInternal({ cmd = 'rrack', k = k, n = n })
+    end
+  end
+  local function ack(k, n)
+    if type(k) ~= 'number' then
+      return
+    end
+    acks[k] = (acks[k] or 0) + n
+    if not ackScheduled then
+      ackScheduled = true
+      setImmediate(flushAcks)
+    end
+  end
+
   -- Connections the master accepted: one frame carries up to 16 fds for one key. Each is
   -- adopted by the server, or refused (sent back) when this worker has no server for the key
   -- any more; either way the frame is acknowledged so the master can release its copies.
@@ -244,7 +265,7 @@ function M.worker(cluster)
         core.ipc_closefd(fd)
       end
     end
-    sendInternal({ cmd = 'rrack', k = msg.k, n = #fds })
+    ack(msg.k, #fds)
     if server and server._connLoadReport then
       server:_connLoadReport()
     end
