@@ -161,7 +161,12 @@ local function wrap(send)
     if opts ~= nil and type(opts) ~= 'table' then
       error('ERR_INVALID_ARG_TYPE: options must be a table', 2)
     end
-    local kind = handle ~= nil and check(handle, 2)
+    if handle == nil then
+      return send(self, msg, nil, fn) -- a tail call: errors still name the caller's line
+    end
+    -- Everything that can raise does so here, at the caller's level, before anything is sent.
+    local kind = check(handle, 2)
+    ipc.pack(msg, handle, 2)
     local ok = send(self, msg, handle, fn)
     if ok and kind == 'net.Socket' and not (opts and opts.keepOpen) then
       handle:destroy()

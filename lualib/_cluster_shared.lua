@@ -94,6 +94,14 @@ function M.worker(cluster)
     end
   end
 
+  local function abandon(base, index, key, fds)
+    releaseIndex(base, index)
+    sendInternal({ cmd = 'closeServer', key = key })
+    for _, fd in ipairs(fds or {}) do
+      core.ipc_closefd(fd)
+    end
+  end
+
   local function replyError(reply)
     return events.makeError(reply.err, reply.message or reply.err, {
       syscall = reply.syscall, address = reply.address_, port = reply.port })
@@ -166,6 +174,11 @@ function M.worker(cluster)
       if reply.err then
         releaseIndex(base, index)
         return cb(replyError(reply))
+      end
+      if not server._listenPending then
+        -- Closed while the master was binding: give the key back at once, or the master
+        -- would keep it (and hand this worker connections it can only refuse).
+        return abandon(base, index, key, fds)
       end
       local function onListening()
         live[server] = true
@@ -281,6 +294,9 @@ function M.worker(cluster)
       if reply.err then
         releaseIndex(base, index)
         return cb(replyError(reply))
+      end
+      if socket._state ~= 'binding' then
+        return abandon(base, index, key, fds)
       end
       local h = core.udp()
       local ok, err, code = h:open(fds[1])

@@ -13,7 +13,8 @@
 // full, the master stops accepting and the kernel's backlog holds new connections.
 //
 // Policies:
-//   rr      fewest in flight, ties rotate (so sequential connections visit every worker)
+//   rr      fewest in flight, ties rotate (so sequential connections visit every worker);
+//           within SLACK of the fewest counts as a tie, so bursts spread evenly
 //   least   fewest open connections (workers report them with rr:load), then as rr
 //   sticky  rendezvous hash of the client address over the workers' stable keys (their
 //           slots), so a client keeps its worker while other workers come and go
@@ -41,6 +42,7 @@
 #define WINDOW 64 // unacknowledged hand-offs per worker
 #define MAX_TARGETS 256
 #define MAX_PENDING 4096
+#define SLACK 8 // in-flight difference still treated as a tie (rr, least)
 
 enum { POLICY_RR, POLICY_LEAST, POLICY_STICKY };
 
@@ -118,6 +120,12 @@ static uint32_t addr_hash(int fd) {
   return 0;
 }
 
+// rr: hand-offs in flight. least: open connections first (a worker with one more open
+// connection never ties), then hand-offs in flight.
+static long target_load(const lc_rr_t *self, const target_t *t) {
+  return t->rcount + (self->policy == POLICY_LEAST ? t->load * (WINDOW + 1) : 0);
+}
+
 // Chooses the target for connection fd: its index, -1 when no worker can take it now, -2
 // when (sticky) the client's worker is busy and the connection must wait for it.
 static int choose(lua_State *L, lc_rr_t *self, int fd, int exclude_id) {
@@ -136,16 +144,25 @@ static int choose(lua_State *L, lc_rr_t *self, int fd, int exclude_id) {
     if (best >= 0 && self->targets[best].rcount >= WINDOW) return -2;
     return best;
   }
-  long best_load = 0;
+  // The least loaded usable worker; workers within SLACK hand-offs in flight of it count as
+  // ties and take turns from the rotation point, so a burst spreads evenly while a worker
+  // that falls behind (its acks lag) is skipped until it catches up.
   int n = self->ntargets;
+  long min_load = -1;
+  for (int i = 0; i < n; i++) {
+    target_t *t = &self->targets[i];
+    if (t->id == exclude_id || !usable(L, t)) continue;
+    long load = target_load(self, t);
+    if (min_load < 0 || load < min_load) min_load = load;
+  }
+  if (min_load < 0) return -1;
   for (int j = 0; j < n; j++) {
     int i = (int)((self->rotate + (unsigned)j) % (unsigned)n);
     target_t *t = &self->targets[i];
     if (t->id == exclude_id || !usable(L, t)) continue;
-    long load = t->rcount + (self->policy == POLICY_LEAST ? t->load * WINDOW : 0);
-    if (best < 0 || load < best_load) {
+    if (target_load(self, t) <= min_load + SLACK) {
       best = i;
-      best_load = load;
+      break;
     }
   }
   if (best >= 0) self->rotate = (unsigned)best + 1;

@@ -513,6 +513,24 @@ describe('shared ports: listening', function()
   end)
 end)
 
+describe('shared ports: closing early', function()
+  after_each(lctest.cleanup)
+
+  it('a server or udp socket closed before the master answered leaves nothing in the master', function()
+    local m = master(1)
+    local port = lctest.freePort()
+    m:send(1, { op = 'listenclose', tag = 'q', args = { port, '127.0.0.1' } })
+    m:wait('W1 closed q\n')
+    waitFor(function()
+      return next(m:stats()) == nil and #socketInodes(m.c.pid, 'tcp', port, '0A') == 0
+        and #socketInodes(m.c.pid, 'udp', port) == 0
+    end, 5000, 'the master to let go of the keys')
+    -- The same worker can listen on the port again, and serves.
+    assert.are.equal(port, m:listen(1, 'q2', { port, '127.0.0.1' }))
+    assert.are.equal(m.pids[1], waitAll({ fetch(port) })[1].pid)
+  end)
+end)
+
 describe('shared ports: round-robin hand-off', function()
   after_each(lctest.cleanup)
 
