@@ -11,6 +11,8 @@ local timer = require('timer')
 
 local F = core.http_flags
 local http_send = core.http_send
+local http_set_headers = core.http_set_headers
+local tnew = require('table.new')
 local now = core.now
 local Emitter = events.Emitter
 local lower, type, tostring, tonumber = string.lower, type, tostring, tonumber
@@ -116,6 +118,10 @@ end
 
 local IncomingMessage = class(Emitter)
 
+-- The queue of a message that arrived complete with no body: just 'end'. Shared (and never
+-- appended to: _push/_end copy it first), so a GET allocates no queue.
+local END_ONLY = { false }
+
 -- Built in one table constructor (every field present, false rather than nil) so a request
 -- costs one allocation and no rehash: this runs once per request.
 function IncomingMessage.new(socket, method, url, version, headers)
@@ -183,6 +189,9 @@ function IncomingMessage:_push(chunk)
   if not q then
     q = {}
     self._queue = q
+  elseif q == END_ONLY then
+    q = { false }
+    self._queue = q
   end
   q[#q + 1] = chunk
 end
@@ -196,6 +205,9 @@ function IncomingMessage:_end()
   local q = self._queue
   if not q then
     q = {}
+    self._queue = q
+  elseif q == END_ONLY then
+    q = { false }
     self._queue = q
   end
   q[#q + 1] = false
@@ -257,6 +269,13 @@ end
 
 local ServerResponse = class(Headers)
 
+-- Defaults of fields a response rarely changes live in the class, so a response's own table
+-- holds 16 fields (a 16-slot hash; one more field would double it): this runs per request.
+ServerResponse.statusMessage = false
+ServerResponse.sendDate = true
+ServerResponse._needDrain = false
+ServerResponse._pending = false -- http_send argument lists held while an earlier response is active
+
 function ServerResponse.new(conn, req, keepAlive)
   local socket = conn.socket
   return setmetatable({
@@ -265,21 +284,17 @@ function ServerResponse.new(conn, req, keepAlive)
     socket = socket,
     connection = socket,
     statusCode = 200,
-    statusMessage = false,
     headersSent = false,
     finished = false,
     writableEnded = false,
     writableFinished = false,
-    sendDate = true,
     _events = false,
-    _headers = {},
-    _names = {},
+    _headers = tnew(0, 4), -- presized: the first few setHeader calls do not rehash
+    _names = tnew(0, 4),
     _keepAlive = keepAlive,
     _head = req.method == 'HEAD',
     _headWritten = false,
     _chunked = false,
-    _needDrain = false,
-    _pending = false, -- http_send argument lists held while an earlier response is active
   }, ServerResponse)
 end
 
@@ -313,8 +328,8 @@ end
 -- Becomes the active response: writes what it kept.
 function ServerResponse:_activate()
   local p = self._pending
-  self._pending = false
   if p then
+    self._pending = false
     local h = self._conn.handle
     for i = 1, #p do
       local a = p[i]
@@ -355,7 +370,7 @@ function ServerResponse:writeHead(status, reason, headers)
       for i = 1, #headers, 2 do
         self:setHeader(headers[i], headers[i + 1])
       end
-    else
+    elseif not http_set_headers(self._headers, self._names, headers) then
       for k, v in pairs(headers) do
         self:setHeader(k, v)
       end
@@ -579,7 +594,7 @@ function Conn:_onHead(method, url, version, headers, keepAlive, upgrade, complet
   self.idleSince = nil
   if complete then
     req.complete = true
-    req._queue = { false }
+    req._queue = END_ONLY
   else
     self.req = req
     local handle = self.handle
@@ -1010,7 +1025,7 @@ function ClientRequest:_onParserEvent(ev, status, reason, version, headers, _, _
     self.res = res
     if complete then
       res.complete = true
-      res._queue = { false }
+      res._queue = END_ONLY
     end
     res._onPause = function()
       self.socket:pause()

@@ -676,6 +676,59 @@ static size_t put_header(lua_State *L, size_t o, const char *name, size_t nl, in
   return o;
 }
 
+// Characters of an HTTP token (header names): alnum and !#$%&'*+-.^_`|~.
+static int is_tchar(unsigned char ch) {
+  return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+         (ch != 0 && strchr("!#$%&'*+-.^_`|~", ch) != NULL);
+}
+
+// _core.http_set_headers(store, names, headers) -> true | false
+// The common case of res:writeHead(status, {Name = value, ...}) in one C call (a Lua loop
+// over pairs() in the request path keeps LuaJIT from compiling the handler): for each pair,
+// store[lower(name)] = value and names[lower(name)] = name, as Headers:setHeader does.
+// Returns false, having possibly stored some pairs, at the first pair setHeader would treat
+// differently (a name that is not a valid token, a value that is not a string or number, a
+// value with CR, LF or NUL): the caller then runs setHeader over every pair, which stores
+// the same values again and raises the same errors.
+static int http_set_headers(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  luaL_checktype(L, 2, LUA_TTABLE);
+  luaL_checktype(L, 3, LUA_TTABLE);
+  char low[256];
+  lua_settop(L, 3);
+  if (lua_rawequal(L, 1, 3) || lua_rawequal(L, 2, 3)) goto slow;
+  lua_pushnil(L);               // [store, names, headers, k]
+  while (lua_next(L, 3) != 0) { // [.., k, v]
+    if (lua_type(L, -2) != LUA_TSTRING) goto slow;
+    int vt = lua_type(L, -1);
+    if (vt != LUA_TSTRING && vt != LUA_TNUMBER) goto slow;
+    size_t nl, vl;
+    const char *name = lua_tolstring(L, -2, &nl);
+    if (nl == 0 || nl > sizeof(low)) goto slow;
+    for (size_t i = 0; i < nl; i++) {
+      unsigned char ch = (unsigned char)name[i];
+      if (!is_tchar(ch)) goto slow;
+      low[i] = (char)(ch >= 'A' && ch <= 'Z' ? ch + 32 : ch);
+    }
+    lua_pushvalue(L, -1); // [.., k, v, v'] tolstring converts a number copy, not the key
+    const char *v = lua_tolstring(L, -1, &vl);
+    if (memchr(v, '\r', vl) != NULL || memchr(v, '\n', vl) != NULL || memchr(v, '\0', vl) != NULL)
+      goto slow;
+    lua_pushlstring(L, low, nl); // [.., k, v, v', lname]
+    lua_pushvalue(L, -1);
+    lua_pushvalue(L, -3);
+    lua_rawset(L, 1); // store[lname] = v'
+    lua_pushvalue(L, -4);
+    lua_rawset(L, 2); // names[lname] = k
+    lua_pop(L, 2);    // [.., k]
+  }
+  lua_pushboolean(L, 1);
+  return 1;
+slow:
+  lua_pushboolean(L, 0);
+  return 1;
+}
+
 enum {
   SEND_DATE = 1,       // add a Date header
   SEND_CHUNKED = 2,    // add Transfer-Encoding: chunked (with a head) and frame the body
@@ -851,6 +904,7 @@ void lc_http_open(lua_State *L) {
   static const luaL_Reg fns[] = {{"http_attach", http_attach},
                                  {"http_parser", http_new},
                                  {"http_send", http_send},
+                                 {"http_set_headers", http_set_headers},
                                  {NULL, NULL}};
   luaL_register(L, NULL, fns);
   lua_createtable(L, 0, 6);

@@ -250,6 +250,49 @@ describe('http server', function()
     assert.matches('^ERR_HTTP_HEADERS_SENT', errs[3])
   end)
 
+
+  -- writeHead's header table goes through _core.http_set_headers (one C call) and falls
+  -- back to setHeader for anything unusual: both paths must store and raise alike.
+  it('writeHead headers: wire case, numbers, lists, getHeader, and the same errors', function()
+    local seen, errs = {}, {}
+    local _, port = serve(function(req, res)
+      if req.url == '/bad-name' then
+        errs[1] = select(2, pcall(res.writeHead, res, 200, { ['Bad Name'] = 'v' }))
+      elseif req.url == '/bad-value' then
+        errs[2] = select(2, pcall(res.writeHead, res, 200, { ['X-Ok'] = 'a', ['X-Bad'] = 'a\r\nB: 1' }))
+      end
+      res:setHeader('X-Before', 'kept')
+      -- Strings and numbers only: the C path. A list or a boolean value: the setHeader path.
+      local h = { ['Content-Type'] = 'text/plain', ['X-Num'] = 42, ['x-lower'] = 'l' }
+      if req.url == '/slow' then
+        h['X-List'] = { 'a', 'b' }
+        h['X-Flag'] = true
+      end
+      res:writeHead(200, h)
+      seen[req.url] = { res:getHeader('content-type'), res:getHeader('X-NUM'), res:getHeader('x-before'),
+        res:hasHeader('X-Lower') }
+      res:finish('ok')
+    end)
+    local r = raw(port, 'GET / HTTP/1.1\r\n\r\nGET /slow HTTP/1.1\r\n\r\n'
+      .. 'GET /bad-name HTTP/1.1\r\n\r\nGET /bad-value HTTP/1.1\r\n\r\n')
+    local rs = waitResponses(r, 4)
+    for i = 1, 4 do
+      local head = rs[i].raw
+      assert.truthy(head:find('\r\nContent-Type: text/plain\r\n', 1, true), head)
+      assert.truthy(head:find('\r\nX-Num: 42\r\n', 1, true), head)
+      assert.truthy(head:find('\r\nx-lower: l\r\n', 1, true), head)
+      assert.truthy(head:find('\r\nX-Before: kept\r\n', 1, true), head)
+      assert.are.equal('ok', rs[i].body)
+    end
+    assert.falsy(rs[1].raw:find('X-List', 1, true))
+    assert.truthy(rs[2].raw:find('\r\nX-List: a\r\nX-List: b\r\n', 1, true), rs[2].raw)
+    assert.truthy(rs[2].raw:find('\r\nX-Flag: true\r\n', 1, true), rs[2].raw)
+    assert.falsy(rs[4].raw:find('X-Bad', 1, true))
+    assert.are.same({ 'text/plain', '42', 'kept', true }, seen['/'])
+    assert.are.same({ 'text/plain', '42', 'kept', true }, seen['/slow'])
+    assert.matches('ERR_INVALID_HTTP_TOKEN', errs[1])
+    assert.matches('ERR_INVALID_CHAR', errs[2])
+  end)
   it('parses a request split byte by byte across reads', function()
     local got
     local _, port = serve(function(req, res)
