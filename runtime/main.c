@@ -45,8 +45,15 @@ static void report_and_exit(const char *tb) {
 }
 
 int lc_pcall(lua_State *L, int nargs, int nresults) {
+  // The handler is created once and kept in the registry: lua_pushcfunction allocates a new
+  // closure on every call, and this runs for every event (every HTTP request).
+  static int traceback_ref = LUA_NOREF;
   int base = lua_gettop(L) - nargs; // index of the function
-  lua_pushcfunction(L, traceback);
+  if (traceback_ref == LUA_NOREF) {
+    lua_pushcfunction(L, traceback);
+    traceback_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  }
+  lua_rawgeti(L, LUA_REGISTRYINDEX, traceback_ref);
   lua_insert(L, base);
   int rc = lua_pcall(L, nargs, nresults, base);
   lua_remove(L, base);
