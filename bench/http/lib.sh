@@ -145,7 +145,7 @@ holds() {
 print_table() {
   awk -F'|' '
     BEGIN {
-      fmt = "%-20s %-22s %11s %-8s %7s %7s %6s  %-44s %-26s %s\n"
+      fmt = "%-24s %-28s %11s %-8s %7s %7s %6s  %-44s %-26s %s\n"
       printf fmt, "workload", "server", "value", "unit", "p50ms", "p99ms", "errors", "ratio", "target", "holds"
     }
     { printf fmt, $1, $2, $3, $4, $5, $6, $7, $8, $9, $10 }' "$1"
