@@ -114,6 +114,17 @@ int lc_stream_write(lua_State *L, lc_stream_t *s, const char *data, size_t len, 
                     int cb_idx);
 /// Delivers a stream event to its Lua callback: cb(event, ...) with nargs values on the stack.
 void lc_stream_emit(lua_State *L, lc_stream_t *s, const char *event, int nargs);
+/// Pushes "ECODE: message", "ECODE" for a failed status (returns 2), nothing for status >= 0.
+int lc_stream_push_status(lua_State *L, int status);
+/// Accepts a pending connection of `server` into `client`, whose userdata is on top of the
+/// stack. Returns 1 (the client stays pushed), or closes the client, pops it and pushes the
+/// error values.
+int lc_stream_accept(lua_State *L, lc_stream_t *server, lc_stream_t *client);
+/// A connect request for `s` whose completion emits cb('connect', err?, code?) on the stream;
+/// *cb receives the callback to pass to libuv. NULL when out of memory. If the libuv call
+/// fails synchronously, release it with lc_stream_connect_failed.
+uv_connect_t *lc_stream_connect_req(lc_stream_t *s, uv_connect_cb *cb);
+void lc_stream_connect_failed(uv_connect_t *req);
 
 // ---- the binding modules: each registers its functions into the `_core` table on top of
 // the stack. Declared weak so a module can land in its own commit; core.c skips absent ones.

@@ -1,24 +1,10 @@
 // pipe.c: uv_pipe as `_core.pipe(ipc, [cb])`: child stdio pipes, and Unix-domain sockets for
 // net (bind/listen/accept/connect). Events go to the handle's callback as for tcp:
 // cb('connection', err?, code?), cb('connect', err?, code?) and the stream events.
-#include <stdlib.h>
 
 #include "lc.h"
 
 #define MT "lc.pipe"
-
-typedef struct {
-  uv_connect_t req;
-  lc_stream_t *s;
-} connect_req_t;
-
-// Pushes "ECODE: message", "ECODE" for a failed status (2 values), nothing when status >= 0.
-static int push_status(lua_State *L, int status) {
-  if (status >= 0) return 0;
-  lua_pushfstring(L, "%s: %s", uv_err_name(status), uv_strerror(status));
-  lua_pushstring(L, uv_err_name(status));
-  return 2;
-}
 
 // _core.pipe(ipc, [cb]) -> pipe
 static int pipe_new(lua_State *L) {
@@ -42,19 +28,6 @@ static int pipe_bind(lua_State *L) {
   return lc_util_push_result(L, uv_pipe_bind(&s->u.pipe, luaL_checkstring(L, 2)));
 }
 
-static void on_connection(uv_stream_t *server, int status) {
-  lc_stream_t *s = server->data;
-  lua_State *L = lc_L;
-  lc_stream_emit(L, s, "connection", push_status(L, status));
-}
-
-// pipe:listen([backlog]) -> true | nil, err, code; then cb('connection', err?, code?).
-static int pipe_listen(lua_State *L) {
-  lc_stream_t *s = lc_handle_check(L, 1, MT);
-  int backlog = (int)luaL_optinteger(L, 2, 511);
-  return lc_util_push_result(L, uv_listen(&s->u.stream, backlog, on_connection));
-}
-
 // pipe:accept([cb]) -> new pipe | nil, err, code. cb receives the new handle's events.
 static int pipe_accept(lua_State *L) {
   lc_stream_t *server = lc_handle_check(L, 1, MT);
@@ -62,22 +35,7 @@ static int pipe_accept(lua_State *L) {
   lc_stream_t *c = lc_handle_new(L, sizeof(*c), MT, 2); // [.., client]
   uv_pipe_init(lc_loop, &c->u.pipe, server->u.pipe.ipc);
   lc_stream_init(c, LC_STREAM_PIPE);
-  int rc = uv_accept(&server->u.stream, &c->u.stream);
-  if (rc < 0) {
-    lc_handle_close(&c->h);
-    lua_pop(L, 1); // [..]
-    return lc_util_push_uverr(L, rc);
-  }
-  return 1;
-}
-
-static void on_connect(uv_connect_t *req, int status) {
-  connect_req_t *r = (connect_req_t *)req;
-  lc_stream_t *s = r->s;
-  free(r);
-  if (status == UV_ECANCELED || s->h.closing) return;
-  lua_State *L = lc_L;
-  lc_stream_emit(L, s, "connect", push_status(L, status));
+  return lc_stream_accept(L, server, c);
 }
 
 // pipe:connect(path) -> true | nil, err, code; then cb('connect', err?, code?). libuv reports
@@ -85,10 +43,10 @@ static void on_connect(uv_connect_t *req, int status) {
 static int pipe_connect(lua_State *L) {
   lc_stream_t *s = lc_handle_check(L, 1, MT);
   const char *path = luaL_checkstring(L, 2);
-  connect_req_t *r = malloc(sizeof(*r));
-  if (r == NULL) return lc_util_push_uverr(L, UV_ENOMEM);
-  r->s = s;
-  uv_pipe_connect(&r->req, &s->u.pipe, path, on_connect);
+  uv_connect_cb cb;
+  uv_connect_t *req = lc_stream_connect_req(s, &cb);
+  if (req == NULL) return lc_util_push_uverr(L, UV_ENOMEM);
+  uv_pipe_connect(req, &s->u.pipe, path, cb);
   lua_pushboolean(L, 1);
   return 1;
 }
@@ -120,7 +78,6 @@ static int pipe_set_callback(lua_State *L) {
 void lc_pipe_open(lua_State *L) {
   static const luaL_Reg methods[] = {{"open", pipe_open},
                                      {"bind", pipe_bind},
-                                     {"listen", pipe_listen},
                                      {"accept", pipe_accept},
                                      {"connect", pipe_connect},
                                      {"getsockname", pipe_getsockname},

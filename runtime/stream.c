@@ -243,6 +243,64 @@ static int s_is_writable(lua_State *L) {
   return 1;
 }
 
+int lc_stream_push_status(lua_State *L, int status) {
+  if (status >= 0) return 0;
+  lua_pushfstring(L, "%s: %s", uv_err_name(status), uv_strerror(status));
+  lua_pushstring(L, uv_err_name(status));
+  return 2;
+}
+
+static void on_connection(uv_stream_t *server, int status) {
+  lc_stream_t *s = server->data;
+  lua_State *L = lc_L;
+  lc_stream_emit(L, s, "connection", lc_stream_push_status(L, status));
+}
+
+// stream:listen([backlog]) -> true | nil, err, code; then cb('connection', err?, code?) for
+// each pending connection, to be taken with accept() (tcp and Unix sockets).
+static int s_listen(lua_State *L) {
+  lc_stream_t *s = lc_stream_check(L, 1);
+  int backlog = (int)luaL_optinteger(L, 2, 511);
+  return lc_util_push_result(L, uv_listen(&s->u.stream, backlog, on_connection));
+}
+
+int lc_stream_accept(lua_State *L, lc_stream_t *server, lc_stream_t *client) {
+  int rc = uv_accept(&server->u.stream, &client->u.stream);
+  if (rc < 0) {
+    lc_handle_close(&client->h);
+    lua_pop(L, 1); // [..]
+    return lc_util_push_uverr(L, rc);
+  }
+  return 1;
+}
+
+typedef struct {
+  uv_connect_t req;
+  lc_stream_t *s;
+} connect_req_t;
+
+static void on_connect(uv_connect_t *req, int status) {
+  connect_req_t *r = (connect_req_t *)req;
+  lc_stream_t *s = r->s;
+  free(r);
+  // A handle closed while connecting is called back with ECANCELED before its memory goes.
+  if (status == UV_ECANCELED || s->h.closing) return;
+  lua_State *L = lc_L;
+  lc_stream_emit(L, s, "connect", lc_stream_push_status(L, status));
+}
+
+uv_connect_t *lc_stream_connect_req(lc_stream_t *s, uv_connect_cb *cb) {
+  connect_req_t *r = malloc(sizeof(*r));
+  if (r == NULL) return NULL;
+  r->s = s;
+  *cb = on_connect;
+  return &r->req;
+}
+
+void lc_stream_connect_failed(uv_connect_t *req) {
+  free((connect_req_t *)req);
+}
+
 void lc_stream_add_methods(lua_State *L) {
   static const luaL_Reg methods[] = {{"read_start", s_read_start},
                                      {"read_stop", s_read_stop},
@@ -253,6 +311,7 @@ void lc_stream_add_methods(lua_State *L) {
                                      {"bytes", s_bytes},
                                      {"is_readable", s_is_readable},
                                      {"is_writable", s_is_writable},
+                                     {"listen", s_listen},
                                      {NULL, NULL}};
   luaL_register(L, NULL, methods);
 }

@@ -3,7 +3,6 @@
 // cb('connect', err?, code?) after connect, and the stream events from stream.c. One libuv
 // call per binding; net.lua holds the policy.
 #include <errno.h>
-#include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -12,21 +11,8 @@
 
 #define MT "lc.tcp"
 
-typedef struct {
-  uv_connect_t req;
-  lc_stream_t *s;
-} connect_req_t;
-
 static lc_stream_t *check_tcp(lua_State *L, int idx) {
   return lc_handle_check(L, idx, MT);
-}
-
-// Pushes "ECODE: message", "ECODE" for a failed status (2 values), nothing when status >= 0.
-static int push_status(lua_State *L, int status) {
-  if (status >= 0) return 0;
-  lua_pushfstring(L, "%s: %s", uv_err_name(status), uv_strerror(status));
-  lua_pushstring(L, uv_err_name(status));
-  return 2;
 }
 
 // _core.tcp([cb]) -> tcp. cb may be nil for a handle whose callback is set later
@@ -81,20 +67,6 @@ static int tcp_bind(lua_State *L) {
   return lc_util_push_result(L, uv_tcp_bind(&s->u.tcp, (struct sockaddr *)&ss, flags));
 }
 
-static void on_connection(uv_stream_t *server, int status) {
-  lc_stream_t *s = server->data;
-  lua_State *L = lc_L;
-  lc_stream_emit(L, s, "connection", push_status(L, status));
-}
-
-// tcp:listen([backlog]) -> true | nil, err, code; then cb('connection', err?, code?) for
-// each pending connection, to be taken with accept().
-static int tcp_listen(lua_State *L) {
-  lc_stream_t *s = check_tcp(L, 1);
-  int backlog = (int)luaL_optinteger(L, 2, 511);
-  return lc_util_push_result(L, uv_listen(&s->u.stream, backlog, on_connection));
-}
-
 // tcp:accept([cb]) -> new tcp | nil, err, code. cb receives the new handle's events.
 static int tcp_accept(lua_State *L) {
   lc_stream_t *server = check_tcp(L, 1);
@@ -103,23 +75,7 @@ static int tcp_accept(lua_State *L) {
   int rc = uv_tcp_init(lc_loop, &c->u.tcp);
   if (rc < 0) return luaL_error(L, "uv_tcp_init: %s", uv_strerror(rc));
   lc_stream_init(c, LC_STREAM_TCP);
-  rc = uv_accept(&server->u.stream, &c->u.stream);
-  if (rc < 0) {
-    lc_handle_close(&c->h);
-    lua_pop(L, 1); // [..]
-    return lc_util_push_uverr(L, rc);
-  }
-  return 1;
-}
-
-static void on_connect(uv_connect_t *req, int status) {
-  connect_req_t *r = (connect_req_t *)req;
-  lc_stream_t *s = r->s;
-  free(r);
-  // A handle closed while connecting is called back with ECANCELED before its memory goes.
-  if (status == UV_ECANCELED || s->h.closing) return;
-  lua_State *L = lc_L;
-  lc_stream_emit(L, s, "connect", push_status(L, status));
+  return lc_stream_accept(L, server, c);
 }
 
 // tcp:connect(host, port) -> true | nil, err, code; then cb('connect', err?, code?).
@@ -130,12 +86,12 @@ static int tcp_connect(lua_State *L) {
   struct sockaddr_storage ss;
   int rc = lc_util_parse_addr(host, port, &ss);
   if (rc < 0) return lc_util_push_uverr(L, rc);
-  connect_req_t *r = malloc(sizeof(*r));
-  if (r == NULL) return lc_util_push_uverr(L, UV_ENOMEM);
-  r->s = s;
-  rc = uv_tcp_connect(&r->req, &s->u.tcp, (struct sockaddr *)&ss, on_connect);
+  uv_connect_cb cb;
+  uv_connect_t *req = lc_stream_connect_req(s, &cb);
+  if (req == NULL) return lc_util_push_uverr(L, UV_ENOMEM);
+  rc = uv_tcp_connect(req, &s->u.tcp, (struct sockaddr *)&ss, cb);
   if (rc < 0) {
-    free(r);
+    lc_stream_connect_failed(req);
     return lc_util_push_uverr(L, rc);
   }
   lua_pushboolean(L, 1);
@@ -199,7 +155,6 @@ static int tcp_set_callback(lua_State *L) {
 
 void lc_tcp_open(lua_State *L) {
   static const luaL_Reg methods[] = {{"bind", tcp_bind},
-                                     {"listen", tcp_listen},
                                      {"accept", tcp_accept},
                                      {"connect", tcp_connect},
                                      {"open", tcp_open},
