@@ -17,7 +17,9 @@
 //           within SLACK of the fewest counts as a tie, so bursts spread evenly
 //   least   fewest open connections (workers report them with rr:load), then as rr
 //   sticky  rendezvous hash of the client address over the workers' stable keys (their
-//           slots), so a client keeps its worker while other workers come and go
+//           slots), so a client keeps its worker while other workers come and go; when a
+//           worker's window is full its clients wait in its own queue (up to WAIT_CAP),
+//           so one slow worker does not stop the master from accepting for the others
 //
 // Lua: `_core.rr_listen(host, port, backlog, flags, cb)` / `_core.rr_listen_path(path,
 // backlog, cb)` -> rr | nil, err, code; `rr:id()`, `rr:getsockname()`, `rr:set_body(json)`
@@ -42,7 +44,8 @@
 #define WINDOW 64 // unacknowledged hand-offs per worker
 #define MAX_TARGETS 256
 #define MAX_PENDING 4096
-#define SLACK 8 // in-flight difference still treated as a tie (rr, least)
+#define WAIT_CAP 1024 // sticky: connections queued on one busy worker before accept pauses
+#define SLACK 8       // in-flight difference still treated as a tie (rr, least)
 
 enum { POLICY_RR, POLICY_LEAST, POLICY_STICKY };
 
@@ -58,6 +61,8 @@ typedef struct {
   int rhead, rcount;
   int batch[LC_IPC_FRAME_MAX_FDS]; // chosen this turn, not sent yet (also in the ring)
   int nbatch;
+  int *wait; // sticky: this worker's connections waiting for room in its window
+  int whead, nwait;
 } target_t;
 
 typedef struct lc_rr {
@@ -126,8 +131,8 @@ static long target_load(const lc_rr_t *self, const target_t *t) {
   return t->rcount + (self->policy == POLICY_LEAST ? t->load * (WINDOW + 1) : 0);
 }
 
-// Chooses the target for connection fd: its index, -1 when no worker can take it now, -2
-// when (sticky) the client's worker is busy and the connection must wait for it.
+// Chooses the target for connection fd: its index, or -1 when no worker can take it now.
+// For sticky the client's worker is chosen even when its window is full (see give).
 static int choose(lua_State *L, lc_rr_t *self, int fd, int exclude_id) {
   int best = -1;
   if (self->policy == POLICY_STICKY) {
@@ -141,8 +146,7 @@ static int choose(lua_State *L, lc_rr_t *self, int fd, int exclude_id) {
         best_h = h;
       }
     }
-    if (best >= 0 && self->targets[best].rcount >= WINDOW) return -2;
-    return best;
+    return best; // may be full: the caller queues on the worker (sticky never re-routes)
   }
   // The least loaded usable worker; workers within SLACK hand-offs in flight of it count as
   // ties and take turns from the rotation point, so a burst spreads evenly while a worker
@@ -184,16 +188,42 @@ static void assign(lc_rr_t *self, target_t *t, int fd) {
   if (self->policy == POLICY_LEAST) t->load++;
 }
 
+// Sticky: a connection whose worker's window is full waits in that worker's own queue, so
+// one slow worker does not stop the master from accepting for the others. Returns 0 when
+// that queue is full too.
+static int wait_push(target_t *t, int fd) {
+  if (t->wait == NULL) t->wait = malloc(WAIT_CAP * sizeof(int));
+  if (t->wait == NULL || t->nwait == WAIT_CAP) return 0;
+  t->wait[(t->whead + t->nwait++) % WAIT_CAP] = fd;
+  return 1;
+}
+
+static int wait_pop(target_t *t) {
+  int fd = t->wait[t->whead];
+  t->whead = (t->whead + 1) % WAIT_CAP;
+  t->nwait--;
+  return fd;
+}
+
+// Hands fd to target i now, or (sticky, window full) queues it on the worker. Returns 0
+// when it could do neither.
+static int give(lc_rr_t *self, int i, int fd) {
+  target_t *t = &self->targets[i];
+  if (t->rcount < WINDOW && t->nwait == 0) {
+    assign(self, t, fd);
+    return 1;
+  }
+  return self->policy == POLICY_STICKY && wait_push(t, fd);
+}
+
 // Gives fd to a worker (batched until flush_all) or queues it until one can take it.
 static void place(lua_State *L, lc_rr_t *self, int fd, int exclude_id) {
   int i = choose(L, self, fd, exclude_id);
-  if (i < 0) {
+  if (i < 0 || !give(self, i, fd)) {
     push_pending(self, fd);
     return;
   }
-  target_t *t = &self->targets[i];
-  assign(self, t, fd);
-  if (t->nbatch == LC_IPC_FRAME_MAX_FDS) flush_all(L, self);
+  if (self->targets[i].nbatch == LC_IPC_FRAME_MAX_FDS) flush_all(L, self);
 }
 
 // Takes the n newest ring entries back out (a send that failed) and re-places them later.
@@ -228,16 +258,21 @@ static void flush_all(lua_State *L, lc_rr_t *self) {
     for (int i = 0; i < self->ntargets; i++)
       flush_target(L, self, &self->targets[i]);
     int moved = 0;
+    for (int i = 0; i < self->ntargets; i++) {
+      target_t *t = &self->targets[i];
+      while (t->nwait > 0 && t->rcount < WINDOW && t->nbatch < LC_IPC_FRAME_MAX_FDS) {
+        assign(self, t, wait_pop(t));
+        moved = 1;
+      }
+    }
     while (self->npending > 0) {
       int fd = self->pending[self->phead];
       int i = choose(L, self, fd, -1);
-      if (i < 0) break;
+      if (i < 0 || !give(self, i, fd)) break;
       self->phead = (self->phead + 1) % MAX_PENDING;
       self->npending--;
-      target_t *t = &self->targets[i];
-      assign(self, t, fd);
       moved = 1;
-      if (t->nbatch == LC_IPC_FRAME_MAX_FDS) break;
+      if (self->targets[i].nbatch == LC_IPC_FRAME_MAX_FDS) break;
     }
     if (!moved) break;
   }
@@ -343,6 +378,9 @@ static void free_parts(lc_rr_t *self) {
     target_t *t = &self->targets[i];
     for (int j = 0; j < t->rcount; j++)
       close(t->ring[(t->rhead + j) % WINDOW]);
+    while (t->nwait > 0)
+      close(wait_pop(t));
+    free(t->wait);
     luaL_unref(L, LUA_REGISTRYINDEX, t->ch_ref);
   }
   free(self->pending);
@@ -537,6 +575,9 @@ static int rr_remove(lua_State *L) {
       t->rhead = (t->rhead + 1) % WINDOW;
       t->rcount--;
     }
+    while (t->nwait > 0)
+      push_pending(self, wait_pop(t));
+    free(t->wait);
     luaL_unref(L, LUA_REGISTRYINDEX, t->ch_ref);
     self->targets[i] = self->targets[--self->ntargets];
     flush_all(L, self);

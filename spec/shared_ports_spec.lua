@@ -604,6 +604,44 @@ describe('shared ports: round-robin hand-off', function()
     assert.is_true(#keys(used) >= 2, 'the addresses spread over several workers')
   end)
 
+  it('sticky: a stalled worker does not stop the others being served', function()
+    local m = master(2)
+    local port = m:listen('all', 't', { { port = 0, host = '127.0.0.1', balance = 'sticky' } })
+    -- Two client addresses that map to different workers.
+    local owner, addrA, addrB = {}, nil, nil
+    for i = 2, 40 do
+      local from = '127.0.0.' .. i
+      local pid = keys(spread(port, 1, from))[1]
+      owner[from] = pid
+      if not addrA then
+        addrA = from
+      elseif owner[addrA] ~= pid then
+        addrB = from
+        break
+      end
+    end
+    assert.is_truthy(addrB, 'two addresses on different workers')
+    local stalled = owner[addrA]
+    core.kill(stalled, core.signals.SIGSTOP)
+    finally(function()
+      core.kill(stalled, core.signals.SIGCONT)
+    end)
+    -- More connections for the stalled worker than its window of unacknowledged hand-offs.
+    local waiting = {}
+    for i = 1, 80 do
+      waiting[i] = fetch(port, addrA)
+    end
+    lctest.turn(200)
+    local other = fetch(port, addrB)
+    waitAll({ other }, 5000, 'the other worker to answer while one is stalled')
+    assert.are.equal(owner[addrB], other.pid)
+    core.kill(stalled, core.signals.SIGCONT)
+    waitAll(waiting, 10000, 'the stalled worker to answer its clients')
+    for _, r in ipairs(waiting) do
+      assert.are.equal(stalled, r.pid)
+    end
+  end)
+
   it("least: long-lived connections on one worker push new ones to the other", function()
     local m = master(2)
     local port = m:listen(1, 'l', { { port = 0, host = '127.0.0.1', balance = 'least' } }, { hold = true })
