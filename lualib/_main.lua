@@ -75,13 +75,22 @@ local function runScript(script, args, opts)
   end
   local dir = scriptDir(script)
   package.path = dir .. '/?.lua;' .. dir .. '/?/init.lua;' .. package.path
-  if opts.workers then
-    return require('_master').run(script, args, opts)
-  end
   local chunk, err = loadfile(script)
   if not chunk then
     core.write(2, 'lcluster: cannot load script ' .. script .. ': ' .. tostring(err) .. '\n')
     return 2
+  end
+  if opts.workers then
+    -- The master checks what its workers will run: a script that cannot load is a usage
+    -- error now, not a crash loop later.
+    if opts.agent then
+      local ok, aerr = loadfile(opts.agent)
+      if not ok then
+        core.write(2, 'lcluster: cannot load agent script ' .. opts.agent .. ': ' .. tostring(aerr) .. '\n')
+        return 2
+      end
+    end
+    return require('_master').run(script, args, opts)
   end
   require('_worker_boot')
   -- Timers count from the loop's clock, which was last read when the loop was created.
