@@ -6,7 +6,7 @@
 bench_init() { # bench_init: temp dir, pid list, trap; sets $tmp
   tmp=$(mktemp -d "${TMPDIR:-/tmp}/lcbench.XXXXXX")
   started=()
-  trap 'kill $(jobs -p) 2>/dev/null; stop_all; rm -rf "$tmp"' EXIT
+  trap 'stop_all; kill $(jobs -p) 2>/dev/null; rm -rf "$tmp"' EXIT
   trap 'exit 130' INT TERM HUP
 }
 
