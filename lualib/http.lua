@@ -868,10 +868,13 @@ function Server:setTimeout(ms, fn)
   return self
 end
 
--- Stops accepting; idle keep-alive connections close now, busy ones after their response.
--- A connection that has not sent its first request yet was just handed to us (by the
--- master, during a reload): its request is on its way, so it gets a short grace
--- (server.closeGrace, 1000 ms) before it counts as idle.
+-- Stops accepting; busy connections close after their response (sent with Connection:
+-- close). An idle connection may have a request on its way: one that has not sent its first
+-- request yet was just handed to us (by the master, during a reload), and one that was busy
+-- less than server.closeGrace (1000 ms) ago is likely to send its next request now (a client
+-- under load always is). Closing those at once fails that request, so they get the grace:
+-- a request in it is answered with Connection: close; what is still idle after it closes.
+-- Connections idle for longer than the grace close at once.
 function Server:close(fn)
   self._closing = true
   if self._sweep then
@@ -879,20 +882,27 @@ function Server:close(fn)
     self._sweep = nil
   end
   local r = net.Server.close(self, fn)
-  self:closeIdleConnections(true)
+  local grace = self.closeGrace or 1000
+  self:closeIdleConnections(grace)
   if next(self._conns) ~= nil then
     setTimeout(function()
       self:closeIdleConnections()
-    end, self.closeGrace or 1000):unref()
+    end, grace):unref()
   end
   return r
 end
 
-function Server:closeIdleConnections(spareFresh)
+-- Closes connections with no request in progress; with `spareMs`, spares those that never
+-- sent a request and those idle for less than spareMs.
+function Server:closeIdleConnections(spareMs)
+  local t = spareMs and now()
   for _, conn in pairs(self._conns) do
     local inMessage = conn.parser:state()
-    if conn.active == nil and not inMessage and not (spareFresh and not conn.served) then
-      conn:destroy()
+    if conn.active == nil and not inMessage then
+      local spare = spareMs and (not conn.served or (conn.idleSince and t - conn.idleSince < spareMs))
+      if not spare then
+        conn:destroy()
+      end
     end
   end
 end

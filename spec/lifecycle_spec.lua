@@ -71,6 +71,72 @@ local function loadLoop(port, loops)
   return st
 end
 
+-- Keep-alive clients: each sends a request, waits for the answer, sends the next on the same
+-- connection, and reconnects when the server says Connection: close. A connection that
+-- closes with a request outstanding is a failed request.
+local function keepAliveLoop(port, conns)
+  local net = require('net')
+  local st = { ok = 0, failed = 0, errors = {}, running = true, live = conns }
+  local function connect()
+    if not st.running then
+      st.live = st.live - 1
+      return
+    end
+    local sock = net.connect(port, '127.0.0.1')
+    local buf, outstanding = '', false
+    local function send()
+      outstanding = true
+      sock:write('GET / HTTP/1.1\r\nHost: spec\r\n\r\n')
+    end
+    sock:on('connect', send)
+    sock:on('data', function(d)
+      buf = buf .. d
+      while true do
+        local hend = buf:find('\r\n\r\n', 1, true)
+        if not hend then
+          return
+        end
+        local head = buf:sub(1, hend):lower()
+        local len = tonumber(head:match('content%-length: (%d+)')) or 0
+        if #buf < hend + 3 + len then
+          return
+        end
+        buf = buf:sub(hend + 4 + len)
+        outstanding = false
+        if head:match('^http/1%.1 200') then
+          st.ok = st.ok + 1
+        else
+          st.failed = st.failed + 1
+          st.errors[#st.errors + 1] = head:match('^[^\r]*')
+        end
+        if head:find('connection: close', 1, true) or not st.running then
+          sock:finish()
+          return
+        end
+        send()
+      end
+    end)
+    sock:on('error', function() end)
+    sock:on('close', function()
+      if outstanding then
+        st.failed = st.failed + 1
+        st.errors[#st.errors + 1] = 'connection closed with a request outstanding'
+      end
+      connect()
+    end)
+  end
+  for _ = 1, conns do
+    connect()
+  end
+  function st.stop()
+    st.running = false
+    lctest.waitFor(function()
+      return st.live == 0
+    end, 5000, 'the keep-alive clients to stop')
+  end
+  return st
+end
+
 local function readyPids(app, n)
   local pids = {}
   lctest.waitFor(function()
@@ -155,6 +221,27 @@ describe('lcluster -w', function()
     local now = lctest.childPids(app.pid)
     assert.are.equal(2, #now)
     for _, pid in ipairs(now) do
+      assert.is_nil(old[tostring(pid)], 'pid ' .. pid .. ' was not replaced')
+    end
+  end)
+
+  it('reloads under keep-alive load with no failed request', function()
+    local port = lctest.freePort()
+    local app = lctest.spawn(FIX .. 'life_app.lua', { port }, { flags = { '-w', '2' } })
+    local old = readyPids(app, 2)
+    local load = keepAliveLoop(port, 8)
+    lctest.waitFor(function()
+      return load.ok >= 200
+    end, 5000, 'keep-alive load before the reload')
+    app:kill('SIGHUP')
+    app:waitOutput('reload complete', 10000, 'stderr')
+    local mark = load.ok
+    lctest.waitFor(function()
+      return load.ok >= mark + 200
+    end, 5000, 'keep-alive load after the reload')
+    load.stop()
+    assert.are.same({}, load.errors)
+    for _, pid in ipairs(lctest.childPids(app.pid)) do
       assert.is_nil(old[tostring(pid)], 'pid ' .. pid .. ' was not replaced')
     end
   end)
