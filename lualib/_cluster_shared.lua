@@ -66,8 +66,6 @@ function M.worker(cluster)
     local w = msg.seq ~= nil and waiting[msg.seq]
     if w then
       waiting[msg.seq] = nil
-    end
-    if w then
       clearTimeout(w.timer)
       w.fn(msg, fds)
     else
