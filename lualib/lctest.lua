@@ -249,6 +249,48 @@ function M.cleanup()
   end
 end
 
+-- Objects a spec opens in this process (net servers and sockets, dgram sockets, anything
+-- that emits 'close'): lctest.track(obj) registers one; lctest.closeTracked() (in after_each)
+-- closes what is still open and waits until every one has emitted 'close', so a spec that
+-- leaks a handle fails there instead of hanging a later one.
+local tracked = {}
+
+function M.track(obj)
+  local entry = { obj = obj, closed = false }
+  tracked[#tracked + 1] = entry
+  obj:on('close', function()
+    entry.closed = true
+  end)
+  return obj
+end
+
+function M.closeTracked(ms)
+  -- Taken out first so one case that leaks does not fail every later one.
+  local list = tracked
+  tracked = {}
+  for _, e in ipairs(list) do
+    local o = e.obj
+    if not e.closed then
+      if o.destroy then
+        o:on('error', function() end)
+        o:destroy()
+      elseif o.listening or o._listenPending or (o._state ~= nil and o._state ~= 'closed') then
+        o:close()
+      else
+        e.closed = true -- never opened: nothing will close
+      end
+    end
+  end
+  M.waitFor(function()
+    for _, e in ipairs(list) do
+      if not e.closed then
+        return false
+      end
+    end
+    return true
+  end, ms or 3000, 'every tracked server and socket to close')
+end
+
 -- Writes a file (fixture generation in specs); returns its path.
 function M.writeFile(path, text)
   local f = assert(io.open(path, 'wb'))

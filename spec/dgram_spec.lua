@@ -5,35 +5,7 @@ local lctest = require('lctest')
 
 local waitFor = lctest.waitFor
 
-local tracked = {}
-
-local function track(sock)
-  local entry = { sock = sock, closed = false }
-  tracked[#tracked + 1] = entry
-  sock:on('close', function()
-    entry.closed = true
-  end)
-  return sock
-end
-
-local function closeAll()
-  -- Taken out first so one case that leaks does not fail every later one.
-  local list = tracked
-  tracked = {}
-  for _, e in ipairs(list) do
-    if not e.closed and e.sock._state ~= 'closed' then
-      e.sock:close()
-    end
-  end
-  waitFor(function()
-    for _, e in ipairs(list) do
-      if not e.closed then
-        return false
-      end
-    end
-    return true
-  end, 3000, 'every socket to close')
-end
+local track, closeAll = lctest.track, lctest.closeTracked
 
 -- A socket of `kind` bound on `host` port 0; returns it and its port.
 local function bound(kind, host, fn)

@@ -6,43 +6,7 @@ local lctest = require('lctest')
 
 local waitFor = lctest.waitFor
 
-local tracked = {}
-
--- Registers a server or socket; after_each closes what is left and waits for every 'close'.
-local function track(obj)
-  local entry = { obj = obj, closed = false }
-  tracked[#tracked + 1] = entry
-  obj:on('close', function()
-    entry.closed = true
-  end)
-  return obj
-end
-
-local function closeAll()
-  -- Taken out first so one case that leaks does not fail every later one.
-  local list = tracked
-  tracked = {}
-  for _, e in ipairs(list) do
-    if not e.closed then
-      if e.obj.destroy then
-        e.obj:on('error', function() end)
-        e.obj:destroy()
-      elseif e.obj.listening or e.obj._listenPending then
-        e.obj:close()
-      else
-        e.closed = true
-      end
-    end
-  end
-  waitFor(function()
-    for _, e in ipairs(list) do
-      if not e.closed then
-        return false
-      end
-    end
-    return true
-  end, 3000, 'every server and socket to close')
-end
+local track, closeAll = lctest.track, lctest.closeTracked
 
 -- A server listening on 127.0.0.1 (or `host`) port 0; returns server, port.
 local function listening(opts, onConn, host)
