@@ -39,8 +39,10 @@ local function headersSentError()
   return 'ERR_HTTP_HEADERS_SENT: cannot set headers after they are sent to the client'
 end
 
--- The header store shared by ServerResponse and ClientRequest: lower-case name -> value,
--- and lower-case name -> name as first given (the case written on the wire).
+-- The header store shared by ServerResponse and ClientRequest: _headers, lower-case name ->
+-- value, and _names, lower-case name -> name as last given (the case written on the wire).
+-- A response's _names is false until needed: a name without an entry goes out in canonical
+-- case (Content-Type), and writeHead's C path records only names that differ from it.
 local Headers = class(Emitter)
 
 -- Header names already checked (a server sets the same few names over and over); bounded,
@@ -73,7 +75,12 @@ function Headers:setHeader(name, value)
   end
   local l = lower(name)
   self._headers[l] = value
-  self._names[l] = name
+  local names = self._names
+  if not names then
+    names = tnew(0, 4)
+    self._names = names
+  end
+  names[l] = name
   return self
 end
 
@@ -91,7 +98,9 @@ function Headers:removeHeader(name)
   end
   local l = lower(name)
   self._headers[l] = nil
-  self._names[l] = nil
+  if self._names then
+    self._names[l] = nil
+  end
 end
 
 function Headers:getHeaders()
@@ -290,7 +299,7 @@ function ServerResponse.new(conn, req, keepAlive)
     writableFinished = false,
     _events = false,
     _headers = tnew(0, 4), -- presized: the first few setHeader calls do not rehash
-    _names = tnew(0, 4),
+    _names = false, -- the case names were given in, when not canonical (see http_set_headers)
     _keepAlive = keepAlive,
     _head = req.method == 'HEAD',
     _headWritten = false,
@@ -370,9 +379,15 @@ function ServerResponse:writeHead(status, reason, headers)
       for i = 1, #headers, 2 do
         self:setHeader(headers[i], headers[i + 1])
       end
-    elseif not http_set_headers(self._headers, self._names, headers) then
-      for k, v in pairs(headers) do
-        self:setHeader(k, v)
+    else
+      local ok, names = http_set_headers(self._headers, self._names, headers)
+      if names then
+        self._names = names
+      end
+      if not ok then
+        for k, v in pairs(headers) do
+          self:setHeader(k, v)
+        end
       end
     end
   end

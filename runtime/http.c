@@ -682,51 +682,82 @@ static int is_tchar(unsigned char ch) {
          (ch != 0 && strchr("!#$%&'*+-.^_`|~", ch) != NULL);
 }
 
-// _core.http_set_headers(store, names, headers) -> true | false
+// The wire case a header name gets when its response has no names[lname] entry: each letter
+// at the start or after '-' upper-cased (content-type -> Content-Type).
+static int canon_upper(const char *l, size_t i) {
+  return (i == 0 || l[i - 1] == '-') && l[i] >= 'a' && l[i] <= 'z';
+}
+
+static size_t put_canon(char *d, const char *l, size_t n) {
+  for (size_t i = 0; i < n; i++)
+    d[i] = (char)(canon_upper(l, i) ? l[i] - 32 : l[i]);
+  return n;
+}
+
+// _core.http_set_headers(store, names|false, headers) -> ok, names|nil
 // The common case of res:writeHead(status, {Name = value, ...}) in one C call (a Lua loop
 // over pairs() in the request path keeps LuaJIT from compiling the handler): for each pair,
-// store[lower(name)] = value and names[lower(name)] = name, as Headers:setHeader does.
+// store[lower(name)] = value as Headers:setHeader does. The case given is kept in
+// names[lower(name)] only when it differs from the canonical one (put_canon), so the usual
+// names need no names table at all; one is created (and returned) when needed.
 // Returns false, having possibly stored some pairs, at the first pair setHeader would treat
 // differently (a name that is not a valid token, a value that is not a string or number, a
 // value with CR, LF or NUL): the caller then runs setHeader over every pair, which stores
 // the same values again and raises the same errors.
 static int http_set_headers(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
-  luaL_checktype(L, 2, LUA_TTABLE);
   luaL_checktype(L, 3, LUA_TTABLE);
   char low[256];
+  int ok = 0, created = 0;
   lua_settop(L, 3);
-  if (lua_rawequal(L, 1, 3) || lua_rawequal(L, 2, 3)) goto slow;
+  if (lua_rawequal(L, 1, 3) || lua_rawequal(L, 2, 3)) goto done;
+  int has_names = lua_istable(L, 2);
   lua_pushnil(L);               // [store, names, headers, k]
   while (lua_next(L, 3) != 0) { // [.., k, v]
-    if (lua_type(L, -2) != LUA_TSTRING) goto slow;
+    if (lua_type(L, -2) != LUA_TSTRING) goto done;
     int vt = lua_type(L, -1);
-    if (vt != LUA_TSTRING && vt != LUA_TNUMBER) goto slow;
+    if (vt != LUA_TSTRING && vt != LUA_TNUMBER) goto done;
     size_t nl, vl;
     const char *name = lua_tolstring(L, -2, &nl);
-    if (nl == 0 || nl > sizeof(low)) goto slow;
+    if (nl == 0 || nl > sizeof(low)) goto done;
+    int canonical = 1;
     for (size_t i = 0; i < nl; i++) {
       unsigned char ch = (unsigned char)name[i];
-      if (!is_tchar(ch)) goto slow;
+      if (!is_tchar(ch)) goto done;
       low[i] = (char)(ch >= 'A' && ch <= 'Z' ? ch + 32 : ch);
+      if ((unsigned char)(canon_upper(low, i) ? low[i] - 32 : low[i]) != ch) canonical = 0;
     }
     lua_pushvalue(L, -1); // [.., k, v, v'] tolstring converts a number copy, not the key
     const char *v = lua_tolstring(L, -1, &vl);
     if (memchr(v, '\r', vl) != NULL || memchr(v, '\n', vl) != NULL || memchr(v, '\0', vl) != NULL)
-      goto slow;
+      goto done;
     lua_pushlstring(L, low, nl); // [.., k, v, v', lname]
     lua_pushvalue(L, -1);
     lua_pushvalue(L, -3);
     lua_rawset(L, 1); // store[lname] = v'
-    lua_pushvalue(L, -4);
-    lua_rawset(L, 2); // names[lname] = k
-    lua_pop(L, 2);    // [.., k]
+    if (!canonical && !has_names) {
+      lua_createtable(L, 0, 4);
+      lua_replace(L, 2);
+      has_names = created = 1;
+    }
+    if (has_names) {
+      if (canonical) {
+        lua_pushnil(L);
+      } else {
+        lua_pushvalue(L, -4);
+      }
+      lua_rawset(L, 2); // names[lname] = k | nil (the canonical case)
+    } else {
+      lua_pop(L, 1);
+    }
+    lua_pop(L, 2); // [.., k]
   }
-  lua_pushboolean(L, 1);
-  return 1;
-slow:
-  lua_pushboolean(L, 0);
-  return 1;
+  ok = 1;
+done:
+  lua_pushboolean(L, ok);
+  if (!created) return 1;
+  lua_pushvalue(L, 2);
+  return 2;
 }
 
 enum {
@@ -784,7 +815,8 @@ static int send_parts(lua_State *L, lc_stream_t *s, uv_buf_t *bufs, int nbufs, i
 // _core.http_send(stream, status|nil, reason|nil, headers|nil, names|nil, flags, length|nil,
 //                 body|nil) -> belowHwm | nil, err, code
 // With a status, writes the head: the status line, every headers[lname] = value (a list
-// gives one line per item) named names[lname] or lname, then what flags ask for (Date,
+// gives one line per item) named names[lname] or, without one, lname in canonical case
+// (Content-Type), then what flags ask for (Date,
 // Connection, Transfer-Encoding) and Content-Length when length is a number. Then the body,
 // framed as a chunk when flags has SEND_CHUNKED, then the last chunk with SEND_LAST.
 // Header names or values with CR, LF or NUL raise ERR_INVALID_CHAR (response splitting).
@@ -818,24 +850,37 @@ static int http_send(lua_State *L) {
     obuf[o++] = '\n';
     if (lua_istable(L, 4)) {
       int has_names = lua_istable(L, 5);
+      char canon[257];
       lua_pushnil(L);
       while (lua_next(L, 4) != 0) { // [k, v]
         size_t nl;
         const char *name = NULL;
+        int pushed = 0;
         if (has_names) {
           lua_pushvalue(L, -2);
           lua_rawget(L, 5); // [k, v, name]
           name = lua_tolstring(L, -1, &nl);
-          if (name == NULL) lua_pop(L, 1);
+          if (name == NULL) {
+            lua_pop(L, 1);
+          } else {
+            pushed = 1;
+          }
         }
         if (name == NULL) {
-          lua_pushvalue(L, -2); // a copy: tolstring on the key would confuse lua_next
-          name = lua_tolstring(L, -1, &nl);
-          if (name == NULL)
+          // No names entry: the canonical case of the (lower-case) key.
+          if (lua_type(L, -2) != LUA_TSTRING)
             return luaL_error(L, "ERR_INVALID_HTTP_TOKEN: header names are strings");
+          const char *k = lua_tolstring(L, -2, &nl);
+          if (nl < sizeof(canon)) {
+            put_canon(canon, k, nl);
+            canon[nl] = '\0';
+            name = canon;
+          } else {
+            name = k;
+          }
         }
-        o = put_header(L, o, name, nl, -2);
-        lua_pop(L, 2); // [k]
+        o = put_header(L, o, name, nl, -1 - pushed);
+        lua_pop(L, 1 + pushed); // [k]
       }
     }
     obuf_reserve(L, o + 256);

@@ -262,8 +262,12 @@ describe('http server', function()
         errs[2] = select(2, pcall(res.writeHead, res, 200, { ['X-Ok'] = 'a', ['X-Bad'] = 'a\r\nB: 1' }))
       end
       res:setHeader('X-Before', 'kept')
+      -- The case last given goes on the wire, whichever path stored it.
+      res:setHeader('content-type', 'old')
+      res:setHeader('X-Case', 'old')
       -- Strings and numbers only: the C path. A list or a boolean value: the setHeader path.
-      local h = { ['Content-Type'] = 'text/plain', ['X-Num'] = 42, ['x-lower'] = 'l' }
+      local h = { ['Content-Type'] = 'text/plain', ['X-Num'] = 42, ['x-lower'] = 'l', ['x-case'] = 'new',
+        ETag = '"e"' }
       if req.url == '/slow' then
         h['X-List'] = { 'a', 'b' }
         h['X-Flag'] = true
@@ -282,6 +286,10 @@ describe('http server', function()
       assert.truthy(head:find('\r\nX-Num: 42\r\n', 1, true), head)
       assert.truthy(head:find('\r\nx-lower: l\r\n', 1, true), head)
       assert.truthy(head:find('\r\nX-Before: kept\r\n', 1, true), head)
+      assert.truthy(head:find('\r\nx-case: new\r\n', 1, true), head)
+      assert.truthy(head:find('\r\nETag: "e"\r\n', 1, true), head)
+      assert.falsy(head:find('content-type', 1, true), head)
+      assert.falsy(head:find('X-Case', 1, true), head)
       assert.are.equal('ok', rs[i].body)
     end
     assert.falsy(rs[1].raw:find('X-List', 1, true))
