@@ -224,9 +224,20 @@ static void push_headers(lua_State *L, http_conn_t *c) {
       vl--;
     if (h->val_len == 0) val = "";
     int cookie_set = h->name_len == 10 && memcmp(name, "set-cookie", 10) == 0;
+    // Most heads repeat no name: only a name seen earlier in this head needs the lookup.
+    // Past the first 16 headers, always look up (no quadratic scan on a huge head).
+    int repeated = i >= 16;
+    for (uint32_t j = 0; j < i && !repeated; j++) {
+      repeated = c->hdrs[j].name_len == h->name_len &&
+                 memcmp(c->buf + c->hdrs[j].name_off, name, h->name_len) == 0;
+    }
     lua_pushlstring(L, name, h->name_len); // [t, k]
-    lua_pushvalue(L, -1);
-    lua_rawget(L, -3); // [t, k, old]
+    if (repeated) {
+      lua_pushvalue(L, -1);
+      lua_rawget(L, -3); // [t, k, old]
+    } else {
+      lua_pushnil(L); // [t, k, nil]
+    }
     if (lua_isnil(L, -1)) {
       lua_pop(L, 1);
       if (cookie_set) {
