@@ -267,6 +267,11 @@ static void push_headers(lua_State *L, http_conn_t *c) {
 // Delivers the parsed head: cb("head", ...). Returns nonzero to stop parsing.
 static int deliver_head(lua_State *L, http_conn_t *c, int complete) {
   c->head_pending = 0;
+  if (c->cb_ref == LUA_NOREF) return c->stop;
+  // The callback and event go first, so the arguments need no moving (conn_emit's inserts):
+  // this runs once per request.
+  lua_rawgeti(L, LUA_REGISTRYINDEX, c->cb_ref);
+  lua_pushliteral(L, "head");
   if (c->mode == MODE_REQUEST) {
     lua_pushstring(L, http_method_str((enum http_method)c->p.method));
   } else {
@@ -281,8 +286,10 @@ static int deliver_head(lua_State *L, http_conn_t *c, int complete) {
   push_headers(L, c);
   lua_pushboolean(L, http_should_keep_alive(&c->p));
   lua_pushboolean(L, c->p.upgrade);
-  lua_pushboolean(L, complete);
-  return conn_emit(L, c, "head", 7);
+  lua_pushboolean(L, complete); // [cb, "head", 7 args]
+  lc_pcall(L, 8, 0);
+  if (c->stream_ud != NULL && conn_stream(c) == NULL) c->stop = 1;
+  return c->stop;
 }
 
 static int on_headers_complete(http_parser *p) {
