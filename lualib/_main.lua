@@ -9,7 +9,7 @@ usage: lcluster [options] script.lua [args...]
 options:
   -w, --workers N        run script.lua as the worker of a built-in master that forks N
                          workers (N = 0 or 'auto': one per CPU), respawns them, and
-                         reloads them one by one on SIGHUP / SIGUSR2
+                         reloads them one by one on SIGHUP / SIGUSR2 (env LCLUSTER_WORKERS)
       --agent FILE       (with -w) start FILE as the agent process before the workers
       --kill-timeout MS  (with -w) grace period before SIGKILL on stop/reload (5000;
                          env LCLUSTER_KILL_TIMEOUT)
@@ -180,6 +180,16 @@ return function(argv)
   local script = argv[i]
   if not script then
     return usageError('no script given')
+  end
+  -- LCLUSTER_WORKERS=N stands for -w N, except in a process a master started (its workers
+  -- inherit the variable; the master also removes it from their environment).
+  local envWorkers = core.getenv('LCLUSTER_WORKERS')
+  if not opts.workers and envWorkers and envWorkers ~= '' and not core.getenv('LCLUSTER_WORKER_ID') then
+    local v = envWorkers == 'auto' and 0 or tonumber(envWorkers)
+    if not v or v < 0 or v ~= math.floor(v) then
+      return usageError('LCLUSTER_WORKERS needs a number or "auto", got ' .. envWorkers)
+    end
+    opts.workers = v == 0 and #core.cpus() or v
   end
   if opts.agent and not opts.workers then
     return usageError('--agent needs --workers')

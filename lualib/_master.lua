@@ -29,6 +29,8 @@ function M.run(script, args, opts)
   cluster.setupPrimary({ exec = script, args = args, detached = true })
   -- Workers drain for at most as long on an uncaught error (_worker_lifecycle).
   process.env.LCLUSTER_KILL_TIMEOUT = tostring(killTimeout)
+  -- A worker must never take LCLUSTER_WORKERS as a request to be a master itself.
+  process.env.LCLUSTER_WORKERS = nil
 
   local slots = {} -- slot -> { worker=, fails=, timer= }
   local stopping = false

@@ -171,6 +171,20 @@ describe('lcluster -w', function()
     assert.are.equal(2, #lctest.childPids(app.pid))
   end)
 
+  it('takes the worker count from LCLUSTER_WORKERS, and its workers stay workers', function()
+    local port = lctest.freePort()
+    local app = lctest.spawn(FIX .. 'life_app.lua', { port }, { env = { LCLUSTER_WORKERS = 2 } })
+    readyPids(app, 2)
+    assert.are.equal(200, getSync(port, '/').status)
+    assert.are.equal(2, #lctest.childPids(app.pid))
+    for _, pid in ipairs(lctest.childPids(app.pid)) do
+      assert.are.same({}, lctest.childPids(pid))
+    end
+    local bad = lctest.spawn(FIX .. 'life_app.lua', { port }, { env = { LCLUSTER_WORKERS = 'many' } })
+    assert.are.equal(2, bad:waitExit())
+    assert.matches('LCLUSTER_WORKERS needs a number', bad.stderr, 1, true)
+  end)
+
   it('respawns a worker that dies, keeping its slot', function()
     local port = lctest.freePort()
     local app = lctest.spawn(FIX .. 'life_app.lua', { port }, { flags = { '-w', '2' } })
