@@ -560,35 +560,63 @@ end
 
 local Conn = class()
 
-function Conn:_init(server, socket)
-  self.server = server
-  self.socket = socket
-  self.handle = socket._handle
-  self.queue = {} -- responses in request order; queue[1] is active
-  self.head = 1
-  self.tail = 0
-  self.active = nil
-  self.req = nil -- the request whose body is arriving
-  self.idleSince = now()
-  self.parser = core.http_attach(self.handle, 'request', function(ev, a, b, c, d, e, f, g)
-    if ev == 'head' then
-      self:_onHead(a, b, c, d, e, f, g)
-    elseif ev == 'body' then
-      self.req:_push(a)
-    elseif ev == 'done' then
-      local req = self.req
-      self.req = nil
-      req:_end()
-    elseif ev == 'error' then
-      self:_onParseError(a, b, c)
-    elseif ev == 'upgrade' then
-      self:_onUpgrade(a)
-    end
-  end, {
-    maxHeaderSize = server.maxHeaderSize,
-    maxHeadersCount = server.maxHeadersCount,
-    maxBodySize = server.maxBodySize,
-  })
+-- The parser's events of every connection, called with the connection (http_attach's ctx).
+local function onParserEvent(self, ev, a, b, c, d, e, f, g)
+  if ev == 'head' then
+    self:_onHead(a, b, c, d, e, f, g)
+  elseif ev == 'body' then
+    self.req:_push(a)
+  elseif ev == 'done' then
+    local req = self.req
+    self.req = false
+    req:_end()
+  elseif ev == 'error' then
+    self:_onParseError(a, b, c)
+  elseif ev == 'upgrade' then
+    self:_onUpgrade(a)
+  end
+end
+
+-- The parser limits of a server's connections: one table, rebuilt when a limit changed.
+local function parserLimits(server)
+  local o = server._limits
+  if not o or o.maxHeaderSize ~= server.maxHeaderSize or o.maxHeadersCount ~= server.maxHeadersCount
+    or o.maxBodySize ~= server.maxBodySize then
+    o = {
+      maxHeaderSize = server.maxHeaderSize,
+      maxHeadersCount = server.maxHeadersCount,
+      maxBodySize = server.maxBodySize,
+    }
+    server._limits = o
+  end
+  return o
+end
+
+-- One constructor with every field (false rather than nil), so a connection costs one
+-- allocation and no rehash: this runs once per connection.
+function Conn.new(server, socket)
+  local handle = socket._handle
+  local self = setmetatable({
+    server = server,
+    socket = socket,
+    handle = handle,
+    queue = {}, -- responses in request order; queue[head] is active
+    head = 1,
+    tail = 0,
+    active = false,
+    req = false, -- the request whose body is arriving
+    idleSince = now(),
+    parser = false,
+    served = false,
+    ending = false,
+    closing = false,
+    upgradeReq = false,
+    pendingError = false,
+    graceUntil = false, -- while in the closing grace (see graceAdd)
+    slot = 0, -- index in server._conns
+  }, Conn)
+  self.parser = core.http_attach(handle, 'request', onParserEvent, parserLimits(server), self)
+  return self
 end
 
 function Conn:_onHead(method, url, version, headers, keepAlive, upgrade, complete)
@@ -606,7 +634,7 @@ function Conn:_onHead(method, url, version, headers, keepAlive, upgrade, complet
   if tail == self.head then
     self.active = res
   end
-  self.idleSince = nil
+  self.idleSince = false
   if complete then
     req.complete = true
     req._queue = END_ONLY
@@ -649,7 +677,7 @@ function Conn:_responseDone(res)
   local q = self.queue
   q[self.head] = nil
   self.head = self.head + 1
-  local nextRes = q[self.head]
+  local nextRes = q[self.head] or false
   self.active = nextRes
   if not res._keepAlive then
     -- Everything after a closing response is dropped; the socket closes once flushed.
@@ -662,7 +690,7 @@ function Conn:_responseDone(res)
     self:_sendError(self.pendingError)
   elseif self.ending or self.server._closing then
     self:_closeAfterFlush()
-  elseif self.req == nil then
+  elseif not self.req then
     self.idleSince = now()
   end
 end
@@ -675,31 +703,88 @@ function Conn:_checkDrain()
   end
 end
 
+-- Connections half-closed by us and waiting for the client to close its side: conn ->
+-- true, checked by one timer for the whole process (no timer per connection).
+local GRACE_MS = 2000
+local graceConns, nGrace, graceTimer = {}, 0, nil
+
+local function graceSweep()
+  local t = now()
+  for conn in pairs(graceConns) do
+    if t >= conn.graceUntil then
+      conn.socket:destroy()
+    end
+  end
+end
+
+local function graceAdd(conn)
+  conn.graceUntil = now() + GRACE_MS
+  graceConns[conn] = true
+  nGrace = nGrace + 1
+  if graceTimer == nil then
+    graceTimer = core.timer(graceSweep)
+    graceTimer:unref()
+  end
+  if nGrace == 1 then
+    graceTimer:start(GRACE_MS / 8, GRACE_MS / 8)
+  end
+end
+
+local function graceRemove(conn)
+  conn.graceUntil = false
+  graceConns[conn] = nil
+  nGrace = nGrace - 1
+  if nGrace == 0 then
+    graceTimer:stop()
+  end
+end
+
 function Conn:_closeAfterFlush()
   if self.closing then
     return
   end
   self.closing = true
   self.parser:detach()
-  local socket = self.socket
   -- Half-close once the queued writes are flushed, and close when the client closes its
-  -- side (net destroys a half-closed socket on 'end'). Closing at once with unread input
-  -- would send a reset that can destroy the response before the client reads it; a client
-  -- that never closes gets a short grace period.
-  socket:finish(function()
-    local t = setTimeout(function()
-      socket:destroy()
-    end, 2000)
-    t:unref()
-    socket:once('close', function()
-      t:close()
-    end)
-  end)
-  if socket._readEnded then
-    socket:once('finish', function()
-      socket:destroy()
-    end)
+  -- side (net destroys a half-closed socket on 'end', and once the shutdown is done when the
+  -- client's side had ended before). Closing at once with unread input would send a reset
+  -- that can destroy the response before the client reads it; a client that never closes
+  -- gets a short grace period (_sockFinish).
+  self.socket:finish()
+end
+
+-- Socket events (net's owner hooks, called before the socket's own listeners).
+function Conn:_sockEnd()
+  self.ending = true
+  if not self.active and not self.closing then
+    self:_closeAfterFlush()
   end
+end
+
+function Conn:_sockFinish()
+  local socket = self.socket
+  if self.closing and not self.graceUntil and not socket._readEnded then
+    graceAdd(self)
+  end
+end
+
+function Conn:_sockDrain()
+  self:_checkDrain()
+end
+
+function Conn:_sockError(err)
+  local server = self.server
+  if not self.closing and server:listenerCount('clientError') > 0 then
+    server:emit('clientError', err, self.socket)
+  end
+end
+
+function Conn:_sockClose()
+  if self.graceUntil then
+    graceRemove(self)
+  end
+  self.server:_removeConn(self)
+  self:_onClose()
 end
 
 function Conn:_sendError(status)
@@ -716,7 +801,7 @@ function Conn:_onParseError(status, code, message)
   local server = self.server
   if self.req then
     local req = self.req
-    self.req = nil
+    self.req = false
     req.aborted = true
     req:emit('aborted')
   end
@@ -733,9 +818,9 @@ end
 
 function Conn:_onUpgrade(rest)
   local req = self.upgradeReq
-  self.upgradeReq = nil
+  self.upgradeReq = false
   self.parser:detach()
-  self.server._conns[self.socket] = nil
+  self.server:_removeConn(self)
   if req and self.server:listenerCount('upgrade') > 0 then
     self.server:emit('upgrade', req, self.socket, rest)
   else
@@ -830,25 +915,28 @@ function Server:_httpConnection(socket)
   end
   socket:setNoDelay(true)
   local conn = Conn.new(self, socket)
-  self._conns[socket] = conn
-  socket:on('end', function()
-    conn.ending = true
-    if conn.active == nil and not conn.closing then
-      conn:_closeAfterFlush()
-    end
-  end)
-  socket:on('error', function(err)
-    if self:listenerCount('clientError') > 0 and not conn.closing then
-      self:emit('clientError', err, socket)
-    end
-  end)
-  socket:on('close', function()
-    self._conns[socket] = nil
-    conn:_onClose()
-  end)
-  socket:on('drain', function()
-    conn:_checkDrain()
-  end)
+  -- _conns is an array (conn.slot is the index): no hash insert and delete per connection.
+  local conns = self._conns
+  local n = #conns + 1
+  conns[n] = conn
+  conn.slot = n
+  socket._owner = conn
+end
+
+function Server:_removeConn(conn)
+  local i = conn.slot
+  if i == 0 then
+    return
+  end
+  conn.slot = 0
+  local conns = self._conns
+  local n = #conns
+  local last = conns[n]
+  conns[n] = nil
+  if last ~= conn then
+    conns[i] = last
+    last.slot = i
+  end
 end
 
 -- One timer per server checks every connection's timeouts; its period follows the
@@ -868,8 +956,12 @@ function Server:_startSweep()
   end
   self._sweep = setInterval(function()
     local t = now()
-    for _, conn in pairs(self._conns) do
-      conn:_sweep(t, self)
+    local conns = self._conns
+    for i = #conns, 1, -1 do
+      local conn = conns[i]
+      if conn then
+        conn:_sweep(t, self)
+      end
     end
   end, min)
   self._sweep:unref()
@@ -899,7 +991,7 @@ function Server:close(fn)
   local r = net.Server.close(self, fn)
   local grace = self.closeGrace or 1000
   self:closeIdleConnections(grace)
-  if next(self._conns) ~= nil then
+  if #self._conns > 0 then
     setTimeout(function()
       self:closeIdleConnections()
     end, grace):unref()
@@ -911,9 +1003,11 @@ end
 -- sent a request and those idle for less than spareMs.
 function Server:closeIdleConnections(spareMs)
   local t = spareMs and now()
-  for _, conn in pairs(self._conns) do
-    local inMessage = conn.parser:state()
-    if conn.active == nil and not inMessage then
+  local conns = self._conns
+  for i = #conns, 1, -1 do
+    local conn = conns[i]
+    local inMessage = conn and conn.parser:state()
+    if conn and not conn.active and not inMessage then
       local spare = spareMs and (not conn.served or (conn.idleSince and t - conn.idleSince < spareMs))
       if not spare then
         conn:destroy()
@@ -923,8 +1017,12 @@ function Server:closeIdleConnections(spareMs)
 end
 
 function Server:closeAllConnections()
-  for _, conn in pairs(self._conns) do
-    conn:destroy()
+  local conns = self._conns
+  for i = #conns, 1, -1 do
+    local conn = conns[i]
+    if conn then
+      conn:destroy()
+    end
   end
 end
 

@@ -1,9 +1,15 @@
 -- net.lua: TCP and Unix-socket servers and connections (Node's `net` in Lua's idiom).
 --
--- A Socket keeps its C stream in `socket._handle`; the stream's one callback dispatches each
--- event to a method (`_onData`, `_onEnd`, `_onError`, `_onDrain`, `_onConnect`), so a C read
--- hook (http.c) can take over the bytes while 'end'/'error' still arrive here. The hot path
--- (accept, read, write) allocates no table and no closure per event: one closure per socket.
+-- A Socket keeps its C stream in `socket._handle`; every stream's events go to one function,
+-- `dispatch(socket, event, ...)` (the socket is the stream's context, see stream:set_ctx),
+-- which calls a method (`_onData`, `_onEnd`, `_onError`, `_onDrain`, `_onConnect`,
+-- `_onShutdown`), so a C read hook (http.c) can take over the bytes while 'end'/'error' still
+-- arrive here. Accepting a connection creates one table (the socket) and no closure, reading
+-- and writing none; closing creates one closure (the close callback).
+--
+-- An owner (http's connection) may set `socket._owner`: it is told of the socket's end,
+-- finish, drain, error and close (`owner:_sockEnd()` ...) before the socket's listeners, as
+-- the first listener would be, without a closure and a listener list per connection.
 --
 -- Cluster hooks (nil in a standalone process):
 --   net._listenHook(server, opts, fn(err, handle, address)) is called by Server:listen with the
@@ -169,36 +175,69 @@ Socket.__index = function(self, k)
   return nil
 end
 
+-- A socket's table, built by one constructor with every field read on a connection's common
+-- path (false rather than nil: a missing field costs a call of the __index function above),
+-- so creating one costs one allocation and no rehash. `handle` may be nil.
+local function newSocket(handle, allowHalfOpen, server)
+  return setmetatable({
+    connecting = false,
+    destroyed = false,
+    pending = handle == nil,
+    allowHalfOpen = allowHalfOpen,
+    _handle = handle,
+    _timeoutMs = false,
+    _timer = false,
+    _events = false,
+    _readEnded = false,
+    _writeEnded = false,
+    _shutdownDone = false,
+    _paused = false,
+    _server = server,
+    _owner = false,
+    _pendingBytes = false,
+    _bytesRead = false,
+    _bytesWritten = false,
+  }, Socket)
+end
+Socket._new = newSocket
+
+-- The one callback of every socket's C handle, called with the socket (the handle's
+-- context): events become method calls.
+local function dispatch(self, ev, a, b)
+  if ev == 'data' then
+    return self:_onData(a)
+  elseif ev == 'end' then
+    return self:_onEnd()
+  elseif ev == 'shutdown' then
+    return self:_onShutdown(a)
+  elseif ev == 'drain' then
+    return self:_onDrain()
+  elseif ev == 'error' then
+    return self:_onError(a, b)
+  elseif ev == 'connect' then
+    return self:_onConnect(a, b)
+  end
+end
+
 local socketOptions = { allowHalfOpen = true, handle = true, pauseOnCreate = true, readable = true,
   writable = true, fd = true }
 
 -- net.Socket.new([options]): options allowHalfOpen; handle (a connected tcp/pipe handle to
 -- adopt); fd (a connected socket descriptor to wrap); pauseOnCreate (do not start reading).
-function Socket:_init(options)
-  self.connecting = false
-  self.destroyed = false
-  self.pending = true
-  self.allowHalfOpen = false
-  -- Fields read on every event start as false rather than nil: a nil would run the
-  -- __index function's lookups each time.
-  self._timeoutMs = false
-  self._events = false
-  self._readEnded = false
-  self._writeEnded = false
-  self._paused = false
-  self._server = false
+function Socket.new(options)
+  local self = newSocket(nil, false, false)
   if options ~= nil then
-    checkType(options, 'table', 'options', 3)
-    checkKeys(options, socketOptions, 'socket', 3)
+    checkType(options, 'table', 'options', 2)
+    checkKeys(options, socketOptions, 'socket', 2)
     self.allowHalfOpen = options.allowHalfOpen == true
     local h = options.handle
     if options.fd ~= nil then
-      checkType(options.fd, 'number', 'options.fd', 4)
+      checkType(options.fd, 'number', 'options.fd', 2)
       h = core.tcp()
       local ok, err = h:open(options.fd)
       if not ok then
         h:close()
-        error(err, 4)
+        error(err, 2)
       end
     end
     if h ~= nil then
@@ -210,35 +249,13 @@ function Socket:_init(options)
       end
     end
   end
+  return self
 end
 
--- The one callback of the socket's C handle: events become method calls.
-function Socket:_callback()
-  local cb = self._cb
-  if cb == nil then
-    cb = function(ev, a, b)
-      if ev == 'data' then
-        return self:_onData(a)
-      elseif ev == 'end' then
-        return self:_onEnd()
-      elseif ev == 'drain' then
-        return self:_onDrain()
-      elseif ev == 'error' then
-        return self:_onError(a, b)
-      elseif ev == 'connect' then
-        return self:_onConnect(a, b)
-      end
-    end
-    self._cb = cb
-  end
-  return cb
-end
-
--- Adopts a connected handle. `hasCb`: the handle was created with this socket's callback.
-function Socket:_attach(h, hasCb)
-  if not hasCb then
-    h:set_callback(self:_callback())
-  end
+-- Adopts a connected handle: its events come to this socket.
+function Socket:_attach(h)
+  h:set_callback(dispatch)
+  h:set_ctx(self)
   self._handle = h
   self.pending = false
 end
@@ -246,8 +263,7 @@ end
 -- Wraps a connected tcp or pipe handle (e.g. received from another process) in a Socket
 -- that reads at once unless opts.pauseOnCreate.
 function Socket._wrap(handle, opts)
-  local s = Socket.new()
-  s.allowHalfOpen = opts ~= nil and opts.allowHalfOpen == true
+  local s = newSocket(nil, opts ~= nil and opts.allowHalfOpen == true, false)
   s:_attach(handle)
   if opts ~= nil and opts.pauseOnCreate then
     s._paused = true
@@ -310,6 +326,10 @@ end
 
 function Socket:_onEnd()
   self._readEnded = true
+  local owner = self._owner
+  if owner then
+    owner:_sockEnd()
+  end
   self:emit('end')
   if self.destroyed then
     return
@@ -324,6 +344,10 @@ end
 function Socket:_onDrain()
   if self._timeoutMs then
     self._timer:start(self._timeoutMs, 0)
+  end
+  local owner = self._owner
+  if owner then
+    owner:_sockDrain()
   end
   self:emit('drain')
 end
@@ -447,11 +471,8 @@ function Socket:write(data, fn)
 end
 
 function Socket:_shutdown()
-  local h = self._handle
-  local ok = h:shutdown(function(err)
-    self:_onShutdown(err)
-  end)
-  if not ok then
+  -- The stream's callback gets 'shutdown' (dispatch -> _onShutdown).
+  if not self._handle:shutdown(true) then
     self:destroy()
   end
 end
@@ -461,6 +482,10 @@ function Socket:_onShutdown(err)
     return
   end
   self._shutdownDone = true
+  local owner = self._owner
+  if owner then
+    owner:_sockFinish()
+  end
   self:emit('finish')
   if err ~= nil or self._readEnded then
     self:destroy()
@@ -501,7 +526,7 @@ function Socket:destroy(err)
   self._writeEnded = true
   if self._timer then
     self._timer:close()
-    self._timer = nil
+    self._timer = false
     self._timeoutMs = false
   end
   local h = self._handle
@@ -520,8 +545,21 @@ end
 Socket.destroySoon = Socket.finish
 
 function Socket:_onClose(err)
+  local owner = self._owner
   if err ~= nil then
-    self:emit('error', err)
+    if owner then
+      owner:_sockError(err)
+      -- The owner counts as a listener: no listener of the socket's own is not uncaught.
+      local evs = self._events
+      if evs and evs.error then
+        self:emit('error', err)
+      end
+    else
+      self:emit('error', err)
+    end
+  end
+  if owner then
+    owner:_sockClose()
   end
   self:emit('close', err ~= nil)
   local server = self._server
@@ -614,7 +652,7 @@ function Socket:setTimeout(ms, fn)
   end
   self._timeoutMs = n
   local t = self._timer
-  if t == nil then
+  if not t then
     t = core.timer(function()
       self:_onTimeout()
     end)
@@ -704,7 +742,8 @@ function Socket:_connect(opts, fn)
   self.connecting = true
   if opts.path then
     self._connectPath = opts.path
-    local h = core.pipe(false, self:_callback())
+    local h = core.pipe(false, dispatch)
+    h:set_ctx(self)
     self._handle = h
     h:connect(opts.path)
     return self
@@ -745,7 +784,8 @@ function Socket:_connectNext()
   local i = self._addrIndex + 1
   self._addrIndex = i
   local a = self._addrs[i]
-  local h = core.tcp(self:_callback())
+  local h = core.tcp(dispatch)
+  h:set_ctx(self)
   self._handle = h
   self._peername, self._socknameCache = nil, nil
   local ok, err, code = h:connect(a.address, self._connectPort)
@@ -1027,26 +1067,25 @@ function Server:_onConnection(err, code)
   if h == nil then
     return
   end
-  local sock = Socket.new()
-  local ch = h:accept(sock:_callback())
+  local sock = newSocket(nil, self.allowHalfOpen, self)
+  local ch = h:accept(dispatch, sock)
   if ch == nil then
     return -- another process sharing the socket took it first
   end
-  sock:_attach(ch, true)
+  sock._handle = ch
+  sock.pending = false
   self:_newConnection(sock, ch)
 end
 
 -- Adopts a connected tcp handle (e.g. an fd the master accepted and passed) as if accepted.
 function Server:_addConnection(handle)
-  local sock = Socket.new()
-  sock:_attach(handle)
+  local sock = newSocket(handle, self.allowHalfOpen, self)
+  handle:set_callback(dispatch, sock)
   self:_newConnection(sock, handle)
   return sock
 end
 
 function Server:_newConnection(sock, h)
-  sock._server = self
-  sock.allowHalfOpen = self.allowHalfOpen
   self._connections = self._connections + 1
   if self.noDelay and h.nodelay then
     h:nodelay(true)
@@ -1163,7 +1202,7 @@ end
 -- net.connect(port [, host] [, fn]) / (path [, fn]) / (options [, fn]) -> socket
 function net.connect(...)
   local opts, fn = normalizeConnect(2, ...)
-  local sock = Socket.new()
+  local sock = newSocket(nil, false, false)
   return sock:_connect(opts, fn)
 end
 net.createConnection = net.connect

@@ -40,6 +40,7 @@ typedef struct http_conn {
   int stream_ref;
   int self_ref; // keeps this userdata alive while attached
   int cb_ref;
+  int ctx_ref; // http_attach's ctx: events go to cb(ctx, event, ...); LUA_NOREF for none
   // Limits (0 = none).
   uint32_t max_header_size;
   uint32_t max_headers;
@@ -78,10 +79,15 @@ static int conn_emit(lua_State *L, http_conn_t *c, const char *event, int nargs)
     return c->stop;
   }
   lua_rawgeti(L, LUA_REGISTRYINDEX, c->cb_ref);
+  lua_insert(L, -1 - nargs); // [cb, args...]
+  int has_ctx = c->ctx_ref != LUA_NOREF;
+  if (has_ctx) {
+    lua_rawgeti(L, LUA_REGISTRYINDEX, c->ctx_ref);
+    lua_insert(L, -1 - nargs); // [cb, ctx, args...]
+  }
   lua_pushstring(L, event);
-  lua_insert(L, -2 - nargs);
-  lua_insert(L, -2 - nargs); // [cb, event, args...]
-  lc_pcall(L, nargs + 1, 0);
+  lua_insert(L, -1 - nargs); // [cb, (ctx,) event, args...]
+  lc_pcall(L, nargs + 1 + has_ctx, 0);
   if (c->stream_ud != NULL && conn_stream(c) == NULL) c->stop = 1;
   return c->stop;
 }
@@ -271,6 +277,8 @@ static int deliver_head(lua_State *L, http_conn_t *c, int complete) {
   // The callback and event go first, so the arguments need no moving (conn_emit's inserts):
   // this runs once per request.
   lua_rawgeti(L, LUA_REGISTRYINDEX, c->cb_ref);
+  int has_ctx = c->ctx_ref != LUA_NOREF;
+  if (has_ctx) lua_rawgeti(L, LUA_REGISTRYINDEX, c->ctx_ref);
   lua_pushliteral(L, "head");
   if (c->mode == MODE_REQUEST) {
     lua_pushstring(L, http_method_str((enum http_method)c->p.method));
@@ -286,8 +294,8 @@ static int deliver_head(lua_State *L, http_conn_t *c, int complete) {
   push_headers(L, c);
   lua_pushboolean(L, http_should_keep_alive(&c->p));
   lua_pushboolean(L, c->p.upgrade);
-  lua_pushboolean(L, complete); // [cb, "head", 7 args]
-  lc_pcall(L, 8, 0);
+  lua_pushboolean(L, complete); // [cb, (ctx,) "head", 7 args]
+  lc_pcall(L, 8 + has_ctx, 0);
   if (c->stream_ud != NULL && conn_stream(c) == NULL) c->stop = 1;
   return c->stop;
 }
@@ -424,22 +432,30 @@ static void read_limits(lua_State *L, int idx, http_conn_t *c) {
 // _core.http_attach(stream, mode, cb [, opts]) -> conn: the stream's reads go to the parser
 // until conn:detach(). mode: 'request' (server) or 'response' (client).
 // opts: {maxHeaderSize=, maxHeadersCount=, maxBodySize=} (0 or absent: no limit).
+// http_attach(stream, mode, cb, opts, ctx): with ctx (any value but nil), events go to
+// cb(ctx, event, ...), so one function serves every connection (no closure per connection).
 static int new_conn(lua_State *L, int mode_idx, int stream_idx) {
   static const char *const modes[] = {"request", "response", NULL};
   int mode = luaL_checkoption(L, mode_idx, NULL, modes);
   luaL_checktype(L, mode_idx + 1, LUA_TFUNCTION);
-  http_conn_t *c = lua_newuserdata(L, sizeof(*c)); // [conn]
+  int ctx_idx = stream_idx && !lua_isnoneornil(L, mode_idx + 3) ? mode_idx + 3 : 0;
+  http_conn_t *c = lua_newuserdata(L, sizeof(*c)); // [.., conn]
   memset(c, 0, sizeof(*c));
   luaL_getmetatable(L, MT);
   lua_setmetatable(L, -2);
   c->mode = mode;
   c->self_ref = LUA_NOREF;
   c->stream_ref = LUA_NOREF;
+  c->ctx_ref = LUA_NOREF;
   http_parser_init(&c->p, mode == MODE_REQUEST ? HTTP_REQUEST : HTTP_RESPONSE);
   c->p.data = c;
   lua_pushvalue(L, mode_idx + 1);
   c->cb_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   read_limits(L, mode_idx + 2, c);
+  if (ctx_idx) {
+    lua_pushvalue(L, ctx_idx);
+    c->ctx_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  }
   if (stream_idx) {
     lc_stream_t *s = lc_stream_check(L, stream_idx);
     if (s->hook != NULL) return luaL_argerror(L, stream_idx, "stream already has a read hook");
@@ -481,7 +497,8 @@ static void conn_detach(lua_State *L, http_conn_t *c) {
   luaL_unref(L, LUA_REGISTRYINDEX, c->stream_ref);
   luaL_unref(L, LUA_REGISTRYINDEX, c->self_ref);
   luaL_unref(L, LUA_REGISTRYINDEX, c->cb_ref);
-  c->stream_ref = c->self_ref = c->cb_ref = LUA_NOREF;
+  luaL_unref(L, LUA_REGISTRYINDEX, c->ctx_ref);
+  c->stream_ref = c->self_ref = c->cb_ref = c->ctx_ref = LUA_NOREF;
 }
 
 // conn:detach()

@@ -94,6 +94,7 @@ typedef struct lc_stream {
   size_t hwm;     // write-queue size over which write() returns false
   int want_drain; // write() returned false; emit "drain" when the queue empties
   int kind;       // LC_STREAM_TCP, LC_STREAM_PIPE or LC_STREAM_TTY
+  int has_ctx;    // events go to cb(ctx, event, ...), ctx being the userdata's env table
   uint64_t bytes_read;
   uint64_t bytes_written;
 } lc_stream_t;
@@ -105,6 +106,10 @@ lc_stream_t *lc_stream_check(lua_State *L, int idx);
 /// Registers the stream methods (read_start, read_stop, write, shutdown, ...) into the table
 /// on top of the stack; tcp.c and pipe.c add them to their own metatables.
 void lc_stream_add_methods(lua_State *L);
+/// Makes the table at `idx` the stream's context: its events go to cb(ctx, event, ...), so one
+/// function serves every stream of a kind with no closure per stream. The userdata (on top of
+/// the stack or at `ud_idx`) keeps the table as its environment.
+void lc_stream_set_ctx(lua_State *L, lc_stream_t *s, int ud_idx, int idx);
 /// Initialises the shared fields after the uv handle was initialised.
 void lc_stream_init(lc_stream_t *s, int kind);
 /// Writes `len` bytes held by the Lua value at stack index `ref_idx` (kept referenced until
@@ -112,7 +117,8 @@ void lc_stream_init(lc_stream_t *s, int kind);
 /// completion with (err or nil).
 int lc_stream_write(lua_State *L, lc_stream_t *s, const char *data, size_t len, int ref_idx,
                     int cb_idx);
-/// Delivers a stream event to its Lua callback: cb(event, ...) with nargs values on the stack.
+/// Delivers a stream event to its Lua callback: cb(event, ...) with nargs values on the stack,
+/// or cb(ctx, event, ...) when the stream has a context (stream:set_ctx, tcp:accept(cb, ctx)).
 void lc_stream_emit(lua_State *L, lc_stream_t *s, const char *event, int nargs);
 /// Pushes "ECODE: message", "ECODE" for a failed status (returns 2), nothing for status >= 0.
 int lc_stream_push_status(lua_State *L, int status);

@@ -28,13 +28,15 @@ static int pipe_bind(lua_State *L) {
   return lc_util_push_result(L, uv_pipe_bind(&s->u.pipe, luaL_checkstring(L, 2)));
 }
 
-// pipe:accept([cb]) -> new pipe | nil, err, code. cb receives the new handle's events.
+// pipe:accept([cb [, ctx]]) -> new pipe | nil, err, code. cb receives the new handle's events,
+// as cb(ctx, event, ...) when ctx (a table) is given.
 static int pipe_accept(lua_State *L) {
   lc_stream_t *server = lc_handle_check(L, 1, MT);
-  lua_settop(L, 2);                                     // [server, cb] (the cb may be absent)
+  lua_settop(L, 3);                                     // [server, cb, ctx] (may be nil)
   lc_stream_t *c = lc_handle_new(L, sizeof(*c), MT, 2); // [.., client]
   uv_pipe_init(lc_loop, &c->u.pipe, server->u.pipe.ipc);
   lc_stream_init(c, LC_STREAM_PIPE);
+  lc_stream_set_ctx(L, c, -1, 3);
   return lc_stream_accept(L, server, c);
 }
 

@@ -33,15 +33,33 @@ void lc_stream_init(lc_stream_t *s, int kind) {
   s->u.stream.data = s;
 }
 
+void lc_stream_set_ctx(lua_State *L, lc_stream_t *s, int ud_idx, int idx) {
+  if (ud_idx < 0) ud_idx = lua_gettop(L) + ud_idx + 1;
+  if (lua_isnoneornil(L, idx)) {
+    s->has_ctx = 0;
+    return;
+  }
+  luaL_checktype(L, idx, LUA_TTABLE);
+  lua_pushvalue(L, idx);
+  lua_setfenv(L, ud_idx);
+  s->has_ctx = 1;
+}
+
 void lc_stream_emit(lua_State *L, lc_stream_t *s, const char *event, int nargs) {
   if (!lc_handle_push_cb(L, &s->h)) {
     lua_pop(L, nargs);
     return;
   }
+  lua_insert(L, -1 - nargs); // [cb, args...]
+  if (s->has_ctx) {
+    lc_handle_push_self(L, &s->h);
+    lua_getfenv(L, -1);
+    lua_remove(L, -2);
+    lua_insert(L, -1 - nargs); // [cb, ctx, args...]
+  }
   lua_pushstring(L, event);
-  lua_insert(L, -2 - nargs); // [cb, event, args...]
-  lua_insert(L, -2 - nargs);
-  lc_pcall(L, nargs + 1, 0);
+  lua_insert(L, -1 - nargs); // [cb, (ctx,) event, args...]
+  lc_pcall(L, nargs + 1 + s->has_ctx, 0);
 }
 
 static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
@@ -175,14 +193,24 @@ static int s_write(lua_State *L) {
 
 typedef struct {
   uv_shutdown_t req;
+  lc_stream_t *s;
   int cb_ref;
+  int emit; // shutdown(true): the stream's callback gets "shutdown"(err?)
 } shutdown_req_t;
 
 static void shutdown_cb(uv_shutdown_t *req, int status) {
   shutdown_req_t *r = (shutdown_req_t *)req;
   lua_State *L = lc_L;
   int cb_ref = r->cb_ref;
+  lc_stream_t *s = r->s;
+  int emit = r->emit;
   free(r);
+  if (emit) {
+    // Cancelled means closing: the owner destroyed the stream and expects nothing more.
+    if (status == UV_ECANCELED || s->h.closing) return;
+    lc_stream_emit(L, s, "shutdown", lc_stream_push_status(L, status));
+    return;
+  }
   if (cb_ref == LUA_NOREF) return;
   lua_rawgeti(L, LUA_REGISTRYINDEX, cb_ref);
   luaL_unref(L, LUA_REGISTRYINDEX, cb_ref);
@@ -194,12 +222,15 @@ static void shutdown_cb(uv_shutdown_t *req, int status) {
   lc_pcall(L, 1, 0);
 }
 
-// stream:shutdown([fn]): half-close once queued writes are flushed.
+// stream:shutdown([fn | true]): half-close once queued writes are flushed; then fn(err?), or
+// with true the stream's own callback gets "shutdown"(err?, code?) (not after a close).
 static int s_shutdown(lua_State *L) {
   lc_stream_t *s = lc_stream_check(L, 1);
   shutdown_req_t *r = malloc(sizeof(*r));
   if (r == NULL) return lc_util_push_uverr(L, UV_ENOMEM);
+  r->s = s;
   r->cb_ref = LUA_NOREF;
+  r->emit = lua_toboolean(L, 2) && !lua_isfunction(L, 2);
   if (lua_isfunction(L, 2)) {
     lua_pushvalue(L, 2);
     r->cb_ref = luaL_ref(L, LUA_REGISTRYINDEX);
@@ -223,6 +254,12 @@ static int s_write_queue_size(lua_State *L) {
 static int s_set_hwm(lua_State *L) {
   lc_stream_t *s = lc_stream_check(L, 1);
   s->hwm = (size_t)luaL_checkinteger(L, 2);
+  return 0;
+}
+
+// stream:set_ctx(table|nil): events go to cb(table, event, ...) (see lc_stream_set_ctx).
+static int s_set_ctx(lua_State *L) {
+  lc_stream_set_ctx(L, lc_stream_check(L, 1), 1, 2);
   return 0;
 }
 
@@ -309,6 +346,7 @@ void lc_stream_add_methods(lua_State *L) {
                                      {"write_queue_size", s_write_queue_size},
                                      {"set_hwm", s_set_hwm},
                                      {"bytes", s_bytes},
+                                     {"set_ctx", s_set_ctx},
                                      {"is_readable", s_is_readable},
                                      {"is_writable", s_is_writable},
                                      {"listen", s_listen},

@@ -67,14 +67,16 @@ static int tcp_bind(lua_State *L) {
   return lc_util_push_result(L, uv_tcp_bind(&s->u.tcp, (struct sockaddr *)&ss, flags));
 }
 
-// tcp:accept([cb]) -> new tcp | nil, err, code. cb receives the new handle's events.
+// tcp:accept([cb [, ctx]]) -> new tcp | nil, err, code. cb receives the new handle's events,
+// as cb(ctx, event, ...) when ctx (a table) is given.
 static int tcp_accept(lua_State *L) {
   lc_stream_t *server = check_tcp(L, 1);
-  lua_settop(L, 2);                                     // [server, cb] (the cb may be absent)
+  lua_settop(L, 3);                                     // [server, cb, ctx] (may be nil)
   lc_stream_t *c = lc_handle_new(L, sizeof(*c), MT, 2); // [.., client]
   int rc = uv_tcp_init(lc_loop, &c->u.tcp);
   if (rc < 0) return luaL_error(L, "uv_tcp_init: %s", uv_strerror(rc));
   lc_stream_init(c, LC_STREAM_TCP);
+  lc_stream_set_ctx(L, c, -1, 3);
   return lc_stream_accept(L, server, c);
 }
 
@@ -139,10 +141,12 @@ static int tcp_getpeername(lua_State *L) {
   return 1;
 }
 
-// tcp:set_callback(fn|nil): replaces the function events go to (a handle received from
-// another process is created before the object that owns it).
+// tcp:set_callback(fn|nil [, ctx]): replaces the function events go to (a handle received
+// from another process is created before the object that owns it); with ctx (a table),
+// events go to fn(ctx, event, ...) (stream:set_ctx).
 static int tcp_set_callback(lua_State *L) {
   lc_stream_t *s = check_tcp(L, 1);
+  if (lua_gettop(L) >= 3) lc_stream_set_ctx(L, s, 1, 3);
   if (!lua_isnoneornil(L, 2)) luaL_checktype(L, 2, LUA_TFUNCTION);
   luaL_unref(L, LUA_REGISTRYINDEX, s->h.cb_ref);
   s->h.cb_ref = LUA_NOREF;

@@ -611,6 +611,68 @@ describe('http server', function()
     assert.matches('^HPE_', seen.code)
     assert.are.equal('Custom', responses(r.data)[1].reason)
   end)
+
+  it('a socket error reaches clientError, and without a listener is not uncaught', function()
+    local seen, closed = {}, 0
+    local withListener = true
+    local _, port = serve(hello, function(srv)
+      srv:on('connection', function(socket)
+        socket:on('close', function(hadError)
+          closed = closed + 1
+          seen[#seen + 1] = hadError
+        end)
+        socket:destroy(require('events').makeError('EFAKE', 'fake'))
+      end)
+      srv:on('clientError', function(err)
+        if withListener then
+          seen[#seen + 1] = err.code
+        end
+      end)
+    end)
+    local r = raw(port, 'GET / HTTP/1.1\r\n\r\n')
+    waitClosed(r)
+    waitFor(function()
+      return closed == 1
+    end, 2000, 'the server socket to close')
+    assert.are.same({ 'EFAKE', true }, seen)
+    withListener = false
+    r = raw(port, 'GET / HTTP/1.1\r\n\r\n')
+    waitClosed(r)
+    waitFor(function()
+      return closed == 2
+    end, 2000, 'the second server socket to close')
+  end)
+
+  it('closes a connection whose client never closes its side after a closing response', function()
+    local t0, closedAt
+    local _, port = serve(hello, function(srv)
+      srv:on('connection', function(socket)
+        socket:on('close', function()
+          closedAt = core.now()
+        end)
+      end)
+    end)
+    local s = net.connect({ port = port, host = '127.0.0.1', allowHalfOpen = true })
+    sockets[#sockets + 1] = s
+    local r = { data = '' }
+    s:on('data', function(d)
+      r.data = r.data .. d
+    end)
+    s:on('end', function()
+      r.ended = true
+      t0 = core.now()
+    end)
+    s:write('GET / HTTP/1.1\r\nConnection: close\r\n\r\n')
+    waitFor(function()
+      return r.ended
+    end, 2000, 'the response and the server half-close')
+    assert.are.equal('hello world\n', responses(r.data)[1].body)
+    assert.is_nil(closedAt)
+    waitFor(function()
+      return closedAt
+    end, 4000, 'the server to close after its grace')
+    assert.is_true(closedAt - t0 >= 1900, 'closed after ' .. (closedAt - t0) .. ' ms')
+  end)
 end)
 
 describe('http client', function()
