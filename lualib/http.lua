@@ -132,15 +132,18 @@ local IncomingMessage = class(Emitter)
 local END_ONLY = { false }
 
 -- Built in one table constructor (every field present, false rather than nil) so a request
--- costs one allocation and no rehash: this runs once per request.
+-- costs one allocation and no rehash: this runs once per request. Every value in the
+-- constructor is a constant and the variable ones are stored after: the embedded bytecode
+-- (string.dump) keeps only a template's constant-valued keys, so `{ k = variable }` would
+-- add k as a new key (growing, even rehashing, the table) instead of filling a slot.
 function IncomingMessage.new(socket, method, url, version, headers)
-  return setmetatable({
-    socket = socket,
-    connection = socket,
-    method = method,
-    url = url,
-    httpVersion = version,
-    headers = headers,
+  local self = {
+    socket = false,
+    connection = false,
+    method = false,
+    url = false,
+    httpVersion = false,
+    headers = false,
     complete = false,
     aborted = false,
     _events = false,
@@ -150,7 +153,10 @@ function IncomingMessage.new(socket, method, url, version, headers)
     _paused = false,
     _dump = false,
     _flushScheduled = false,
-  }, IncomingMessage)
+  }
+  self.socket, self.connection, self.method, self.url = socket, socket, method, url
+  self.httpVersion, self.headers = version, headers
+  return setmetatable(self, IncomingMessage)
 end
 
 function IncomingMessage:on(ev, fn)
@@ -285,26 +291,30 @@ ServerResponse.sendDate = true
 ServerResponse._needDrain = false
 ServerResponse._pending = false -- http_send argument lists held while an earlier response is active
 
+-- Constant values only in the constructor, variable ones stored after (IncomingMessage.new).
 function ServerResponse.new(conn, req, keepAlive)
   local socket = conn.socket
-  return setmetatable({
-    _conn = conn,
-    req = req,
-    socket = socket,
-    connection = socket,
+  local self = {
+    _conn = false,
+    req = false,
+    socket = false,
+    connection = false,
     statusCode = 200,
     headersSent = false,
     finished = false,
     writableEnded = false,
     writableFinished = false,
     _events = false,
-    _headers = tnew(0, 4), -- presized: the first few setHeader calls do not rehash
+    _headers = false, -- presized below: the first few setHeader calls do not rehash
     _names = false, -- the case names were given in, when not canonical (see http_set_headers)
-    _keepAlive = keepAlive,
-    _head = req.method == 'HEAD',
+    _keepAlive = false,
+    _head = false,
     _headWritten = false,
     _chunked = false,
-  }, ServerResponse)
+  }
+  self._conn, self.req, self.socket, self.connection = conn, req, socket, socket
+  self._headers, self._keepAlive, self._head = tnew(0, 4), keepAlive, req.method == 'HEAD'
+  return setmetatable(self, ServerResponse)
 end
 
 -- Sends (or, when not this connection's turn, keeps) one http_send call.
@@ -593,19 +603,20 @@ local function parserLimits(server)
 end
 
 -- One constructor with every field (false rather than nil), so a connection costs one
--- allocation and no rehash: this runs once per connection.
+-- allocation and no rehash: this runs once per connection. Constant values only in the
+-- constructor, variable ones stored after (see IncomingMessage.new).
 function Conn.new(server, socket)
   local handle = socket._handle
-  local self = setmetatable({
-    server = server,
-    socket = socket,
-    handle = handle,
-    queue = {}, -- responses in request order; queue[head] is active
+  local self = {
+    server = false,
+    socket = false,
+    handle = false,
+    queue = false, -- responses in request order; queue[head] is active
     head = 1,
     tail = 0,
     active = false,
     req = false, -- the request whose body is arriving
-    idleSince = now(),
+    idleSince = false,
     parser = false,
     served = false,
     ending = false,
@@ -614,7 +625,10 @@ function Conn.new(server, socket)
     pendingError = false,
     graceUntil = false, -- while in the closing grace (see graceAdd)
     slot = 0, -- index in server._conns
-  }, Conn)
+  }
+  self.server, self.socket, self.handle, self.queue = server, socket, handle, tnew(2, 0)
+  self.idleSince = now()
+  setmetatable(self, Conn)
   self.parser = core.http_attach(handle, 'request', onParserEvent, parserLimits(server), self)
   return self
 end

@@ -178,13 +178,16 @@ end
 -- A socket's table, built by one constructor with every field read on a connection's common
 -- path (false rather than nil: a missing field costs a call of the __index function above),
 -- so creating one costs one allocation and no rehash. `handle` may be nil.
+-- Constant values only in the constructor, variable ones stored after: the embedded bytecode
+-- (string.dump) keeps only a template's constant-valued keys, so `{ k = variable }` would add
+-- k as a new key (growing, even rehashing, the table) instead of filling a slot.
 local function newSocket(handle, allowHalfOpen, server)
-  return setmetatable({
+  local self = {
     connecting = false,
     destroyed = false,
-    pending = handle == nil,
-    allowHalfOpen = allowHalfOpen,
-    _handle = handle,
+    pending = true,
+    allowHalfOpen = false,
+    _handle = false,
     _timeoutMs = false,
     _timer = false,
     _events = false,
@@ -192,12 +195,14 @@ local function newSocket(handle, allowHalfOpen, server)
     _writeEnded = false,
     _shutdownDone = false,
     _paused = false,
-    _server = server,
+    _server = false,
     _owner = false,
     _pendingBytes = false,
     _bytesRead = false,
     _bytesWritten = false,
-  }, Socket)
+  }
+  self.pending, self.allowHalfOpen, self._handle, self._server = handle == nil, allowHalfOpen, handle, server
+  return setmetatable(self, Socket)
 end
 Socket._new = newSocket
 
