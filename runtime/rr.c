@@ -45,7 +45,7 @@
 #define MAX_TARGETS 256
 #define MAX_PENDING 4096
 #define WAIT_CAP 1024 // sticky: connections queued on one busy worker before accept pauses
-#define SLACK 8       // in-flight difference still treated as a tie (rr, least)
+#define SLACK 32      // in-flight difference still treated as a tie (rr, least)
 
 enum { POLICY_RR, POLICY_LEAST, POLICY_STICKY };
 
