@@ -5,10 +5,14 @@ local class = require('_class')
 
 local Emitter = class()
 
-function Emitter:on(ev, fn)
+local function checkListener(ev, fn)
   if type(fn) ~= 'function' then
-    error(('ERR_INVALID_ARG_TYPE: listener for "%s" must be a function'):format(tostring(ev)), 2)
+    error(('ERR_INVALID_ARG_TYPE: listener for "%s" must be a function'):format(tostring(ev)), 3)
   end
+end
+
+-- Appends `entry` (the listener, or once's callable wrapper of `fn`) to ev's list.
+local function add(self, ev, entry, fn)
   local events = self._events
   if not events then
     events = {}
@@ -19,23 +23,27 @@ function Emitter:on(ev, fn)
   end
   local list = events[ev]
   if list == nil then
-    events[ev] = { fn }
+    events[ev] = { entry }
   else
     -- Copy on write: an emit in progress keeps iterating the list it started with.
     local copy = { unpack(list) }
-    copy[#copy + 1] = fn
+    copy[#copy + 1] = entry
     events[ev] = copy
   end
   return self
 end
+
+function Emitter:on(ev, fn)
+  checkListener(ev, fn)
+  return add(self, ev, fn, fn)
+end
 Emitter.addListener = Emitter.on
 
 function Emitter:once(ev, fn)
-  if type(fn) ~= 'function' then
-    error(('ERR_INVALID_ARG_TYPE: listener for "%s" must be a function'):format(tostring(ev)), 2)
-  end
+  checkListener(ev, fn)
   local fired = false
   local wrapper
+  -- A callable table, so off(ev, fn) can find it by its listener.
   wrapper = setmetatable({ listener = fn }, {
     __call = function(_, ...)
       if fired then
@@ -46,20 +54,7 @@ function Emitter:once(ev, fn)
       return fn(...)
     end,
   })
-  -- Stored as a callable table so off(ev, fn) can find it by its listener.
-  local events = self._events
-  if not events then
-    events = {}
-    self._events = events
-  end
-  if events.newListener then
-    self:emit('newListener', ev, fn)
-  end
-  local list = events[ev]
-  local copy = list and { unpack(list) } or {}
-  copy[#copy + 1] = wrapper
-  events[ev] = copy
-  return self
+  return add(self, ev, wrapper, fn)
 end
 
 function Emitter:off(ev, fn)
