@@ -215,19 +215,21 @@ describe('lcluster -w', function()
     assert.are.equal(0, app:waitExit())
   end)
 
-  it('reloads every worker on SIGHUP under load with no failed request', function()
+  -- Reloads a -w 2 cluster with SIGHUP while `startLoad(port)` runs (before, during and
+  -- after the reload, `n` answers each side); no request may fail and every pid is new.
+  local function reloadUnderLoad(startLoad, n)
     local port = lctest.freePort()
     local app = lctest.spawn(FIX .. 'life_app.lua', { port }, { flags = { '-w', '2' } })
     local old = readyPids(app, 2)
-    local load = loadLoop(port)
+    local load = startLoad(port)
     lctest.waitFor(function()
-      return load.ok >= 20
+      return load.ok >= n
     end, 5000, 'load before the reload')
     app:kill('SIGHUP')
     app:waitOutput('reload complete', 10000, 'stderr')
     local mark = load.ok
     lctest.waitFor(function()
-      return load.ok >= mark + 20
+      return load.ok >= mark + n
     end, 5000, 'load after the reload')
     load.stop()
     assert.are.same({}, load.errors)
@@ -237,27 +239,16 @@ describe('lcluster -w', function()
     for _, pid in ipairs(now) do
       assert.is_nil(old[tostring(pid)], 'pid ' .. pid .. ' was not replaced')
     end
+  end
+
+  it('reloads every worker on SIGHUP under load with no failed request', function()
+    reloadUnderLoad(loadLoop, 20)
   end)
 
   it('reloads under keep-alive load with no failed request', function()
-    local port = lctest.freePort()
-    local app = lctest.spawn(FIX .. 'life_app.lua', { port }, { flags = { '-w', '2' } })
-    local old = readyPids(app, 2)
-    local load = keepAliveLoop(port, 8)
-    lctest.waitFor(function()
-      return load.ok >= 200
-    end, 5000, 'keep-alive load before the reload')
-    app:kill('SIGHUP')
-    app:waitOutput('reload complete', 10000, 'stderr')
-    local mark = load.ok
-    lctest.waitFor(function()
-      return load.ok >= mark + 200
-    end, 5000, 'keep-alive load after the reload')
-    load.stop()
-    assert.are.same({}, load.errors)
-    for _, pid in ipairs(lctest.childPids(app.pid)) do
-      assert.is_nil(old[tostring(pid)], 'pid ' .. pid .. ' was not replaced')
-    end
+    reloadUnderLoad(function(port)
+      return keepAliveLoop(port, 8)
+    end, 200)
   end)
 
   it('coalesces overlapping reload signals', function()
