@@ -12,6 +12,8 @@ local timer = require('timer')
 local F = core.http_flags
 local http_send = core.http_send
 local http_set_headers = core.http_set_headers
+local http_head_lines = core.http_head_lines
+local http_headers = core.http_headers
 local tnew = require('table.new')
 local now = core.now
 local Emitter = events.Emitter
@@ -43,7 +45,33 @@ end
 -- value, and _names, lower-case name -> name as last given (the case written on the wire).
 -- A response's _names is false until needed: a name without an entry goes out in canonical
 -- case (Content-Type), and writeHead's C path records only names that differ from it.
+-- A response's _headers is false until a header is set, or, after writeHead(status, tbl)
+-- with no header set before, the head's lines as one string (http_head_lines): the table is
+-- made from them only if asked for (_hdrs), so the common response allocates no store.
 local Headers = class(Emitter)
+
+-- The header table, made (from writeHead's lines, if any) when the store is not one yet.
+function Headers:_hdrs()
+  local h = self._headers
+  if type(h) == 'table' then
+    return h
+  end
+  local t = tnew(0, 4)
+  self._headers = t
+  if h then
+    local names = self._names
+    if not names then
+      names = tnew(0, 4)
+      self._names = names
+    end
+    for name, value in h:gmatch('([^:\r\n]+): ([^\r\n]*)\r\n') do
+      local l = lower(name)
+      t[l] = value
+      names[l] = name
+    end
+  end
+  return t
+end
 
 -- Header names already checked (a server sets the same few names over and over); bounded,
 -- since a proxy may copy names from requests.
@@ -74,7 +102,7 @@ function Headers:setHeader(name, value)
     end
   end
   local l = lower(name)
-  self._headers[l] = value
+  self:_hdrs()[l] = value
   local names = self._names
   if not names then
     names = tnew(0, 4)
@@ -85,11 +113,11 @@ function Headers:setHeader(name, value)
 end
 
 function Headers:getHeader(name)
-  return self._headers[lower(name)]
+  return self:_hdrs()[lower(name)]
 end
 
 function Headers:hasHeader(name)
-  return self._headers[lower(name)] ~= nil
+  return self:_hdrs()[lower(name)] ~= nil
 end
 
 function Headers:removeHeader(name)
@@ -97,7 +125,7 @@ function Headers:removeHeader(name)
     error(headersSentError(), 2)
   end
   local l = lower(name)
-  self._headers[l] = nil
+  self:_hdrs()[l] = nil
   if self._names then
     self._names[l] = nil
   end
@@ -105,7 +133,7 @@ end
 
 function Headers:getHeaders()
   local out = {}
-  for k, v in pairs(self._headers) do
+  for k, v in pairs(self:_hdrs()) do
     out[k] = v
   end
   return out
@@ -113,7 +141,7 @@ end
 
 function Headers:getHeaderNames()
   local out = {}
-  for k in pairs(self._headers) do
+  for k in pairs(self:_hdrs()) do
     out[#out + 1] = k
   end
   table.sort(out)
@@ -157,6 +185,49 @@ function IncomingMessage.new(socket, method, url, version, headers)
   self.socket, self.connection, self.method, self.url = socket, socket, method, url
   self.httpVersion, self.headers = version, headers
   return setmetatable(self, IncomingMessage)
+end
+
+-- A server's request: req.headers is made from the head's raw block (http.c's lazy heads)
+-- when first read, so a handler that never reads it costs no headers table. The metatable's
+-- __index answers 'headers' and otherwise looks in the class, as IncomingMessage's would.
+local RequestMT = {}
+RequestMT.__index = function(self, k)
+  if k == 'headers' then
+    local raw = rawget(self, '_hraw')
+    if not raw then
+      return nil
+    end
+    local h = http_headers(raw)
+    self._hraw = false
+    rawset(self, 'headers', h)
+    return h
+  end
+  return IncomingMessage[k]
+end
+
+-- As IncomingMessage.new, with the raw header block instead of the table; no 'headers' key
+-- until it is read (then the table has a free slot for it: 15 keys in a 16-slot hash).
+function IncomingMessage._newRequest(socket, method, url, version, raw)
+  local self = {
+    socket = false,
+    connection = false,
+    method = false,
+    url = false,
+    httpVersion = false,
+    _hraw = false,
+    complete = false,
+    aborted = false,
+    _events = false,
+    _queue = false,
+    _flowing = false,
+    _held = true,
+    _paused = false,
+    _dump = false,
+    _flushScheduled = false,
+  }
+  self.socket, self.connection, self.method, self.url = socket, socket, method, url
+  self.httpVersion, self._hraw = version, raw
+  return setmetatable(self, RequestMT)
 end
 
 function IncomingMessage:on(ev, fn)
@@ -305,7 +376,7 @@ function ServerResponse.new(conn, req, keepAlive)
     writableEnded = false,
     writableFinished = false,
     _events = false,
-    _headers = false, -- presized below: the first few setHeader calls do not rehash
+    _headers = false, -- false, writeHead's lines (a string) or the table (Headers:_hdrs)
     _names = false, -- the case names were given in, when not canonical (see http_set_headers)
     _keepAlive = false,
     _head = false,
@@ -313,7 +384,7 @@ function ServerResponse.new(conn, req, keepAlive)
     _chunked = false,
   }
   self._conn, self.req, self.socket, self.connection = conn, req, socket, socket
-  self._headers, self._keepAlive, self._head = tnew(0, 4), keepAlive, req.method == 'HEAD'
+  self._keepAlive, self._head = keepAlive, req.method == 'HEAD'
   return setmetatable(self, ServerResponse)
 end
 
@@ -330,12 +401,15 @@ function ServerResponse:_send(status, reason, headers, names, flags, len, body)
     return false
   end
   local h = self._conn.handle
-  if not h or h:is_closing() or self._conn.closing then
+  if not h or self._conn.closing then
     return false
   end
+  -- nil without an error: the handle is closing (http_send checks, one C call less).
   local ok, err = http_send(h, status, reason, headers, names, flags, len, body)
   if ok == nil then
-    self._conn:destroy(events.fromUv(err))
+    if err then
+      self._conn:destroy(events.fromUv(err))
+    end
     return false
   end
   if not ok then
@@ -390,13 +464,18 @@ function ServerResponse:writeHead(status, reason, headers)
         self:setHeader(headers[i], headers[i + 1])
       end
     else
-      local ok, names = http_set_headers(self._headers, self._names, headers)
-      if names then
-        self._names = names
-      end
-      if not ok then
-        for k, v in pairs(headers) do
-          self:setHeader(k, v)
+      local lines = not self._headers and http_head_lines(headers)
+      if lines then
+        self._headers = lines
+      else
+        local ok, names = http_set_headers(self:_hdrs(), self._names, headers)
+        if names then
+          self._names = names
+        end
+        if not ok then
+          for k, v in pairs(headers) do
+            self:setHeader(k, v)
+          end
         end
       end
     end
@@ -410,13 +489,16 @@ function ServerResponse:_sendHead(body, last)
   local h, conn, req = self._headers, self._conn, self.req
   local status = self.statusCode
   local flags = 0
-  if self.sendDate and h.date == nil then
+  -- Lines (or no header at all) hold none of the four headers looked at here.
+  local date, te, userLen, connHeader
+  if type(h) == 'table' then
+    date, te, userLen, connHeader = h.date, h['transfer-encoding'], h['content-length'], h.connection
+  end
+  if self.sendDate and date == nil then
     flags = F.DATE
   end
   local len
   local noBody = self._head or status == 204 or status == 304 or (status >= 100 and status < 200)
-  local te = h['transfer-encoding']
-  local userLen = h['content-length']
   self._chunked = false
   if noBody then
     if last and body and not userLen and not te and self._head then
@@ -446,7 +528,6 @@ function ServerResponse:_sendHead(body, last)
       body = (body or '') .. '0\r\n\r\n'
     end
   end
-  local connHeader = h.connection
   if connHeader ~= nil then
     if tostring(connHeader):lower():find('close') then
       self._keepAlive = false
@@ -460,6 +541,15 @@ function ServerResponse:_sendHead(body, last)
   self.headersSent = true
   self._headWritten = true
   return self:_send(status, self.statusMessage, h, self._names, flags, len, body)
+end
+
+-- The Transfer-Encoding the user set (writeHead's lines never hold one).
+local function userTE(self)
+  local h = self._headers
+  if type(h) == 'table' then
+    return h['transfer-encoding']
+  end
+  return nil
 end
 
 function ServerResponse:writeContinue()
@@ -489,7 +579,7 @@ function ServerResponse:write(chunk, fn)
     ok = self:_sendHead(chunk, false)
   elseif self._head or self.statusCode == 204 or self.statusCode == 304 then
     ok = true
-  elseif self._chunked and self._headers['transfer-encoding'] == nil then
+  elseif self._chunked and userTE(self) == nil then
     ok = self:_send(nil, nil, nil, nil, F.CHUNKED, nil, chunk)
   elseif self._chunked then
     ok = self:_send(nil, nil, nil, nil, 0, nil, ('%x\r\n'):format(#chunk) .. chunk .. '\r\n')
@@ -520,7 +610,7 @@ function ServerResponse:finish(data, fn)
     self:_sendHead(data, true)
   else
     local noBody = self._head or self.statusCode == 204 or self.statusCode == 304
-    if self._chunked and self._headers['transfer-encoding'] == nil then
+    if self._chunked and userTE(self) == nil then
       self:_send(nil, nil, nil, nil, F.CHUNKED + F.LAST, nil, (not noBody) and data or nil)
     elseif self._chunked then
       local b = ''
@@ -571,9 +661,9 @@ end
 local Conn = class()
 
 -- The parser's events of every connection, called with the connection (http_attach's ctx).
-local function onParserEvent(self, ev, a, b, c, d, e, f, g)
+local function onParserEvent(self, ev, a, b, c, d, e, f, g, h)
   if ev == 'head' then
-    self:_onHead(a, b, c, d, e, f, g)
+    self:_onHead(a, b, c, d, e, f, g, h)
   elseif ev == 'body' then
     self.req:_push(a)
   elseif ev == 'done' then
@@ -596,6 +686,7 @@ local function parserLimits(server)
       maxHeaderSize = server.maxHeaderSize,
       maxHeadersCount = server.maxHeadersCount,
       maxBodySize = server.maxBodySize,
+      lazyHeaders = true, -- "head" gets the raw header block (IncomingMessage._newRequest)
     }
     server._limits = o
   end
@@ -633,10 +724,10 @@ function Conn.new(server, socket)
   return self
 end
 
-function Conn:_onHead(method, url, version, headers, keepAlive, upgrade, complete)
+function Conn:_onHead(method, url, version, raw, keepAlive, upgrade, complete, hasExpect)
   local server = self.server
   self.served = true
-  local req = IncomingMessage.new(self.socket, method, url, version, headers)
+  local req = IncomingMessage._newRequest(self.socket, method, url, version, raw)
   if upgrade then
     self.upgradeReq = req
     return
@@ -666,8 +757,8 @@ function Conn:_onHead(method, url, version, headers, keepAlive, upgrade, complet
       end
     end
   end
-  local expect = headers.expect
-  if expect ~= nil then
+  local expect = hasExpect and req.headers.expect
+  if expect then
     if lower(expect) == '100-continue' then
       if server:listenerCount('checkContinue') > 0 then
         server:emit('checkContinue', req, res)

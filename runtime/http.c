@@ -3,9 +3,12 @@
 // `_core.http_attach(stream, mode, cb, opts)` sets the stream's C read hook so a
 // connection's bytes go straight from the read callback into http_parser: nothing is copied
 // into Lua but the head (as one table) and body chunks. Events reach Lua as cb(event, ...):
-//   "head"(method|status, url|reason, version, headers, keepAlive, upgrade, complete)
+//   "head"(method|status, url|reason, version, headers, keepAlive, upgrade, complete, expect)
 //          one call per message; `complete` is true when the message had no body left, so a
-//          simple GET costs one Lua call;
+//          simple GET costs one Lua call. With opts.lazyHeaders (request mode), `headers` is
+//          the raw header block as one string, turned into the table by
+//          `_core.http_headers(raw)` only if Lua reads it, and `expect` says whether the
+//          head has an Expect header;
 //   "body"(chunk); "done"() when a message with a body completes;
 //   "upgrade"(rest) after an upgrade/CONNECT head: parsing stops, rest is what followed;
 //   "error"(status, code, message): 400 (parser error), 431 (head too large) or 413 (body
@@ -15,7 +18,8 @@
 //
 // `_core.http_send(stream, status, reason, headers, names, flags, length, body)` formats a
 // response head (status line, headers, a per-second cached Date, Content-Length or chunked)
-// and/or a body chunk into one buffer and writes it with one try-write.
+// and/or a body chunk into one buffer and writes it with one try-write. `headers` is a
+// table or the lines `_core.http_head_lines(tbl)` made at writeHead.
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -62,6 +66,7 @@ typedef struct http_conn {
   unsigned head_pending : 1; // head parsed but not yet delivered to Lua
   unsigned expect_head : 1;  // response mode: the request was HEAD, so no body follows
   unsigned dead : 1;         // an error was reported or parsing stopped for good
+  unsigned lazy : 1;         // opts.lazyHeaders: "head" gets the raw header block (a string)
   unsigned stop : 1;         // Lua detached us (or closed the stream) during a callback
   int err_status;            // our own limit errors: 431 or 413
 } http_conn_t;
@@ -103,7 +108,9 @@ static int buf_append(http_conn_t *c, const char *at, size_t n, int lower) {
     c->cap = cap;
   }
   char *d = c->buf + c->len;
-  if (lower) {
+  if (at == NULL) {
+    // reserve: the caller fills the n bytes
+  } else if (lower) {
     for (size_t i = 0; i < n; i++) {
       unsigned char ch = (unsigned char)at[i];
       d[i] = (char)(ch >= 'A' && ch <= 'Z' ? ch + 32 : ch);
@@ -219,12 +226,13 @@ static int discard_dup(const char *n, size_t l) {
 
 // Pushes the headers table: lower-case names; repeated headers joined with ", " ("; " for
 // cookie), set-cookie always a list, duplicates of single-valued headers discarded.
-static void push_headers(lua_State *L, http_conn_t *c) {
-  lua_createtable(L, 0, (int)c->nhdrs); // [t]
-  for (uint32_t i = 0; i < c->nhdrs; i++) {
-    hdr_t *h = &c->hdrs[i];
-    const char *name = c->buf + h->name_off;
-    const char *val = c->buf + h->val_off;
+// base: the bytes hdrs' offsets point into.
+static void push_headers(lua_State *L, const char *base, const hdr_t *hdrs, uint32_t nhdrs) {
+  lua_createtable(L, 0, (int)nhdrs); // [t]
+  for (uint32_t i = 0; i < nhdrs; i++) {
+    const hdr_t *h = &hdrs[i];
+    const char *name = base + h->name_off;
+    const char *val = base + h->val_off;
     size_t vl = h->val_len;
     while (vl > 0 && (val[vl - 1] == ' ' || val[vl - 1] == '\t'))
       vl--;
@@ -234,8 +242,8 @@ static void push_headers(lua_State *L, http_conn_t *c) {
     // Past the first 16 headers, always look up (no quadratic scan on a huge head).
     int repeated = i >= 16;
     for (uint32_t j = 0; j < i && !repeated; j++) {
-      repeated = c->hdrs[j].name_len == h->name_len &&
-                 memcmp(c->buf + c->hdrs[j].name_off, name, h->name_len) == 0;
+      repeated = hdrs[j].name_len == h->name_len &&
+                 memcmp(base + hdrs[j].name_off, name, h->name_len) == 0;
     }
     lua_pushlstring(L, name, h->name_len); // [t, k]
     if (repeated) {
@@ -270,6 +278,60 @@ static void push_headers(lua_State *L, http_conn_t *c) {
   }
 }
 
+// The raw header block of a lazy head: the names and values as parsed (buf after the url),
+// then the hdr_t array (offsets from the block's start), then the count (uint32). One Lua
+// string, built from buf in place: the table is made only if Lua asks (http_headers).
+// Returns nonzero when the head has an Expect header (Lua must look at it at once).
+static int push_raw_headers(lua_State *L, http_conn_t *c) {
+  size_t start = c->url_len, len = c->len;
+  uint32_t n = c->nhdrs;
+  int expect = 0;
+  if (buf_append(c, NULL, n * sizeof(hdr_t) + sizeof(n), 0)) {
+    c->len = len;
+    lua_pushliteral(L, "");
+    return 0;
+  }
+  char *d = c->buf + len;
+  for (uint32_t i = 0; i < n; i++) {
+    hdr_t h = c->hdrs[i];
+    if (h.name_len == 6 && memcmp(c->buf + h.name_off, "expect", 6) == 0) expect = 1;
+    h.name_off -= (uint32_t)start;
+    h.val_off = h.val_len ? h.val_off - (uint32_t)start : 0;
+    memcpy(d + i * sizeof(hdr_t), &h, sizeof(hdr_t));
+  }
+  memcpy(d + n * sizeof(hdr_t), &n, sizeof(n));
+  lua_pushlstring(L, c->buf + start, c->len - start);
+  c->len = len; // trailers (chunked bodies) may append after the head
+  return expect;
+}
+
+// _core.http_headers(raw) -> headers: the table of a lazy head's raw block (see
+// push_raw_headers), built as the eager "head" event builds it.
+static int http_headers(lua_State *L) {
+  size_t len;
+  const char *raw = luaL_checklstring(L, 1, &len);
+  uint32_t n;
+  if (len < sizeof(n)) return luaL_argerror(L, 1, "not a header block");
+  memcpy(&n, raw + len - sizeof(n), sizeof(n));
+  size_t arr = (size_t)n * sizeof(hdr_t);
+  if (arr > len - sizeof(n)) return luaL_argerror(L, 1, "not a header block");
+  size_t data = len - sizeof(n) - arr;
+  hdr_t small[16];
+  hdr_t *hdrs = n <= 16 ? small : malloc(arr);
+  if (hdrs == NULL) return luaL_error(L, "out of memory");
+  memcpy(hdrs, raw + data, arr);
+  for (uint32_t i = 0; i < n; i++) {
+    if ((uint64_t)hdrs[i].name_off + hdrs[i].name_len > data ||
+        (uint64_t)hdrs[i].val_off + hdrs[i].val_len > data) {
+      if (hdrs != small) free(hdrs);
+      return luaL_argerror(L, 1, "not a header block");
+    }
+  }
+  push_headers(L, raw, hdrs, n);
+  if (hdrs != small) free(hdrs);
+  return 1;
+}
+
 // Delivers the parsed head: cb("head", ...). Returns nonzero to stop parsing.
 static int deliver_head(lua_State *L, http_conn_t *c, int complete) {
   c->head_pending = 0;
@@ -291,11 +353,17 @@ static int deliver_head(lua_State *L, http_conn_t *c, int complete) {
   } else {
     lua_pushfstring(L, "%d.%d", (int)c->p.http_major, (int)c->p.http_minor);
   }
-  push_headers(L, c);
+  int expect = 0;
+  if (c->lazy) {
+    expect = push_raw_headers(L, c);
+  } else {
+    push_headers(L, c->buf, c->hdrs, c->nhdrs);
+  }
   lua_pushboolean(L, http_should_keep_alive(&c->p));
   lua_pushboolean(L, c->p.upgrade);
-  lua_pushboolean(L, complete); // [cb, (ctx,) "head", 7 args]
-  lc_pcall(L, 8 + has_ctx, 0);
+  lua_pushboolean(L, complete);
+  lua_pushboolean(L, expect); // [cb, (ctx,) "head", 8 args]
+  lc_pcall(L, 9 + has_ctx, 0);
   if (c->stream_ud != NULL && conn_stream(c) == NULL) c->stop = 1;
   return c->stop;
 }
@@ -424,7 +492,9 @@ static void read_limits(lua_State *L, int idx, http_conn_t *c) {
   if (lua_isnumber(L, -1)) c->max_headers = (uint32_t)lua_tonumber(L, -1);
   lua_getfield(L, idx, "maxBodySize");
   if (lua_isnumber(L, -1)) c->max_body_size = (uint64_t)lua_tonumber(L, -1);
-  lua_pop(L, 3);
+  lua_getfield(L, idx, "lazyHeaders");
+  if (!lua_isnil(L, -1)) c->lazy = c->mode == MODE_REQUEST && lua_toboolean(L, -1);
+  lua_pop(L, 4);
 }
 
 // _core.http_parser(mode, cb [, opts]) -> conn: a parser not attached to a stream, fed
@@ -795,6 +865,76 @@ done:
   return 2;
 }
 
+// Names http_head_lines leaves to the header store: _sendHead looks at their values.
+static int special_name(const char *l, size_t n) {
+  return (n == 4 && memcmp(l, "date", 4) == 0) || (n == 10 && memcmp(l, "connection", 10) == 0) ||
+         (n == 14 && memcmp(l, "content-length", 14) == 0) ||
+         (n == 17 && memcmp(l, "transfer-encoding", 17) == 0);
+}
+
+// _core.http_head_lines(headers) -> lines | false
+// The common case of res:writeHead(status, {Name = value, ...}) on a response with no header
+// set before: the pairs formatted once as the head's "Name: value\r\n" lines (the name as
+// given, which is what the header store would put on the wire), so the response keeps one
+// string (interned: the same headers on every request make the same string, no allocation)
+// instead of a header table, and http_send copies it. False (nothing done) for anything
+// http_set_headers would treat differently or that _sendHead must look at: a pair that is
+// not a valid token name with a string or number value free of CR, LF and NUL, a name given
+// twice in different cases, Date, Connection, Content-Length, Transfer-Encoding, more than
+// 16 pairs or more than 2 KB: the caller then takes the header-store path.
+static int http_head_lines(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  char out[2048];
+  size_t o = 0;
+  struct {
+    uint32_t off, len; // of the lower-case name in low
+  } seen[16];
+  char low[16 * 64];
+  size_t lo = 0;
+  int n = 0;
+  lua_settop(L, 1);
+  lua_pushnil(L);               // [headers, k]
+  while (lua_next(L, 1) != 0) { // [headers, k, v]
+    if (lua_type(L, -2) != LUA_TSTRING || n == 16) goto fail;
+    int vt = lua_type(L, -1);
+    if (vt != LUA_TSTRING && vt != LUA_TNUMBER) goto fail;
+    size_t nl, vl;
+    const char *name = lua_tolstring(L, -2, &nl);
+    if (nl == 0 || nl > 64) goto fail;
+    char *l = low + lo;
+    for (size_t i = 0; i < nl; i++) {
+      unsigned char ch = (unsigned char)name[i];
+      if (!is_tchar(ch)) goto fail;
+      l[i] = (char)(ch >= 'A' && ch <= 'Z' ? ch + 32 : ch);
+    }
+    if (special_name(l, nl)) goto fail;
+    for (int j = 0; j < n; j++) {
+      if (seen[j].len == nl && memcmp(low + seen[j].off, l, nl) == 0) goto fail;
+    }
+    seen[n].off = (uint32_t)lo;
+    seen[n].len = (uint32_t)nl;
+    lo += nl;
+    n++;
+    lua_pushvalue(L, -1); // [headers, k, v, v'] tolstring converts a number copy, not the key
+    const char *v = lua_tolstring(L, -1, &vl);
+    if (memchr(v, '\r', vl) != NULL || memchr(v, '\n', vl) != NULL || memchr(v, '\0', vl) != NULL)
+      goto fail;
+    if (o + nl + vl + 4 > sizeof(out)) goto fail;
+    o += put(out + o, name, nl);
+    out[o++] = ':';
+    out[o++] = ' ';
+    o += put(out + o, v, vl);
+    out[o++] = '\r';
+    out[o++] = '\n';
+    lua_pop(L, 2); // [headers, k]
+  }
+  lua_pushlstring(L, out, o);
+  return 1;
+fail:
+  lua_pushboolean(L, 0);
+  return 1;
+}
+
 enum {
   SEND_DATE = 1,       // add a Date header
   SEND_CHUNKED = 2,    // add Transfer-Encoding: chunked (with a head) and frame the body
@@ -847,15 +987,20 @@ static int send_parts(lua_State *L, lc_stream_t *s, uv_buf_t *bufs, int nbufs, i
   return 0;
 }
 
-// _core.http_send(stream, status|nil, reason|nil, headers|nil, names|nil, flags, length|nil,
-//                 body|nil) -> belowHwm | nil, err, code
+// _core.http_send(stream, status|nil, reason|nil, headers|lines|nil, names|nil, flags,
+//                 length|nil, body|nil) -> belowHwm | nil, err, code | nil (stream closing)
 // With a status, writes the head: the status line, every headers[lname] = value (a list
 // gives one line per item) named names[lname] or, without one, lname in canonical case
-// (Content-Type), then what flags ask for (Date,
-// Connection, Transfer-Encoding) and Content-Length when length is a number. Then the body,
+// (Content-Type), or the lines as they are, then what flags ask for (Date, Connection,
+// Transfer-Encoding) and Content-Length when length is a number. Then the body,
 // framed as a chunk when flags has SEND_CHUNKED, then the last chunk with SEND_LAST.
 // Header names or values with CR, LF or NUL raise ERR_INVALID_CHAR (response splitting).
 static int http_send(lua_State *L) {
+  lc_handle_t **ud = lua_touserdata(L, 1);
+  if (ud != NULL && *ud != NULL && (*ud)->closing) {
+    lua_pushnil(L); // closing (destroyed): nothing is written, and no error to report
+    return 1;
+  }
   lc_stream_t *s = lc_stream_check(L, 1);
   int flags = (int)luaL_optinteger(L, 6, 0);
   size_t blen = 0;
@@ -883,7 +1028,12 @@ static int http_send(lua_State *L) {
     o += put(obuf + o, reason, rl);
     obuf[o++] = '\r';
     obuf[o++] = '\n';
-    if (lua_istable(L, 4)) {
+    if (lua_type(L, 4) == LUA_TSTRING) {
+      size_t hl;
+      const char *hs = lua_tolstring(L, 4, &hl);
+      obuf_reserve(L, o + hl + 256);
+      o += put(obuf + o, hs, hl);
+    } else if (lua_istable(L, 4)) {
       int has_names = lua_istable(L, 5);
       char canon[257];
       lua_pushnil(L);
@@ -985,6 +1135,8 @@ void lc_http_open(lua_State *L) {
                                  {"http_parser", http_new},
                                  {"http_send", http_send},
                                  {"http_set_headers", http_set_headers},
+                                 {"http_head_lines", http_head_lines},
+                                 {"http_headers", http_headers},
                                  {NULL, NULL}};
   luaL_register(L, NULL, fns);
   lua_createtable(L, 0, 6);

@@ -330,6 +330,105 @@ describe('http server', function()
     assert.are.equal('ok', rs[1].body)
   end)
 
+  -- A server's req.headers is built from the head's raw block only when first read: the
+  -- table must be the same read at once, after the body, after later pipelined requests
+  -- were parsed on the same connection, or never.
+  it('req.headers read late, after the body or never holds the head as parsed', function()
+    local reqs, bodies = {}, {}
+    local want = {
+      host = 'h',
+      ['x-dup'] = 'a, b',
+      cookie = 'c=1; d=2',
+      ['set-cookie'] = { 's1', 's2' },
+      ['content-type'] = 'text/first',
+      ['x-empty'] = '',
+      ['x-trail'] = 'v',
+    }
+    local _, port = serve(function(req, res)
+      reqs[#reqs + 1] = req
+      if req.url == '/now' then
+        bodies.now = req.headers
+      end
+      local body = ''
+      req:on('data', function(d)
+        body = body .. d
+      end)
+      req:on('end', function()
+        if req.url == '/body' then
+          bodies.body = req.headers
+        end
+        res:finish(body)
+      end)
+    end)
+    local head = 'Host: h\r\nX-Dup: a\r\nCookie: c=1\r\nSet-Cookie: s1\r\nx-dup: b\r\n'
+      .. 'Content-Type: text/first\r\ncookie: d=2\r\nset-cookie: s2\r\nContent-Type: text/second\r\n'
+      .. 'X-Empty:\r\nX-Trail: v  \r\n'
+    local r = raw(port, 'GET /now HTTP/1.1\r\n' .. head .. '\r\n'
+      .. 'POST /body HTTP/1.1\r\n' .. head .. 'Content-Length: 3\r\n\r\nabc'
+      .. 'GET /late HTTP/1.1\r\n' .. head .. '\r\n'
+      .. 'GET /never HTTP/1.1\r\nHost: other\r\n\r\n')
+    local rs = waitResponses(r, 4)
+    assert.are.equal('abc', rs[2].body)
+    assert.are.equal(4, #reqs)
+    assert.are.same(want, bodies.now)
+    local withLen = {}
+    for k, v in pairs(want) do
+      withLen[k] = v
+    end
+    withLen['content-length'] = '3'
+    assert.are.same(withLen, bodies.body)
+    -- Read only now, after every request on the connection was parsed and answered.
+    assert.are.same(want, reqs[3].headers)
+    assert.are.equal(reqs[3].headers, reqs[3].headers)
+    assert.are.same({ host = 'other' }, reqs[4].headers)
+    assert.are.equal('/never', reqs[4].url)
+    assert.is_function(reqs[4].on)
+  end)
+
+  -- writeHead(status, tbl) with no header set before keeps the head's lines as one string;
+  -- the header store is made from them when asked for, with the same names and values.
+  it('writeHead lines: getHeader, getHeaders, special headers and writes after it', function()
+    local seen = {}
+    local _, port = serve(function(req, res)
+      if req.url == '/get' then
+        res:writeHead(200, { ['Content-Type'] = 'text/plain', ['x-lower'] = 'l', ['X-Num'] = 7 })
+        seen.get = { res:getHeader('content-type'), res:getHeader('X-LOWER'), res:hasHeader('x-num'),
+          res:getHeaders(), res:getHeaderNames() }
+        res:finish('a')
+      elseif req.url == '/len' then
+        res:writeHead(200, { ['Content-Length'] = 2, ['X-A'] = '1' })
+        res:finish('bb')
+      elseif req.url == '/conn' then
+        res:writeHead(200, { Connection = 'close', ['X-B'] = '2' })
+        res:finish('c')
+      elseif req.url == '/chunks' then
+        res:writeHead(200, { ['X-C'] = '3' })
+        res:write('d1')
+        res:finish('d2')
+      end
+    end)
+    local r = raw(port, 'GET /get HTTP/1.1\r\n\r\nGET /len HTTP/1.1\r\n\r\nGET /chunks HTTP/1.1\r\n\r\n'
+      .. 'GET /conn HTTP/1.1\r\n\r\n')
+    local rs = waitResponses(r, 4)
+    assert.are.same({ 'text/plain', 'l', true,
+      { ['content-type'] = 'text/plain', ['x-lower'] = 'l', ['x-num'] = '7' },
+      { 'content-type', 'x-lower', 'x-num' } }, seen.get)
+    assert.truthy(rs[1].raw:find('\r\nContent-Type: text/plain\r\n', 1, true), rs[1].raw)
+    assert.truthy(rs[1].raw:find('\r\nx-lower: l\r\n', 1, true), rs[1].raw)
+    assert.truthy(rs[1].raw:find('\r\nX-Num: 7\r\n', 1, true), rs[1].raw)
+    assert.are.equal('1', rs[1].headers['content-length'])
+    assert.are.equal('keep-alive', rs[1].headers['connection'])
+    assert.are.equal('bb', rs[2].body)
+    assert.are.equal('2', rs[2].headers['content-length'])
+    assert.falsy(rs[2].raw:find('Content-Length: 2\r\n.*Content-Length'), rs[2].raw)
+    assert.are.equal('d1d2', rs[3].body)
+    assert.are.equal('chunked', rs[3].headers['transfer-encoding'])
+    assert.are.equal('3', rs[3].headers['x-c'])
+    assert.are.equal('close', rs[4].headers['connection'])
+    assert.falsy(rs[4].raw:find('keep-alive', 1, true), rs[4].raw)
+    waitClosed(r)
+  end)
+
   it('answers pipelined requests in order even when the first answers last', function()
     local _, port = serve(function(req, res)
       if req.url == '/slow' then
