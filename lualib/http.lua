@@ -775,7 +775,8 @@ function Conn:_onHead(method, url, version, raw, keepAlive, upgrade, complete, h
   else
     server:emit('request', req, res)
   end
-  req:_release()
+  -- Not req:_release(): the lookup would go through RequestMT's __index function.
+  IncomingMessage._release(req)
 end
 
 function Conn:_responseDone(res)
