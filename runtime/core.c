@@ -278,6 +278,11 @@ int lc_core_luaopen(lua_State *L) {
   lua_setfield(L, -2, "signals");
   lua_pushliteral(L, LC_VERSION);
   lua_setfield(L, -2, "version");
+  // _core.loop_time: the address of the loop's clock (uint64_t ms, what uv_now returns), so
+  // Lua reads it through the FFI (ffi.cast('const uint64_t *', ...)[0]) without a C call:
+  // a compiled trace loads it, where core.now() would end the trace (a stitch).
+  lua_pushlightuserdata(L, &lc_loop->time);
+  lua_setfield(L, -2, "loop_time");
   void (*opens[])(lua_State *) = {lc_timer_open,  lc_signal_open, lc_check_open, lc_process_open,
                                   lc_stream_open, lc_tcp_open,    lc_pipe_open,  lc_udp_open,
                                   lc_ipc_open,    lc_http_open,   lc_fs_open,    lc_dns_open,

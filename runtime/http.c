@@ -882,8 +882,7 @@ static int special_name(const char *l, size_t n) {
 // not a valid token name with a string or number value free of CR, LF and NUL, a name given
 // twice in different cases, Date, Connection, Content-Length, Transfer-Encoding, more than
 // 16 pairs or more than 2 KB: the caller then takes the header-store path.
-static int http_head_lines(lua_State *L) {
-  luaL_checktype(L, 1, LUA_TTABLE);
+static int head_lines_format(lua_State *L) {
   char out[2048];
   size_t o = 0;
   struct {
@@ -932,6 +931,81 @@ static int http_head_lines(lua_State *L) {
   return 1;
 fail:
   lua_pushboolean(L, 0);
+  return 1;
+}
+
+// http_head_lines' cache: a handler usually writes the same header table on every request
+// ({['Content-Type'] = 'text/plain'} built from the same constant strings), so the last few
+// sets of all-string pairs are kept with their lines, compared by the strings' identity
+// (the pointers lua_tolstring gives: strings are interned and immutable, and the cached
+// ones are anchored in the registry, so an equal pointer is the same string). A hit skips
+// the validation, the formatting and the interning of the lines. A false answer (a table
+// the header store must take) is kept as well: it depends on nothing but the strings.
+#define HL_ENTRIES 4
+#define HL_PAIRS 8
+static struct {
+  int n; // pairs; 0 = empty entry
+  const char *kv[2 * HL_PAIRS];
+} hl_cache[HL_ENTRIES];
+static int hl_next;            // the entry the next miss replaces
+static int hl_ref = LUA_NOREF; // registry: { [e] = { lines|false, k1, v1, k2, v2, ... } }
+
+static int http_head_lines(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  lua_settop(L, 1);
+  const char *kv[2 * HL_PAIRS];
+  int n = 0, cacheable = 1;
+  lua_pushnil(L);               // [headers, k]
+  while (lua_next(L, 1) != 0) { // [headers, k, v]
+    if (n == HL_PAIRS || lua_type(L, -2) != LUA_TSTRING || lua_type(L, -1) != LUA_TSTRING) {
+      cacheable = 0;
+      lua_pop(L, 2);
+      break;
+    }
+    kv[2 * n] = lua_tostring(L, -2);
+    kv[2 * n + 1] = lua_tostring(L, -1);
+    n++;
+    lua_pop(L, 1); // [headers, k]
+  }
+  lua_settop(L, 1); // [headers]
+  if (cacheable && n > 0) {
+    for (int e = 0; e < HL_ENTRIES; e++) {
+      if (hl_cache[e].n == n && memcmp(hl_cache[e].kv, kv, 2 * (size_t)n * sizeof(kv[0])) == 0) {
+        lua_rawgeti(L, LUA_REGISTRYINDEX, hl_ref);
+        lua_rawgeti(L, -1, e + 1);
+        lua_rawgeti(L, -1, 1); // [headers, cache, entry, lines]
+        return 1;
+      }
+    }
+  }
+  head_lines_format(L); // [headers, .., lines|false] (a failure leaves the pair it saw)
+  lua_insert(L, 2);
+  lua_settop(L, 2); // [headers, lines|false]
+  if (!cacheable || n == 0) return 1;
+  // Anchor the pairs and the lines in a new entry table, then record their pointers.
+  int e = hl_next;
+  hl_next = (hl_next + 1) % HL_ENTRIES;
+  if (hl_ref == LUA_NOREF) {
+    lua_createtable(L, HL_ENTRIES, 0);
+    hl_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  }
+  lua_rawgeti(L, LUA_REGISTRYINDEX, hl_ref); // [headers, lines, cache]
+  lua_createtable(L, 2 * n + 1, 0);          // [headers, lines, cache, entry]
+  lua_pushvalue(L, 2);
+  lua_rawseti(L, -2, 1);
+  int i = 0;
+  lua_pushnil(L);
+  while (lua_next(L, 1) != 0 && i < n) { // [.., entry, k, v] the same pairs, in the same order
+    lua_rawseti(L, -3, 2 * i + 3);
+    lua_pushvalue(L, -1);
+    lua_rawseti(L, -3, 2 * i + 2); // [.., entry, k]
+    i++;
+  }
+  lua_settop(L, 4);         // [headers, lines, cache, entry]
+  lua_rawseti(L, 3, e + 1); // [headers, lines, cache]
+  hl_cache[e].n = n;
+  memcpy(hl_cache[e].kv, kv, 2 * (size_t)n * sizeof(kv[0]));
+  lua_settop(L, 2); // [headers, lines]
   return 1;
 }
 
