@@ -195,45 +195,51 @@ function IncomingMessage.new(socket, method, url, version, headers)
   return setmetatable(self, IncomingMessage)
 end
 
+-- Defaults of the fields a server's request rarely changes (_newRequest leaves them out).
+IncomingMessage.complete = false
+IncomingMessage.aborted = false
+IncomingMessage._events = false
+IncomingMessage._queue = false
+IncomingMessage._flowing = false
+IncomingMessage._held = false
+IncomingMessage._paused = false
+IncomingMessage._dump = false
+IncomingMessage._flushScheduled = false
+
 -- A server's request: req.headers is made from the head's raw block (http.c's lazy heads)
--- when first read, so a handler that never reads it costs no headers table. The metatable's
--- __index answers 'headers' and otherwise looks in the class, as IncomingMessage's would.
+-- when first read, and kept in _hraw's place, so a handler that never reads it costs no
+-- headers table and one that does adds no key. The metatable's __index answers 'headers'
+-- and 'connection' (the socket) and otherwise looks in the class, as IncomingMessage's would.
 local RequestMT = {}
 RequestMT.__index = function(self, k)
   if k == 'headers' then
-    local raw = rawget(self, '_hraw')
-    if not raw then
-      return nil
+    local h = rawget(self, '_hraw')
+    if type(h) == 'string' then
+      h = http_headers(h)
+      self._hraw = h
     end
-    local h = http_headers(raw)
-    self._hraw = false
-    rawset(self, 'headers', h)
-    return h
+    return h or nil
+  elseif k == 'connection' then
+    return rawget(self, 'socket')
   end
   return IncomingMessage[k]
 end
 
--- As IncomingMessage.new, with the raw header block instead of the table; no 'headers' key
--- until it is read (then the table has a free slot for it: 15 keys in a 16-slot hash).
+-- As IncomingMessage.new, with the raw header block instead of the table, and only the 8
+-- fields every request writes (an 8-slot hash: half the copy of a 16-field constructor);
+-- the others come from IncomingMessage's defaults until written.
 function IncomingMessage._newRequest(socket, method, url, version, raw)
   local self = {
     socket = false,
-    connection = false,
     method = false,
     url = false,
     httpVersion = false,
-    _hraw = false,
+    _hraw = false, -- the raw header block, then the headers table once read
     complete = false,
-    aborted = false,
-    _events = false,
     _queue = false,
-    _flowing = false,
     _held = true,
-    _paused = false,
-    _dump = false,
-    _flushScheduled = false,
   }
-  self.socket, self.connection, self.method, self.url = socket, socket, method, url
+  self.socket, self.method, self.url = socket, method, url
   self.httpVersion, self._hraw = version, raw
   return setmetatable(self, RequestMT)
 end
@@ -364,36 +370,48 @@ end
 local ServerResponse = class(Headers)
 
 -- Defaults of fields a response rarely changes live in the class, so a response's own table
--- holds 16 fields (a 16-slot hash; one more field would double it): this runs per request.
+-- holds the 8 fields every response writes (an 8-slot hash; one more field would double
+-- it): this runs per request. statusCode is written only when it is not 200, _head for
+-- HEAD, _chunked for chunked responses.
+ServerResponse.statusCode = 200
+ServerResponse._events = false
+ServerResponse._names = false
+ServerResponse._head = false
+ServerResponse._chunked = false
 ServerResponse.statusMessage = false
 ServerResponse.sendDate = true
 ServerResponse._needDrain = false
 ServerResponse._pending = false -- http_send argument lists held while an earlier response is active
 
+-- res.socket and res.connection are the connection's socket, res.writableEnded is
+-- res.finished (Node's two names for it): answered by __index, not stored per response.
+local ResponseMT = {}
+ResponseMT.__index = function(self, k)
+  if k == 'socket' or k == 'connection' then
+    return rawget(self, '_conn').socket
+  elseif k == 'writableEnded' then
+    return rawget(self, 'finished')
+  end
+  return ServerResponse[k]
+end
+
 -- Constant values only in the constructor, variable ones stored after (IncomingMessage.new).
 function ServerResponse.new(conn, req, keepAlive)
-  local socket = conn.socket
   local self = {
     _conn = false,
     req = false,
-    socket = false,
-    connection = false,
-    statusCode = 200,
     headersSent = false,
     finished = false,
-    writableEnded = false,
     writableFinished = false,
-    _events = false,
     _headers = false, -- false, writeHead's lines (a string) or the table (Headers:_hdrs)
-    _names = false, -- the case names were given in, when not canonical (see http_set_headers)
     _keepAlive = false,
-    _head = false,
     _headWritten = false,
-    _chunked = false,
   }
-  self._conn, self.req, self.socket, self.connection = conn, req, socket, socket
-  self._keepAlive, self._head = keepAlive, req.method == 'HEAD'
-  return setmetatable(self, ServerResponse)
+  self._conn, self.req, self._keepAlive = conn, req, keepAlive
+  if req.method == 'HEAD' then
+    self._head = true
+  end
+  return setmetatable(self, ResponseMT)
 end
 
 -- Sends (or, when not this connection's turn, keeps) one http_send call.
@@ -457,7 +475,9 @@ function ServerResponse:writeHead(status, reason, headers)
   if type(reason) == 'table' then
     reason, headers = nil, reason
   end
-  self.statusCode = status
+  if status ~= self.statusCode then
+    self.statusCode = status
+  end
   if reason ~= nil then
     reason = tostring(reason)
     if reason:find('[\r\n]') then
@@ -507,7 +527,6 @@ function ServerResponse:_sendHead(body, last)
   end
   local len
   local noBody = self._head or status == 204 or status == 304 or (status >= 100 and status < 200)
-  self._chunked = false
   if noBody then
     if last and body and not userLen and not te and self._head then
       len = #body
@@ -630,8 +649,7 @@ function ServerResponse:finish(data, fn)
       self:_send(nil, nil, nil, nil, 0, nil, data)
     end
   end
-  self.finished = true
-  self.writableEnded = true
+  self.finished = true -- and res.writableEnded (ResponseMT)
   if fn then
     self:once('finish', fn)
   end
