@@ -429,6 +429,105 @@ describe('http server', function()
     waitClosed(r)
   end)
 
+  -- http_head_lines keeps the last 4 all-string header sets (and their answer, lines or
+  -- "use the header store") by the strings' identity: repeats, more sets than entries,
+  -- cached refusals (Content-Length, a bad name) must answer as the first time did.
+  it('writeHead lines cache: repeated, rotating and refused header sets answer alike', function()
+    local errs = {}
+    local _, port = serve(function(req, res)
+      local i = tonumber(req.url:match('%d+'))
+      if req.url:find('^/bad') then
+        errs[#errs + 1] = select(2, pcall(res.writeHead, res, 200, { ['Bad Name'] = 'v' }))
+        res:finish('x')
+      elseif req.url:find('^/len') then
+        res:writeHead(200, { ['Content-Length'] = '2', ['X-L'] = 'l' })
+        res:finish('bb')
+      else
+        -- Six sets (more than the cache holds), each from the same interned strings.
+        local sets = { { A = 'a' }, { B = 'b' }, { ['X-Num'] = 'n' }, { C = 'c', D = 'd' },
+          { E = 'e' }, { A = 'b' } }
+        res:writeHead(200, sets[i % 6 + 1])
+        res:finish(tostring(i))
+      end
+    end)
+    local want = { { 'A', 'a' }, { 'B', 'b' }, { 'X-Num', 'n' }, { 'C', 'c' }, { 'E', 'e' }, { 'A', 'b' } }
+    local req = {}
+    for i = 0, 23 do
+      req[#req + 1] = 'GET /' .. i .. ' HTTP/1.1\r\n\r\n'
+      if i % 8 == 0 then
+        req[#req + 1] = 'GET /len HTTP/1.1\r\n\r\nGET /bad HTTP/1.1\r\n\r\n'
+      end
+    end
+    local r = raw(port, table.concat(req))
+    local rs = waitResponses(r, 30)
+    local k = 0
+    for i = 0, 23 do
+      k = k + 1
+      local w = want[i % 6 + 1]
+      assert.are.equal(tostring(i), rs[k].body)
+      assert.truthy(rs[k].raw:find('\r\n' .. w[1] .. ': ' .. w[2] .. '\r\n', 1, true), rs[k].raw)
+      if i % 6 == 3 then
+        assert.truthy(rs[k].raw:find('\r\nD: d\r\n', 1, true), rs[k].raw)
+      end
+      if i % 8 == 0 then
+        assert.are.equal('bb', rs[k + 1].body)
+        assert.are.equal('l', rs[k + 1].headers['x-l'])
+        assert.falsy(rs[k + 1].raw:find('Content-Length.*Content-Length'), rs[k + 1].raw)
+        assert.are.equal('x', rs[k + 2].body)
+        k = k + 2
+      end
+    end
+    assert.are.equal(3, #errs)
+    for _, e in ipairs(errs) do
+      assert.matches('ERR_INVALID_HTTP_TOKEN', e)
+    end
+  end)
+
+  -- Request and response tables hold 8 fields; the rest are class defaults or __index
+  -- answers, which must read and write as plain fields would.
+  it('request and response fields: defaults, aliases, writes and lazy headers', function()
+    local seen
+    local _, port = serve(function(req, res)
+      if req.method == 'HEAD' then
+        res.statusCode = 404
+        res:finish('gone')
+        return
+      end
+      local h1 = req.headers
+      seen = {
+        sameSocket = req.socket == req.connection and res.socket == req.socket
+          and res.connection == req.socket,
+        sameHeaders = h1 == req.headers,
+        host = h1.host,
+        defaults = { req.complete, req.aborted, res.statusCode, res.headersSent, res.finished,
+          res.writableEnded, res.writableFinished, res.statusMessage },
+      }
+      req.headers = { replaced = true }
+      seen.replaced = req.headers.replaced
+      res.statusCode = 404
+      res.custom = 'c'
+      res:finish('gone')
+      seen.after = { res.finished, res.writableEnded, res.writableFinished, res.headersSent,
+        res.statusCode, res.custom }
+    end)
+    local r = raw(port, 'GET /x HTTP/1.1\r\nHost: h\r\n\r\nHEAD /y HTTP/1.1\r\n\r\n')
+    local rs = waitResponses(r, 1)
+    assert.are.equal(404, rs[1].status)
+    assert.are.equal('gone', rs[1].body)
+    assert.is_true(seen.sameSocket)
+    assert.is_true(seen.sameHeaders)
+    assert.are.equal('h', seen.host)
+    assert.are.same({ true, false, 200, false, false, false, false, false }, seen.defaults)
+    assert.is_true(seen.replaced)
+    assert.are.same({ true, true, true, true, 404, 'c' }, seen.after)
+    -- The HEAD request after it: Content-Length of the body it would have had, no body.
+    waitFor(function()
+      return r.data:find('HTTP/1.1 404 Not Found.*HTTP/1.1 404 Not Found\r\n.*\r\n\r\n$')
+    end, 3000, 'the HEAD response')
+    assert.falsy(r.data:find('gone.*gone'), r.data)
+    assert.truthy(r.data:find('HTTP/1.1 404 Not Found\r\n[^\n]*\n.*Content%-Length: 4\r\n.*\r\n\r\n$'), r.data)
+  end)
+
   it('answers pipelined requests in order even when the first answers last', function()
     local _, port = serve(function(req, res)
       if req.url == '/slow' then
@@ -660,6 +759,25 @@ describe('http server', function()
       assert.is_true(core.now() - t0 >= 100)
       assert.is_false(busy.closed)
       assert.are.equal('slow', waitResponses(busy, 1)[1].body)
+    end)
+
+    -- The idle time counts from the end of the last response (the loop's clock, read
+    -- through the FFI in Conn:_responseDone), not from the request or the last sweep.
+    it('keepAliveTimeout counts from the end of the last response', function()
+      local _, port = serve(function(_, res)
+        setTimeout(function()
+          res:finish('late')
+        end, 150)
+      end, function(srv)
+        srv.keepAliveTimeout = 120
+      end)
+      local r = raw(port, 'GET / HTTP/1.1\r\n\r\n')
+      waitResponses(r, 1)
+      local answered = core.now()
+      waitClosed(r, 'the idle connection to close')
+      local idle = core.now() - answered
+      assert.is_true(idle >= 110, 'closed ' .. idle .. ' ms after the response')
+      assert.is_true(idle < 1000, 'closed ' .. idle .. ' ms after the response')
     end)
   end)
 
