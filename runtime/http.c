@@ -332,6 +332,19 @@ static int http_headers(lua_State *L) {
   return 1;
 }
 
+// Strings every head pushes ("head", the method, "1.1"), anchored in the registry once:
+// lua_rawgeti costs less than interning them again (hashing, string table lookup) on every
+// request. A ref of 0 is not made yet (luaL_ref never returns 0).
+static int head_ref, v11_ref, method_refs[64];
+
+static void push_cached(lua_State *L, int *ref, const char *s) {
+  if (*ref <= 0) {
+    lua_pushstring(L, s);
+    *ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  }
+  lua_rawgeti(L, LUA_REGISTRYINDEX, *ref);
+}
+
 // Delivers the parsed head: cb("head", ...). Returns nonzero to stop parsing.
 static int deliver_head(lua_State *L, http_conn_t *c, int complete) {
   c->head_pending = 0;
@@ -341,15 +354,20 @@ static int deliver_head(lua_State *L, http_conn_t *c, int complete) {
   lua_rawgeti(L, LUA_REGISTRYINDEX, c->cb_ref);
   int has_ctx = c->ctx_ref != LUA_NOREF;
   if (has_ctx) lua_rawgeti(L, LUA_REGISTRYINDEX, c->ctx_ref);
-  lua_pushliteral(L, "head");
+  push_cached(L, &head_ref, "head");
   if (c->mode == MODE_REQUEST) {
-    lua_pushstring(L, http_method_str((enum http_method)c->p.method));
+    unsigned m = c->p.method;
+    if (m < sizeof(method_refs) / sizeof(method_refs[0])) {
+      push_cached(L, &method_refs[m], http_method_str((enum http_method)m));
+    } else {
+      lua_pushstring(L, http_method_str((enum http_method)m));
+    }
   } else {
     lua_pushinteger(L, c->p.status_code);
   }
   lua_pushlstring(L, c->buf, c->url_len);
   if (c->p.http_major == 1 && c->p.http_minor == 1) {
-    lua_pushliteral(L, "1.1");
+    push_cached(L, &v11_ref, "1.1");
   } else {
     lua_pushfstring(L, "%d.%d", (int)c->p.http_major, (int)c->p.http_minor);
   }
