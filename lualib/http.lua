@@ -277,6 +277,19 @@ function IncomingMessage:_flush()
   end
 end
 
+-- Queues a body chunk (or false: the end) behind what the handler has not taken yet.
+local function enqueue(self, item)
+  local q = self._queue
+  if not q then
+    q = {}
+    self._queue = q
+  elseif q == END_ONLY then
+    q = { false }
+    self._queue = q
+  end
+  q[#q + 1] = item
+end
+
 function IncomingMessage:_push(chunk)
   if self._dump then
     return
@@ -285,15 +298,7 @@ function IncomingMessage:_push(chunk)
     self:emit('data', chunk)
     return
   end
-  local q = self._queue
-  if not q then
-    q = {}
-    self._queue = q
-  elseif q == END_ONLY then
-    q = { false }
-    self._queue = q
-  end
-  q[#q + 1] = chunk
+  enqueue(self, chunk)
 end
 
 function IncomingMessage:_end()
@@ -302,15 +307,7 @@ function IncomingMessage:_end()
     self:emit('end')
     return
   end
-  local q = self._queue
-  if not q then
-    q = {}
-    self._queue = q
-  elseif q == END_ONLY then
-    q = { false }
-    self._queue = q
-  end
-  q[#q + 1] = false
+  enqueue(self, false)
 end
 
 -- Called when the handler that received the message returned.
