@@ -36,6 +36,21 @@ function M.run(script, args, opts)
   local stopping = false
   local reloading, reloadPending = false, false
 
+  -- A worker of `slot` is gone: counts a failed start (it died before it was ready, or
+  -- within stableAfter of it) and returns the delay before the slot's next fork.
+  local function backoff(slot, w)
+    local ranFor = (process.hrtime() - (w._readyAt or w._forkedAt)) / 1e6
+    if not w._ready or ranFor < stableAfter then
+      slot.fails = slot.fails + 1
+    else
+      slot.fails = 0
+    end
+    if slot.fails == 0 then
+      return 0
+    end
+    return math.min(backoffBase * 2 ^ (slot.fails - 1), backoffCap)
+  end
+
   local schedule -- defined below fork, which it calls
   local function fork(slotNo)
     local slot = slots[slotNo]
@@ -55,10 +70,8 @@ function M.run(script, args, opts)
       if slot.worker == w and not stopping and w._ready then
         log(('worker %d (pid %d, slot %d) hit an uncaught error (%s); starting its replacement'):format(
           w.id, w.process.pid, slotNo, tostring(reason)))
-        slot.fails = slot.fails + ((w._readyAt and (process.hrtime() - w._readyAt) / 1e6 >= stableAfter) and 0 or 1)
         slot.worker = nil
-        local delay = slot.fails > 0 and math.min(backoffBase * 2 ^ (slot.fails - 1), backoffCap) or 0
-        schedule(slotNo, delay)
+        schedule(slotNo, backoff(slot, w))
       end
     end)
     w:on('exit', function(code, signal)
@@ -73,16 +86,7 @@ function M.run(script, args, opts)
         slot.worker = nil
         return
       end
-      local ranFor = (process.hrtime() - (w._readyAt or w._forkedAt)) / 1e6
-      if not w._ready or ranFor < stableAfter then
-        slot.fails = slot.fails + 1
-      else
-        slot.fails = 0
-      end
-      local delay = 0
-      if slot.fails > 0 then
-        delay = math.min(backoffBase * 2 ^ (slot.fails - 1), backoffCap)
-      end
+      local delay = backoff(slot, w)
       log(('worker %d (pid %d, slot %d) exited unexpectedly with %s%s; restarting in %d ms'):format(
         w.id, w.process.pid, slotNo, how, w._ready and '' or ' before it was ready', delay))
       slot.worker = nil
