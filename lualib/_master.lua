@@ -124,10 +124,15 @@ function M.run(script, args, opts)
         worker = slots[slotNo].worker,
         fork = function()
           -- The new worker takes the slot once it is ready; until then the old one holds it.
-          local old = slots[slotNo].worker
+          -- A respawn the slot was waiting for is this fork now.
+          local slot = slots[slotNo]
+          if slot.timer then
+            clearTimeout(slot.timer)
+            slot.timer = nil
+          end
+          local old = slot.worker
           local w = fork(slotNo)
-          slots[slotNo].worker = old
-          w._pendingSlot = true
+          slot.worker = old
           return w
         end,
         slotNo = slotNo,
