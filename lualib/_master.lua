@@ -150,6 +150,14 @@ function M.run(script, args, opts)
       if not err then
         log('reload complete')
       end
+      -- A slot whose worker had died (its respawn was taken over by the reload) and whose
+      -- replacement did not come up is respawned as usual.
+      for slotNo = 1, n do
+        local slot = slots[slotNo]
+        if not slot.worker and not slot.timer and not stopping then
+          schedule(slotNo, backoffBase)
+        end
+      end
       if reloadPending then
         reloadPending = false
         reload()
