@@ -251,6 +251,23 @@ describe('lcluster -w', function()
     end, 200)
   end)
 
+  it('a reload takes over a pending respawn: the slot gets one worker, not two', function()
+    local port = lctest.freePort()
+    -- Slot 1 dies; its respawn is due in 300 ms, while the reload's replacement for slot 1
+    -- takes 600 ms to start: the respawn must not fork a second worker for the slot.
+    local app = lctest.spawn(FIX .. 'life_app.lua', { port }, { flags = { '-w', '2' },
+      env = { LCLUSTER_BACKOFF_BASE = 300, LCLUSTER_STABLE_AFTER = 60000, LIFE_READY_DELAY = 600 } })
+    readyPids(app, 2)
+    local victim = tonumber(app.stdout:match('worker ready pid (%d+) slot 1'))
+    require('_core').kill(victim, 9)
+    app:waitOutput('restarting in 300 ms', 5000, 'stderr')
+    app:kill('SIGHUP')
+    app:waitOutput('reload complete', 10000, 'stderr')
+    lctest.turn(300)
+    assert.are.equal(2, #lctest.childPids(app.pid))
+    assert.are.equal(200, getSync(port, '/').status)
+  end)
+
   it('coalesces overlapping reload signals', function()
     local port = lctest.freePort()
     local app = lctest.spawn(FIX .. 'life_app.lua', { port }, { flags = { '-w', '1' } })
