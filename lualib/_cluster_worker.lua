@@ -283,7 +283,25 @@ return function(cluster)
   end
 
   -- Never outlive the master: a signal when it dies, and a check for a master already gone.
-  core.pdeathsig(core.signals.SIGTERM)
+  -- SIGTERM lets an idle worker exit through its default action; once the script listens for
+  -- SIGTERM that action is gone (and a busy worker never runs the listener), so the signal
+  -- becomes SIGKILL while a listener exists.
+  local function deathSignal(listened)
+    core.pdeathsig(listened and core.signals.SIGKILL or core.signals.SIGTERM)
+  end
+  deathSignal(false)
+  -- 'newListener' comes before the listener is added: switch at once, as the script may go
+  -- busy right after.
+  process.on('newListener', function(ev)
+    if ev == 'SIGTERM' then
+      deathSignal(true)
+    end
+  end)
+  process.on('removeListener', function(ev)
+    if ev == 'SIGTERM' then
+      deathSignal(process.listenerCount('SIGTERM') > 0)
+    end
+  end)
   if masterPid and core.ppid() ~= masterPid then
     process.exit(0)
   end

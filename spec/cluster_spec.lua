@@ -320,7 +320,7 @@ describe('cluster at scale and under faults', function()
     for p in pids:gmatch('%d+') do
       list[#list + 1] = tonumber(p)
     end
-    assert.are.equal(3, #list)
+    assert.are.equal(4, #list)
     for _, p in ipairs(list) do
       assert.is_true(running(p))
     end
