@@ -102,7 +102,7 @@ function M.primary(cluster)
       end
       agentFails = a._ready and 0 or agentFails + 1
       local delay = agentFails > 0 and math.min(100 * 2 ^ (agentFails - 1), 30000) or 0
-      process._writeErr(('lcluster master: the agent (pid %d) exited with %s; restarting in %d ms\n'):format(
+      require('_lifecycle').log(('the agent (pid %d) exited with %s; restarting in %d ms'):format(
         a.process.pid, signal and ('signal ' .. signal) or ('code ' .. tostring(code)), delay))
       setTimeout(function()
         if not stopping and cluster.agent == a then

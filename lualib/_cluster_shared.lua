@@ -388,7 +388,7 @@ function M.primary(cluster)
     local rr, err, code
     local function onEvent(ev, emsg, ecode)
       if ev == 'error' then
-        process._writeErr(('lcluster master: accept on %s failed: %s\n'):format(msg.key, tostring(emsg)))
+        require('_lifecycle').log(('accept on %s failed: %s'):format(msg.key, tostring(emsg)))
         if ecode ~= 'EMFILE' and ecode ~= 'ENFILE' then
           return
         end

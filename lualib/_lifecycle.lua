@@ -5,8 +5,9 @@
 -- the reload and the old workers keep serving.
 local M = {}
 
+-- The master's log lines: UTC time, pid, message (as PM2 and nginx stamp theirs).
 local function log(msg)
-  process._writeErr('lcluster master: ' .. msg .. '\n')
+  process._writeErr(('%s lcluster master[%d]: %s\n'):format(os.date('!%Y-%m-%dT%H:%M:%SZ'), process.pid, msg))
 end
 M.log = log
 

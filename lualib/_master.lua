@@ -240,7 +240,7 @@ function M.run(script, args, opts)
       slots[slotNo] = { fails = 0 }
       fork(slotNo)
     end
-    log(('started %d workers running %s (pid %d)'):format(n, script, process.pid))
+    log(('started %d workers running %s'):format(n, script))
   end
 
   if opts.agent then

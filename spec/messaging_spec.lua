@@ -19,6 +19,7 @@ describe('the agent (lcluster -w N --agent)', function()
     local workerAt = app.stdout:find('worker up')
     assert.is_truthy(agentAt)
     assert.is_true(agentAt < workerAt)
+    app:waitOutput('started 2 workers', 5000, 'stderr') -- stderr is another pipe: wait for it
     assert.is_true(app.stderr:find('is ready') < app.stderr:find('started 2 workers'))
     assert.matches('isAgent true', app.stdout, 1, true)
     app:kill('SIGTERM')
