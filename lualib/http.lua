@@ -17,7 +17,7 @@ local http_headers = core.http_headers
 local tnew = require('table.new')
 local ffi = require('ffi')
 local Emitter = events.Emitter
-local lower, type, tostring, tonumber = string.lower, type, tostring, tonumber
+local lower, type, tostring, tonumber, next = string.lower, type, tostring, tonumber, next
 local setImmediate, setInterval, setTimeout = timer.setImmediate, timer.setInterval, timer.setTimeout
 
 -- The loop's time in ms, as core.now() gives it, read from the loop itself through the FFI:
@@ -461,6 +461,56 @@ function ServerResponse:_activate()
   end
 end
 
+-- http_head_lines' answer for the last all-string header set of up to 4 pairs it was asked
+-- about, checked in Lua first: a handler usually writes the same pairs (from the same
+-- constant strings) on every request, and a few compiled next() calls comparing them cost
+-- less than the C call (and the trace stitch around it). Strings are interned, so == compares
+-- them as http.c's cache does (by identity). hlPairs = { k1, v1, k2, v2, ... } in next()
+-- order; hlAnswer is what http_head_lines gave for them (the lines, or false: the header
+-- store's path). The answer depends on nothing but the strings, so a repeat gets the same
+-- one. No loop: an inner loop would split the handler's trace.
+local hlPairs, hlAnswer = {}, false
+
+local function headLines(headers)
+  if type(headers) ~= 'table' then
+    return http_head_lines(headers) -- its argument error
+  end
+  local c, i = hlPairs, 1
+  local k, v = next(headers)
+  if k ~= nil and k == c[1] and v == c[2] then
+    k, v = next(headers, k)
+    i = 3
+    if k ~= nil and k == c[3] and v == c[4] then
+      k, v = next(headers, k)
+      i = 5
+      if k ~= nil and k == c[5] and v == c[6] then
+        k, v = next(headers, k)
+        i = 7
+        if k ~= nil and k == c[7] and v == c[8] then
+          k = next(headers, k)
+          i = 9
+        end
+      end
+    end
+  end
+  if k == nil and i > 1 and c[i] == nil then
+    return hlAnswer
+  end
+  local answer = http_head_lines(headers)
+  local p, n = {}, 0
+  for name, value in next, headers do
+    if n == 8 or type(name) ~= 'string' or type(value) ~= 'string' then
+      return answer
+    end
+    p[n + 1], p[n + 2] = name, value
+    n = n + 2
+  end
+  if n > 0 then
+    hlPairs, hlAnswer = p, answer
+  end
+  return answer
+end
+
 function ServerResponse:writeHead(status, reason, headers)
   if self.headersSent or self._headWritten then
     error(headersSentError(), 2)
@@ -489,7 +539,7 @@ function ServerResponse:writeHead(status, reason, headers)
         self:setHeader(headers[i], headers[i + 1])
       end
     else
-      local lines = not self._headers and http_head_lines(headers)
+      local lines = not self._headers and headLines(headers)
       if lines then
         self._headers = lines
       else
