@@ -483,6 +483,57 @@ describe('http server', function()
     end
   end)
 
+  -- writeHead checks the last all-string set of up to 4 pairs in Lua before http_head_lines:
+  -- a set that only starts like it, extends it, differs in one value or in a value's type,
+  -- or has more than 4 pairs must answer as a fresh set would.
+  it('writeHead lines cache in Lua: prefixes, extensions, numbers and big sets', function()
+    local sets = {
+      { A = 'a', B = 'b' }, { A = 'a' }, { A = 'a', B = 'b' }, { A = 'a', B = 'b', C = 'c' },
+      { A = 'a', B = 'b' }, { A = 'a', B = 'x' }, { A = 'a', B = 'b' }, { A = 'a', B = 2 },
+      { A = 'a', B = 'b' }, { A = 'a', B = 'b', C = 'c', D = 'd', E = 'e' },
+      { A = 'a', B = 'b', C = 'c', D = 'd', E = 'e' }, { A = 'a', B = 'b', C = 'c', D = 'd' },
+      { A = 'a', B = 'b', C = 'c', D = 'd' }, { A = 'a', B = 'b', C = 'c' },
+      { A = 'a', B = 'b', ['Content-Length'] = '1' }, { A = 'a', B = 'b', ['Content-Length'] = '1' },
+    }
+    local _, port = serve(function(req, res)
+      local i = tonumber(req.url:match('%d+'))
+      res:writeHead(200, sets[i])
+      res:finish('z')
+    end)
+    local req = {}
+    for i = 1, #sets do
+      req[i] = 'GET /' .. i .. ' HTTP/1.1\r\n\r\n'
+    end
+    local r = raw(port, table.concat(req))
+    local rs = waitResponses(r, #sets)
+    for i, set in ipairs(sets) do
+      local want = {}
+      for k, v in pairs(set) do
+        want[k:lower()] = tostring(v)
+        assert.truthy(rs[i].raw:find('\r\n' .. k .. ': ' .. v .. '\r\n', 1, true), rs[i].raw)
+      end
+      local got, n = 0, 0
+      for k in pairs(want) do
+        n = n + 1
+        if rs[i].headers[k] == want[k] then
+          got = got + 1
+        end
+      end
+      assert.are.equal(n, got, rs[i].raw)
+      assert.are.equal('z', rs[i].body)
+      assert.falsy(rs[i].raw:find('Content-Length.*Content-Length'), rs[i].raw)
+      -- Exactly the set's lines, nothing left from the previous set.
+      local _, lines = rs[i].raw:gsub('\r\n[A-E]: ', '')
+      local letters = 0
+      for k in pairs(set) do
+        if #k == 1 then
+          letters = letters + 1
+        end
+      end
+      assert.are.equal(letters, lines, rs[i].raw)
+    end
+  end)
+
   -- Request and response tables hold 8 fields; the rest are class defaults or __index
   -- answers, which must read and write as plain fields would.
   it('request and response fields: defaults, aliases, writes and lazy headers', function()
