@@ -321,6 +321,14 @@ describe('cluster at scale and under faults', function()
       list[#list + 1] = tonumber(p)
     end
     assert.are.equal(4, #list)
+    -- Should the spec fail, the workers it proves gone must not stay behind.
+    finally(function()
+      for _, p in ipairs(list) do
+        if running(p) then
+          require('_core').kill(p, 9)
+        end
+      end
+    end)
     for _, p in ipairs(list) do
       assert.is_true(running(p))
     end
