@@ -818,8 +818,9 @@ static size_t put_canon(char *d, const char *l, size_t n) {
 }
 
 // _core.http_set_headers(store, names|false, headers) -> ok, names|nil
-// The common case of res:writeHead(status, {Name = value, ...}) in one C call (a Lua loop
-// over pairs() in the request path keeps LuaJIT from compiling the handler): for each pair,
+// The common case of res:writeHead(status, {Name = value, ...}) in one C call (a loop in
+// the request path starts a trace of its own and splits the handler's, "inner loop in root
+// trace"): for each pair,
 // store[lower(name)] = value as Headers:setHeader does. The case given is kept in
 // names[lower(name)] only when it differs from the canonical one (put_canon), so the usual
 // names need no names table at all; one is created (and returned) when needed.
