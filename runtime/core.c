@@ -212,20 +212,6 @@ static int core_strerror(lua_State *L) {
   return 2;
 }
 
-static int core_set_uncaught(lua_State *L) {
-  lua_getfield(L, LUA_REGISTRYINDEX, "lc.set_uncaught");
-  lua_insert(L, 1);
-  lua_call(L, lua_gettop(L) - 1, 0);
-  return 0;
-}
-
-static int core_call(lua_State *L) {
-  lua_getfield(L, LUA_REGISTRYINDEX, "lc.call");
-  lua_insert(L, 1);
-  lua_call(L, lua_gettop(L) - 1, 1);
-  return 1;
-}
-
 // The signal numbers lualib names, so Lua never hard-codes platform values.
 static void push_signals(lua_State *L) {
   static const struct {
@@ -269,8 +255,8 @@ int lc_core_luaopen(lua_State *L) {
                                  {"kill", core_kill},
                                  {"pdeathsig", core_pdeathsig},
                                  {"strerror", core_strerror},
-                                 {"set_uncaught", core_set_uncaught},
-                                 {"call", core_call},
+                                 {"set_uncaught", lc_set_uncaught},
+                                 {"call", lc_call},
                                  {NULL, NULL}};
   lua_newtable(L); // [core]
   luaL_register(L, NULL, fns);

@@ -21,6 +21,13 @@ extern uv_loop_t *lc_loop;
 /// and the error was handled (nothing is left on the stack).
 int lc_pcall(lua_State *L, int nargs, int nresults);
 
+/// _core.set_uncaught(fn): the Lua function every uncaught error is given to, as
+/// fn(err, traceback) -> handled.
+int lc_set_uncaught(lua_State *L);
+/// _core.call(fn, ...): calls fn through lc_pcall; returns true on success, false when the
+/// error went to the uncaught handler (which chose to continue).
+int lc_call(lua_State *L);
+
 /// Flushes stdio and ends the process with `code`, running nothing else.
 void lc_exit(int code) __attribute__((noreturn));
 

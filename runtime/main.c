@@ -94,8 +94,7 @@ void lc_exit(int code) {
   exit(code);
 }
 
-// _core.set_uncaught(fn): the Lua function every uncaught error is given to.
-static int set_uncaught(lua_State *L) {
+int lc_set_uncaught(lua_State *L) {
   luaL_checktype(L, 1, LUA_TFUNCTION);
   if (uncaught_ref != LUA_NOREF) luaL_unref(L, LUA_REGISTRYINDEX, uncaught_ref);
   lua_pushvalue(L, 1);
@@ -103,9 +102,7 @@ static int set_uncaught(lua_State *L) {
   return 0;
 }
 
-// _core.call(fn, ...): calls fn through lc_pcall; returns true on success, false when the
-// error went to the uncaught handler (which chose to continue).
-static int core_call(lua_State *L) {
+int lc_call(lua_State *L) {
   luaL_checktype(L, 1, LUA_TFUNCTION);
   int rc = lc_pcall(L, lua_gettop(L) - 1, 0);
   lua_pushboolean(L, rc == 0);
@@ -140,11 +137,6 @@ int main(int argc, char **argv) {
   preload(L, "cjson.safe", luaopen_cjson_safe);
   preload(L, "_core", lc_core_luaopen);
   lc_lualib_register(L);
-
-  lua_pushcfunction(L, set_uncaught);
-  lua_setfield(L, LUA_REGISTRYINDEX, "lc.set_uncaught");
-  lua_pushcfunction(L, core_call);
-  lua_setfield(L, LUA_REGISTRYINDEX, "lc.call");
 
   lua_pushcfunction(L, traceback); // [msgh]
   lua_getglobal(L, "require");     // [msgh, require]
