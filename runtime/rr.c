@@ -26,7 +26,7 @@
 // (the newconn message: must contain the rr's id as "k"), `rr:set_policy(name)`,
 // `rr:add(id, channel [, key])`, `rr:suspend(id)` (the worker closed its server: send it no
 // more), `rr:remove(id)` (its channel is gone: unacknowledged connections go to others),
-// `rr:load(id, n)`, `rr:dispatch(fd [, exclude_id])`, `rr:stats()`, `rr:pending()`, close([fn]).
+// `rr:load(id, n)`, `rr:dispatch(fd [, exclude_id])`, `rr:stats()`, close([fn]).
 // cb('error', msg, code) when accept fails for a reason other than running dry.
 #include <errno.h>
 #include <netinet/in.h>
@@ -624,13 +624,6 @@ static int rr_stats(lua_State *L) {
   return 3;
 }
 
-static int rr_pending(lua_State *L) {
-  lc_rr_t *self = lc_handle_check_any(L, 1, MT);
-  lua_pushinteger(L, self->npending);
-  lua_pushinteger(L, self->ntargets);
-  return 2;
-}
-
 // rr:close([fn]): stops accepting, closes queued connections and the socket.
 static int rr_close(lua_State *L) {
   lc_handle_t **ud = luaL_checkudata(L, 1, MT);
@@ -655,7 +648,6 @@ void lc_rr_open(lua_State *L) {
                                      {"load", rr_load},
                                      {"dispatch", rr_dispatch},
                                      {"stats", rr_stats},
-                                     {"pending", rr_pending},
                                      {"close", rr_close},
                                      {NULL, NULL}};
   lc_handle_meta(L, MT, methods, NULL);
