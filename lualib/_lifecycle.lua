@@ -11,36 +11,29 @@ local function log(msg)
 end
 M.log = log
 
--- Waits for worker to be ready. cb(err) with err nil on success.
+-- Waits for worker to be ready (listening, or process.ready()). cb(err) with err nil on
+-- success, once.
 function M.whenReady(worker, timeoutMs, cb)
-  local done = false
-  local timer
-  local function finish(err)
-    if done then
-      return
-    end
-    done = true
-    if timer then
-      clearTimeout(timer)
-    end
-    worker:off('listening', worker._lcReadyL)
-    worker:off('ready', worker._lcReadyR)
-    worker:off('exit', worker._lcReadyE)
-    cb(err)
-  end
   if worker._ready then
     return cb(nil)
   end
-  worker._lcReadyL = function()
+  local timer, onReady, onExit
+  local function finish(err)
+    clearTimeout(timer)
+    worker:off('listening', onReady)
+    worker:off('ready', onReady)
+    worker:off('exit', onExit)
+    cb(err)
+  end
+  onReady = function()
     finish(nil)
   end
-  worker._lcReadyR = worker._lcReadyL
-  worker._lcReadyE = function(code, signal)
+  onExit = function(code, signal)
     finish(('exited before it was ready (%s)'):format(signal or ('code ' .. tostring(code))))
   end
-  worker:on('listening', worker._lcReadyL)
-  worker:on('ready', worker._lcReadyR)
-  worker:on('exit', worker._lcReadyE)
+  worker:on('listening', onReady)
+  worker:on('ready', onReady)
+  worker:on('exit', onExit)
   timer = setTimeout(function()
     finish(('not ready within %d ms'):format(timeoutMs))
   end, timeoutMs)
