@@ -3,7 +3,7 @@
 -- Cluster hook (nil in a standalone process): dgram._bindHook(socket, opts, fn(err, handle))
 -- is called by Socket:bind with the normalised options {address, port, family, exclusive,
 -- reuseAddr, ipv6Only} unless opts.exclusive; fn(nil, udpHandle) adopts a bound handle
--- (Socket:_bindOnHandle), fn(err) emits 'error'.
+-- (Socket:_bindOnHandle), fn(err) emits 'error' (err is an error table, events.makeError).
 local core = require('_core')
 local class = require('_class')
 local events = require('events')
@@ -160,9 +160,6 @@ function Socket:_bind(opts)
         return
       end
       if err ~= nil then
-        if type(err) ~= 'table' then
-          err = fromUv(tostring(err))
-        end
         return self:_bindError(err)
       end
       self:_bindOnHandle(handle)

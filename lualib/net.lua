@@ -15,7 +15,8 @@
 --   net._listenHook(server, opts, fn(err, handle, address)) is called by Server:listen with the
 --     normalised options unless opts.exclusive. fn(nil, handle) makes the server accept on an
 --     already-bound handle (Server:_listenOnHandle); fn(nil, nil, address) marks it listening
---     with connections arriving through Server:_addConnection(tcpHandle); fn(err) emits 'error'.
+--     with connections arriving through Server:_addConnection(tcpHandle); fn(err) emits 'error'
+--     (err is an error table, events.makeError).
 --   server._closeHook(server), when set by the hook's owner, is called once by server:close().
 --   net._bindListen(opts, cb) binds and listens locally (what the master needs too).
 local core = require('_core')
@@ -1002,9 +1003,6 @@ function Server:_listen(opts)
         return
       end
       if err ~= nil then
-        if type(err) ~= 'table' then
-          err = fromUv(tostring(err))
-        end
         return self:_listenError(err)
       end
       if address ~= nil then
