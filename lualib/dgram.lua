@@ -228,6 +228,15 @@ function Socket:_autoBind()
   return true
 end
 
+-- A send that failed at once: fn(err) or an 'error' event, on the next turn as libuv would.
+local function sendFailed(self, fn, e)
+  if fn then
+    setImmediate(fn, e)
+  else
+    setImmediate(Emitter.emit, self, 'error', e)
+  end
+end
+
 function Socket:_sendTo(msg, address, port, fn)
   if self._state == 'closed' then
     if fn then
@@ -237,12 +246,7 @@ function Socket:_sendTo(msg, address, port, fn)
   end
   local ok, err, code = self._handle:send(msg, address, port, fn)
   if not ok then
-    local e = fromUv(err, code, { syscall = 'send', address = address, port = port })
-    if fn then
-      setImmediate(fn, e)
-    else
-      setImmediate(Emitter.emit, self, 'error', e)
-    end
+    sendFailed(self, fn, fromUv(err, code, { syscall = 'send', address = address, port = port }))
   end
 end
 
@@ -299,12 +303,7 @@ function Socket:send(msg, port, address, fn)
     end
   end)
   if not ok then
-    local e = net._resolveError(err, code, address)
-    if fn then
-      setImmediate(fn, e)
-    else
-      setImmediate(Emitter.emit, self, 'error', e)
-    end
+    sendFailed(self, fn, net._resolveError(err, code, address))
   end
 end
 
