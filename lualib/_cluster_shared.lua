@@ -19,6 +19,9 @@ local M = {}
 local BALANCES = { rr = true, none = true, reuseport = true, sticky = true, least = true }
 
 local function keyOf(kind, opts)
+  if opts.fdName then
+    return kind .. ':fd:' .. opts.fdName
+  end
   if opts.path then
     return kind .. ':' .. opts.path
   end
@@ -168,7 +171,7 @@ function M.worker(cluster)
     local key = base .. ':' .. index
     query({ key = key, kind = 'tcp', host = opts.host, port = opts.port, family = opts.family,
       path = opts.path, backlog = opts.backlog, ipv6Only = opts.ipv6Only, balance = balance,
-      anyHost = opts.anyHost }, function(reply, fds)
+      anyHost = opts.anyHost, fdName = opts.fdName }, function(reply, fds)
       if reply.err then
         releaseIndex(base, index)
         return cb(replyError(reply))
@@ -284,11 +287,11 @@ function M.worker(cluster)
 
   dgram._bindHook = function(socket, opts, cb)
     local base = keyOf(socket.type or socket._type or 'udp', { host = opts.address, port = opts.port,
-      family = socket._family })
+      family = socket._family, fdName = opts.fdName })
     local index = takeIndex(base)
     local key = base .. ':' .. index
     query({ key = key, kind = 'udp', host = opts.address, port = opts.port, family = socket._family,
-      reuseAddr = opts.reuseAddr, ipv6Only = opts.ipv6Only }, function(reply, fds)
+      reuseAddr = opts.reuseAddr, ipv6Only = opts.ipv6Only, fdName = opts.fdName }, function(reply, fds)
       if reply.err then
         releaseIndex(base, index)
         return cb(replyError(reply))
@@ -360,6 +363,33 @@ function M.primary(cluster)
   -- Binds what a key needs in the master: -> handle record, or nil, err, code.
   local function create(msg, balance)
     local h = { kind = msg.kind, balance = balance, workers = {}, members = {}, key = msg.key }
+    -- Socket activation: a socket systemd handed the master (_systemd.lua) that this listen
+    -- asks for (by fdName, or by address and port) is used instead of a new bind.
+    local ifd, info, icode = require('_systemd').take(msg.kind, msg)
+    if ifd == nil and info ~= nil then
+      return nil, info, icode
+    end
+    if ifd and msg.kind == 'udp' then
+      local u = core.udp()
+      local ok, err, code = u:open(ifd)
+      if not ok then
+        u:close()
+        core.ipc_closefd(ifd)
+        return nil, err, code
+      end
+      h.udp = u
+      h.address = u:getsockname()
+      return h
+    end
+    if ifd and balance == 'reuseport' then
+      -- Each reuseport worker binds a socket of its own, which the inherited one (bound
+      -- without SO_REUSEPORT) would refuse, and connections queued on it would never be
+      -- accepted: the master accepts on it instead, round-robin.
+      require('_lifecycle').log(("%s: balance 'reuseport' cannot share a socket inherited from "
+        .. "systemd (fd %d, %s); using 'rr'"):format(msg.key, info.fd, info.name))
+      h.balance, h.asked = 'rr', 'reuseport'
+      balance = 'rr'
+    end
     if msg.kind == 'udp' then
       local u = core.udp()
       local ok, err, code = u:bind(msg.host, msg.port, { reuseaddr = msg.reuseAddr,
@@ -372,7 +402,7 @@ function M.primary(cluster)
       h.address = u:getsockname()
       return h
     end
-    if balance == 'reuseport' then
+    if balance == 'reuseport' and not ifd then
       -- Reserve the port (a bound, never listening SO_REUSEPORT socket) so port 0 names one
       -- port every worker binds with SO_REUSEPORT.
       local r = core.tcp()
@@ -394,7 +424,9 @@ function M.primary(cluster)
         end
       end
     end
-    if msg.path then
+    if ifd then
+      rr, err, code = core.rr_listen_fd(ifd, msg.backlog or 511, onEvent)
+    elseif msg.path then
       rr, err, code = core.rr_listen_path(msg.path, msg.backlog or 511, onEvent)
     else
       local host = msg.host
@@ -407,7 +439,7 @@ function M.primary(cluster)
       return nil, err, code
     end
     h.rr = rr
-    h.address = msg.path or rr:getsockname()
+    h.address = msg.path or (info and info.path) or rr:getsockname()
     if balance ~= 'none' then
       rr:set_policy(balance)
       rr:set_body(cjson.encode({ cmd = 'newconn', key = msg.key, k = rr:id() }))
@@ -426,7 +458,8 @@ function M.primary(cluster)
     if type(msg.key) ~= 'string' or (msg.kind ~= 'tcp' and msg.kind ~= 'udp')
       or (msg.path ~= nil and (type(msg.path) ~= 'string' or msg.kind ~= 'tcp'))
       or (msg.path == nil and (not validPort(msg.port) or type(msg.host) ~= 'string'))
-      or (msg.backlog ~= nil and (type(msg.backlog) ~= 'number' or msg.backlog < 0)) then
+      or (msg.backlog ~= nil and (type(msg.backlog) ~= 'number' or msg.backlog < 0))
+      or (msg.fdName ~= nil and type(msg.fdName) ~= 'string') then
       return failReply(worker, msg, 'ERR_INVALID_ARG_VALUE: malformed queryServer', 'ERR_INVALID_ARG_VALUE')
     end
     local balance = msg.kind == 'udp' and 'udp' or (msg.balance or defaultBalance())
@@ -435,7 +468,7 @@ function M.primary(cluster)
         'ERR_INVALID_ARG_VALUE')
     end
     local h = handles[msg.key]
-    if h and h.balance ~= balance then
+    if h and (h.asked or h.balance) ~= balance then
       return failReply(worker, msg, ('ERR_INVALID_ARG_VALUE: %s is already shared with balance %s'):format(
         msg.key, h.balance), 'ERR_INVALID_ARG_VALUE')
     end

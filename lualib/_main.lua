@@ -15,6 +15,10 @@ options:
                          env LCLUSTER_KILL_TIMEOUT)
       --ready-timeout MS (with -w) how long a new worker may take to listen (10000;
                          env LCLUSTER_READY_TIMEOUT)
+      --drain-delay MS   (with -w) on a graceful stop, keep serving this long after
+                         announcing it (STOPPING=1, GET /health 503) so load balancers
+                         take the host out first (0; env LCLUSTER_DRAIN_DELAY)
+      --metrics [HOST:]PORT (with -w) serve GET /health there (127.0.0.1)
   -h, --help             this help
   -v, --version          print the version
 
@@ -22,6 +26,8 @@ exit status: the script's process.exit(code); 0 when the loop runs dry; 1 on an 
 error; 2 on a usage error or a script that cannot be loaded.
 environment:
   LCLUSTER_LUALIB        load lualib/ modules from this folder instead of the binary
+  NOTIFY_SOCKET, WATCHDOG_USEC, LISTEN_FDS, LISTEN_PID, LISTEN_FDNAMES
+                         systemd's Type=notify and socket activation (docs/api.md)
 ]]
 
 local function usageError(msg)
@@ -85,6 +91,11 @@ local function runScript(script, args, opts)
   if not chunk then
     core.write(2, 'lcluster: cannot load script ' .. script .. ': ' .. tostring(err) .. '\n')
     return 2
+  end
+  if not core.getenv('LCLUSTER_WORKER_ID') then
+    -- A master (or a plain script): take systemd's notification socket and inherited
+    -- listeners, and hide them from every process it starts.
+    require('_systemd').init()
   end
   if opts.workers then
     -- The master checks what its workers will run: a script that cannot load is a usage
@@ -158,6 +169,22 @@ return function(argv)
         return usageError('--workers needs a number or "auto", got ' .. tostring(v))
       end
       opts.workers = num == 0 and #core.cpus() or num
+    elseif a == '--drain-delay' or a == '--metrics' then
+      -- Service-manager options (_systemd.lua, _health.lua).
+      i = i + 1
+      local v = argv[i]
+      if v == nil then
+        return usageError(a .. ' needs a value')
+      end
+      if a == '--metrics' then
+        opts.metrics = v
+      else
+        local num = tonumber(v)
+        if not num or num < 0 then
+          return usageError(a .. ' needs a number of milliseconds, got ' .. v)
+        end
+        opts.drainDelay = num
+      end
     elseif a == '--agent' or a == '--kill-timeout' or a == '--ready-timeout' then
       i = i + 1
       local v = argv[i]
@@ -199,6 +226,9 @@ return function(argv)
   end
   if opts.agent and not opts.workers then
     return usageError('--agent needs --workers')
+  end
+  if (opts.drainDelay or opts.metrics) and not opts.workers then
+    return usageError((opts.metrics and '--metrics' or '--drain-delay') .. ' needs --workers')
   end
   local args = {}
   for j = i + 1, n do

@@ -23,6 +23,9 @@ function M.run(script, args, opts)
   local stableAfter = envNumber('LCLUSTER_STABLE_AFTER', 5000)
   local backoffBase = envNumber('LCLUSTER_BACKOFF_BASE', 100)
   local backoffCap = envNumber('LCLUSTER_BACKOFF_CAP', 30000)
+  -- A graceful stop is announced (STOPPING=1, GET /health 503, M.state.draining) this long
+  -- before the workers stop accepting, so load balancers take the host out first.
+  local drainDelay = opts.drainDelay or envNumber('LCLUSTER_DRAIN_DELAY', 0)
 
   -- Workers get their own process group, so a terminal's Ctrl-C or a SIGHUP reaches only
   -- the master, which coordinates the stop or the reload.
@@ -35,6 +38,25 @@ function M.run(script, args, opts)
   local slots = {} -- slot -> { worker=, fails=, timer= }
   local stopping = false
   local reloading, reloadPending = false, false
+  M.state = { draining = false } -- read by the operations code (/health)
+
+  local function readyCount()
+    local c = 0
+    for _, slot in pairs(slots) do
+      local w = slot.worker
+      if w and w._ready and not w:isDead() then
+        c = c + 1
+      end
+    end
+    return c
+  end
+  -- systemd notifications (Type=notify): READY/RELOADING/STOPPING/STATUS/WATCHDOG.
+  local sd = require('_systemd').master({
+    total = function()
+      return n
+    end,
+    ready = readyCount,
+  })
 
   -- A worker of `slot` is gone: counts a failed start (it died before it was ready, or
   -- within stableAfter of it) and returns the delay before the slot's next fork.
@@ -61,6 +83,7 @@ function M.run(script, args, opts)
     local function ready()
       w._ready = true
       w._readyAt = process.hrtime()
+      sd.changed()
     end
     w:on('listening', ready)
     w:on('ready', ready)
@@ -75,6 +98,7 @@ function M.run(script, args, opts)
       end
     end)
     w:on('exit', function(code, signal)
+      sd.changed()
       local how = signal and ('signal ' .. signal) or ('code ' .. tostring(code))
       if slot.worker ~= w then
         -- A replaced worker, or a reload's replacement that never became ready.
@@ -117,6 +141,7 @@ function M.run(script, args, opts)
       return
     end
     reloading = true
+    sd.reloading()
     log('reloading ' .. n .. ' workers one at a time')
     local list = {}
     for slotNo = 1, n do
@@ -147,6 +172,7 @@ function M.run(script, args, opts)
       end,
     }, function(err)
       reloading = false
+      sd.reloaded()
       if not err then
         log('reload complete')
       end
@@ -165,6 +191,7 @@ function M.run(script, args, opts)
     end)
   end
 
+  local stopNow -- the stop itself, after the drain delay
   local function stop(signal)
     if stopping then
       if signal == 'SIGINT' then
@@ -180,6 +207,19 @@ function M.run(script, args, opts)
       return
     end
     stopping = true
+    M.state.draining = true
+    sd.stopping()
+    if drainDelay > 0 then
+      log(('%s: draining for %d ms before stopping %d workers'):format(signal, drainDelay, n))
+      setTimeout(function()
+        stopNow(signal)
+      end, drainDelay)
+      return
+    end
+    stopNow(signal)
+  end
+
+  stopNow = function(signal)
     if cluster._stopAgent then
       cluster._stopAgent()
     end
@@ -234,6 +274,15 @@ function M.run(script, args, opts)
     stop('SIGINT')
   end)
   M.reload = reload
+  if opts.metrics then
+    local ok, err = require('_health').serve(opts.metrics, function()
+      return sd.isReady() and not stopping and readyCount() > 0
+    end)
+    if not ok then
+      log(err)
+      return 2
+    end
+  end
 
   local function startWorkers()
     for slotNo = 1, n do

@@ -93,14 +93,18 @@ function Socket:bind(a1, a2, a3)
   if self._state ~= 'unbound' then
     error('ERR_SOCKET_ALREADY_BOUND: socket is already bound', 2)
   end
-  local port, address, exclusive, fn
+  local port, address, exclusive, fn, fdName
   if type(a1) == 'table' then
     for k in pairs(a1) do
-      if k ~= 'port' and k ~= 'address' and k ~= 'exclusive' and k ~= 'fd' then
+      if k ~= 'port' and k ~= 'address' and k ~= 'exclusive' and k ~= 'fd' and k ~= 'fdName' then
         error(("ERR_INVALID_ARG_VALUE: unknown bind option '%s'"):format(tostring(k)), 2)
       end
     end
     port, address, exclusive, fn = a1.port, a1.address, a1.exclusive == true, a2
+    fdName = a1.fdName
+    if fdName ~= nil and type(fdName) ~= 'string' then
+      error('ERR_INVALID_ARG_TYPE: fdName must be a string, got ' .. type(fdName), 2)
+    end
   else
     if type(a1) == 'function' then
       a1, a2, a3 = nil, nil, a1
@@ -121,7 +125,8 @@ function Socket:bind(a1, a2, a3)
   end
   self._state = 'binding'
   local opts = { address = address or anyAddress(self._family), port = port, family = self._family,
-    exclusive = exclusive == true, reuseAddr = self._reuseAddr, ipv6Only = self._ipv6Only }
+    exclusive = exclusive == true, reuseAddr = self._reuseAddr, ipv6Only = self._ipv6Only,
+    fdName = fdName }
   local fam = core.isip(opts.address)
   if fam == 0 then
     local ok, err, code = core.getaddrinfo(opts.address, nil, self._family, function(err2, list, code2)

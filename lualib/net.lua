@@ -837,7 +837,7 @@ function Server:_init(options, fn)
 end
 
 local listenOptions = { port = true, host = true, path = true, backlog = true, exclusive = true,
-  ipv6Only = true, balance = true, readableAll = true, writableAll = true }
+  ipv6Only = true, balance = true, readableAll = true, writableAll = true, fdName = true }
 local balances = { rr = true, none = true, reuseport = true, sticky = true, least = true }
 
 -- listen's forms -> opts {host, port, family, backlog, path, exclusive, balance, ipv6Only}, fn.
@@ -861,8 +861,9 @@ local function normalizeListen(level, ...)
     end
     checkKeys(a1, listenOptions, 'listen', level + 1)
     o = a1
-    if o.port == nil and o.path == nil then
-      error('ERR_INVALID_ARG_VALUE: listen options must have the property "port" or "path"', level + 1)
+    if o.port == nil and o.path == nil and o.fdName == nil then
+      error('ERR_INVALID_ARG_VALUE: listen options must have the property "port", "path" or "fdName"',
+        level + 1)
     end
   elseif type(a1) == 'string' and not isPortLike(a1) and a1:find('/') then
     o = { path = a1, backlog = args[2] }
@@ -878,6 +879,7 @@ local function normalizeListen(level, ...)
   end
   checkType(o.host, 'string', 'host', level + 1)
   checkType(o.path, 'string', 'path', level + 1)
+  checkType(o.fdName, 'string', 'fdName', level + 1)
   if o.backlog ~= nil and (type(o.backlog) ~= 'number' or o.backlog < 0 or o.backlog % 1 ~= 0) then
     error('ERR_INVALID_ARG_VALUE: backlog must be an integer >= 0, got ' .. describe(o.backlog), level + 1)
   end
@@ -890,6 +892,7 @@ local function normalizeListen(level, ...)
     exclusive = o.exclusive == true,
     balance = o.balance,
     ipv6Only = o.ipv6Only == true,
+    fdName = o.fdName, -- a socket inherited from systemd, by name (_systemd.lua)
   }
   if o.path ~= nil then
     if o.path == '' then
@@ -897,7 +900,7 @@ local function normalizeListen(level, ...)
     end
     opts.path = o.path
   else
-    opts.port = checkPort(o.port, level + 1, true)
+    opts.port = checkPort(o.port == nil and 0 or o.port, level + 1, true)
     if o.host == nil or o.host == '' then
       -- Node's default: every address, dual-stack where IPv6 exists (see bindListen).
       opts.host, opts.family, opts.anyHost = '::', 'IPv6', true
@@ -1016,6 +1019,13 @@ function Server:_listen(opts)
     return
   end
   local h, err, code = net._bindListen(opts, self:_callback())
+  if opts.fdName and h then
+    -- Inherited sockets are the master's, shared with its workers: a process that shares
+    -- no port through a master has none to take.
+    h:close()
+    h, err, code = nil, 'ENOTSUP: listen{fdName=} needs a cluster worker (sockets inherited from '
+      .. 'systemd are taken by the master)', 'ENOTSUP'
+  end
   if h == nil then
     local extra = { syscall = 'listen', address = opts.path or opts.host, port = opts.port }
     setImmediate(Server._listenError, self, fromUv(err, code, extra))

@@ -155,6 +155,7 @@ LC_BINDING(lc_http_open);
 LC_BINDING(lc_fs_open);
 LC_BINDING(lc_dns_open);
 LC_BINDING(lc_rr_open);
+LC_BINDING(lc_systemd_open);
 #undef LC_BINDING
 
 /// Opens the `_core` module (the loop and the bindings above) and returns 1.

@@ -22,13 +22,14 @@
 //           so one slow worker does not stop the master from accepting for the others
 //
 // Lua: `_core.rr_listen(host, port, backlog, flags, cb)` / `_core.rr_listen_path(path,
-// backlog, cb)` -> rr | nil, err, code; `rr:id()`, `rr:getsockname()`, `rr:set_body(json)`
-// (the newconn message: must contain the rr's id as "k"), `rr:set_policy(name)`,
-// `rr:add(id, channel [, key])`, `rr:suspend(id)` (the worker closed its server: send it no
-// more), `rr:remove(id)` (its channel is gone: unacknowledged connections go to others),
-// `rr:load(id, n)`, `rr:dispatch(fd [, exclude_id])`, `rr:stats()`, close([fn]).
-// cb('error', msg, code) when accept fails for a reason other than running dry.
+// backlog, cb)` / `_core.rr_listen_fd(fd, backlog, cb)` (an inherited socket) -> rr | nil, err,
+// code; `rr:id()`, `rr:getsockname()`, `rr:set_body(json)` (the newconn message: must contain the
+// rr's id as "k"), `rr:set_policy(name)`, `rr:add(id, channel [, key])`, `rr:suspend(id)` (the
+// worker closed its server: send it no more), `rr:remove(id)` (its channel is gone: unacknowledged
+// connections go to others), `rr:load(id, n)`, `rr:dispatch(fd [, exclude_id])`, `rr:stats()`,
+// close([fn]). cb('error', msg, code) when accept fails for a reason other than running dry.
 #include <errno.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -486,6 +487,22 @@ static int rr_listen_path(lua_State *L) {
   return new_listening(L, fd, backlog, 3, path);
 }
 
+// _core.rr_listen_fd(fd, backlog, cb) -> rr | nil, err, code: an already bound socket (one
+// inherited from systemd, see _systemd.lua). The rr owns fd from now on; listen() on a
+// socket that listens already only updates its backlog.
+static int rr_listen_fd(lua_State *L) {
+  int fd = (int)luaL_checkinteger(L, 1);
+  int backlog = (int)luaL_optinteger(L, 2, 511);
+  luaL_checktype(L, 3, LUA_TFUNCTION);
+  int fl = fcntl(fd, F_GETFL);
+  if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0) {
+    int err = uv_translate_sys_error(errno);
+    close(fd);
+    return lc_util_push_uverr(L, err);
+  }
+  return new_listening(L, fd, backlog, 3, NULL);
+}
+
 static int rr_id(lua_State *L) {
   lc_rr_t *self = lc_handle_check(L, 1, MT);
   lua_pushinteger(L, self->k);
@@ -655,4 +672,6 @@ void lc_rr_open(lua_State *L) {
   lua_setfield(L, -2, "rr_listen");
   lua_pushcfunction(L, rr_listen_path);
   lua_setfield(L, -2, "rr_listen_path");
+  lua_pushcfunction(L, rr_listen_fd);
+  lua_setfield(L, -2, "rr_listen_fd");
 }
