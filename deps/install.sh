@@ -5,6 +5,9 @@
 set -eu
 
 pkgs="build-essential cmake clang-format libluajit-5.1-dev luajit libuv1-dev lua-cjson-dev lua-busted lua-check libhttp-parser-dev"
+# spec/service_spec.lua and spec/deploy_spec.lua: systemd-socket-activate and systemd-analyze
+# (systemd), a real HAProxy and nginx, and PyYAML to parse deploy/kubernetes.yaml.
+pkgs="$pkgs systemd haproxy nginx-light python3-yaml"
 for extra in "$@"; do
   case "$extra" in
     bench) pkgs="$pkgs wrk nginx-light hyperfine nodejs" ;;
