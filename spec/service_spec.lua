@@ -252,7 +252,8 @@ describe('socket activation', function()
   for _, balance in ipairs({ 'rr', 'none', 'least', 'sticky' }) do
     it(('serves on the inherited socket with balance %s (no bind of its own)'):format(balance), function()
       local port = lctest.freePort()
-      local app = activate({ '127.0.0.1:' .. port }, nil,
+      -- Two sockets (fds 3 and 4); the app listens on the first only.
+      local app = activate({ '127.0.0.1:' .. port, '127.0.0.1:' .. lctest.freePort() }, nil,
         { lctest.binary, '-w', '2', FIX .. 'service_app.lua', port, balance })
       -- The first connection makes systemd-socket-activate start lcluster; it waits in the
       -- backlog meanwhile. Binding 127.0.0.1:port again would fail (EADDRINUSE): an answer
@@ -264,6 +265,24 @@ describe('socket activation', function()
         assert.equal(200, getSync(port).status)
       end
       assert.no.matches('EADDRINUSE', app.stderr, 1, true)
+      if balance == 'rr' then
+        -- The inherited socket is close-on-exec in the master: no worker holds it.
+        local function sockets(pid)
+          local f = io.popen('ls -l /proc/' .. pid .. '/fd 2>/dev/null')
+          local out = f:read('*a')
+          f:close()
+          return out
+        end
+        local workers = lctest.childPids(app.pid)
+        assert.equal(2, #workers)
+        for fd = 3, 4 do
+          local inode = sockets(app.pid):match(' ' .. fd .. ' %-> socket:%[(%d+)%]')
+          assert.is_string(inode)
+          for _, w in ipairs(workers) do
+            assert.no.matches('socket:[' .. inode .. ']', sockets(w), 1, true)
+          end
+        end
+      end
       app:kill('SIGTERM')
       assert.equal(0, (app:waitExit(10000)))
     end)
@@ -320,6 +339,27 @@ describe('socket activation', function()
     lctest.closeTracked()
     app:kill('SIGTERM')
     assert.equal(0, (app:waitExit(10000)), app.stderr)
+  end)
+
+  it('works for a script master, which notifies through the systemd module', function()
+    local dir = lctest.tmpdir()
+    local rcv = receiver(dir .. '/notify.sock')
+    local port = lctest.freePort()
+    local app = activate({ '127.0.0.1:' .. port }, { '-E', 'NOTIFY_SOCKET=' .. rcv.path },
+      { lctest.binary, FIX .. 'service_master.lua', port })
+    local ok, err = pcall(function()
+      local r = getSync(port, '/env', nil, 10000)
+      assert.equal(200, r.status)
+      assert.matches('NOTIFY_SOCKET=nil', r.body, 1, true)
+      app:waitOutput('sockets inherited: 1')
+      assert.matches('STATUS=script master ready', rcv.msgs[rcv.find('READY=1')], 1, true)
+      app:kill('SIGTERM')
+      assert.equal(0, (app:waitExit(10000)))
+      rcv.find('STOPPING=1')
+    end)
+    rcv.close()
+    lctest.rmrf(dir)
+    assert(ok, err)
   end)
 
   it('restarts the master with no refused connection: the socket outlives it', function()
