@@ -437,76 +437,128 @@ describe('--drain-delay and GET /health', function()
   end)
 end)
 
-describe('three hosts behind HAProxy', function()
-  if not have('haproxy') then
-    pending('haproxy is not installed (deps/install.sh installs it)')
-    return
+-- Three lcluster hosts on 127.0.0.2-4 behind a balancer started by startLb(dir, hosts, port,
+-- hport, fport) -> child; a client loop through the balancer while each host is restarted
+-- in turn (SIGTERM, wait for its exit, start it again, wait until it serves again). Returns
+-- the loop's counts.
+local function rollingRestart(dir, drainDelay, startLb)
+  local port, hport, fport = lctest.freePort(), lctest.freePort(), lctest.freePort()
+  local hosts = { '127.0.0.2', '127.0.0.3', '127.0.0.4' }
+  local function start(host)
+    return lctest.spawn(FIX .. 'service_app.lua', { port }, {
+      flags = { '-w', '2', '--drain-delay', drainDelay, '--metrics', host .. ':' .. hport },
+      env = { SERVICE_HOST = host } })
   end
+  local apps = {}
+  for i, h in ipairs(hosts) do
+    apps[i] = start(h)
+  end
+  for _, h in ipairs(hosts) do
+    poll(function()
+      return getSync(hport, '/health', h).status == 200
+    end, 10000, h .. ' to be ready')
+  end
+  local lb = startLb(dir, hosts, port, hport, fport)
+  poll(function()
+    return getSync(fport).status == 200
+  end, 10000, 'the balancer to answer')
+  -- A host serves when an answer names one of its workers.
+  local function servedBy(app, load)
+    for _, p in ipairs(lctest.childPids(app.pid)) do
+      if load.bodies[tostring(p)] then
+        return true
+      end
+    end
+  end
+  local load = loadLoop(fport)
+  for i = 1, 3 do
+    lctest.waitFor(function()
+      return servedBy(apps[i], load)
+    end, 10000, 'host ' .. hosts[i] .. ' to serve')
+  end
+  for i, h in ipairs(hosts) do
+    apps[i]:kill('SIGTERM')
+    assert.equal(0, (apps[i]:waitExit(10000)))
+    load.bodies = {}
+    apps[i] = start(h)
+    lctest.waitFor(function()
+      return servedBy(apps[i], load)
+    end, 10000, 'the restarted host ' .. h .. ' to serve')
+  end
+  load.stop()
+  lb:kill('SIGTERM')
+  lb:waitExit(5000)
+  return load
+end
+
+-- LCLUSTER_SPEC_DRAIN overrides the drain delay (0 shows what the drain is for).
+local DRAIN = tonumber(process.env.LCLUSTER_SPEC_DRAIN or '') or 1000
+
+describe('three hosts behind a load balancer', function()
   local dir
   after_each(function()
     lctest.cleanup()
     lctest.rmrf(dir)
   end)
 
-  it('loses no request during a rolling restart with --drain-delay above the check interval', function()
+  it('HAProxy (httpchk GET /health): no failed request in a rolling restart with --drain-delay', function()
+    if not have('haproxy') then
+      pending('haproxy is not installed (deps/install.sh installs it)')
+      return
+    end
     dir = lctest.tmpdir()
-    local port, hport, fport = lctest.freePort(), lctest.freePort(), lctest.freePort()
-    local hosts = { '127.0.0.2', '127.0.0.3', '127.0.0.4' }
-    local function start(host)
-      return lctest.spawn(FIX .. 'service_app.lua', { port }, {
-        flags = { '-w', '2', '--drain-delay', '1000', '--metrics', host .. ':' .. hport },
-        env = { SERVICE_HOST = host } })
-    end
-    local apps = {}
-    for i, h in ipairs(hosts) do
-      apps[i] = start(h)
-    end
-    -- No retries and no redispatch: a request sent to a host that refuses fails, so only the
-    -- drain (the check sees 503 before the workers stop accepting) can keep the count at 0.
-    local cfg = {
-      'global', '  maxconn 256',
-      'defaults', '  mode http', '  timeout connect 2s', '  timeout client 10s',
-      '  timeout server 10s', '  retries 0',
-      'frontend fe', '  bind 127.0.0.1:' .. fport, '  default_backend be',
-      'backend be', '  balance roundrobin', '  option httpchk GET /health',
-      '  default-server inter 200ms fall 1 rise 1',
-    }
-    for i, h in ipairs(hosts) do
-      cfg[#cfg + 1] = ('  server h%d %s:%d check port %d'):format(i, h, port, hport)
-    end
-    lctest.writeFile(dir .. '/haproxy.cfg', table.concat(cfg, '\n') .. '\n')
-    local lb = lctest.spawn(nil, nil, { binary = 'haproxy', flags = { '-db', '-f', dir .. '/haproxy.cfg' } })
-    -- Every host answers through the balancer.
-    local function servedBy(app, load)
-      for _, p in ipairs(lctest.childPids(app.pid)) do
-        if load.bodies[tostring(p)] then
-          return true
-        end
+    local load = rollingRestart(dir, DRAIN, function(d, hosts, port, hport, fport)
+      -- No retries and no redispatch: a request sent to a host that refuses fails, so only
+      -- the drain (the check sees 503 before the workers stop accepting) keeps the count at 0.
+      local cfg = {
+        'global', '  maxconn 256',
+        'defaults', '  mode http', '  timeout connect 2s', '  timeout client 10s',
+        '  timeout server 10s', '  timeout check 500ms', '  retries 0',
+        'frontend fe', '  bind 127.0.0.1:' .. fport, '  default_backend be',
+        'backend be', '  balance roundrobin', '  option httpchk GET /health',
+        '  default-server inter 200ms fall 1 rise 1',
+      }
+      for i, h in ipairs(hosts) do
+        cfg[#cfg + 1] = ('  server h%d %s:%d check port %d'):format(i, h, port, hport)
       end
-    end
-    poll(function()
-      return getSync(fport).status == 200
-    end, 10000, 'HAProxy to answer')
-    local load = loadLoop(fport)
-    for i = 1, 3 do
-      lctest.waitFor(function()
-        return servedBy(apps[i], load)
-      end, 10000, 'host ' .. hosts[i] .. ' to serve')
-    end
-    for i, h in ipairs(hosts) do
-      apps[i]:kill('SIGTERM')
-      assert.equal(0, (apps[i]:waitExit(10000)))
-      load.bodies = {}
-      apps[i] = start(h)
-      lctest.waitFor(function()
-        return servedBy(apps[i], load)
-      end, 10000, 'the restarted host ' .. h .. ' to serve')
-    end
-    load.stop()
+      lctest.writeFile(d .. '/haproxy.cfg', table.concat(cfg, '\n') .. '\n')
+      return lctest.spawn(nil, nil, { binary = 'haproxy', flags = { '-db', '-f', d .. '/haproxy.cfg' } })
+    end)
     assert.same({}, load.errors)
     assert.equal(0, load.failed)
     assert.is_true(load.ok > 0)
-    lb:kill('SIGTERM')
-    lb:waitExit(5000)
+  end)
+
+  it('nginx (max_fails, proxy_next_upstream): no failed GET in the same rolling restart', function()
+    if not have('nginx') then
+      pending('nginx is not installed (deps/install.sh installs nginx-light)')
+      return
+    end
+    dir = lctest.tmpdir()
+    local load = rollingRestart(dir, DRAIN, function(d, hosts, port, _, fport)
+      local up = {}
+      for _, h in ipairs(hosts) do
+        up[#up + 1] = ('    server %s:%d max_fails=1 fail_timeout=2s;'):format(h, port)
+      end
+      local temp = ''
+      for _, t in ipairs({ 'client_body', 'proxy', 'fastcgi', 'uwsgi', 'scgi' }) do
+        temp = temp .. ('  %s_temp_path %s/%s;\n'):format(t, d, t)
+      end
+      lctest.writeFile(d .. '/nginx.conf', table.concat({
+        'daemon off;', 'worker_processes 1;', 'pid ' .. d .. '/nginx.pid;',
+        'error_log ' .. d .. '/error.log;', 'events { worker_connections 256; }',
+        'http {', '  access_log off;', temp,
+        '  upstream app {', table.concat(up, '\n'), '    keepalive 16;', '  }',
+        '  server {', '    listen 127.0.0.1:' .. fport .. ';', '    location / {',
+        '      proxy_pass http://app;', '      proxy_http_version 1.1;',
+        '      proxy_set_header Connection "";',
+        '      proxy_next_upstream error timeout http_502 http_503 http_504;',
+        '    }', '  }', '}',
+      }, '\n') .. '\n')
+      return lctest.spawn(nil, nil, { binary = 'nginx', flags = { '-p', d .. '/', '-c', d .. '/nginx.conf' } })
+    end)
+    assert.same({}, load.errors)
+    assert.equal(0, load.failed)
+    assert.is_true(load.ok > 0)
   end)
 end)
