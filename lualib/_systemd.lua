@@ -59,7 +59,11 @@ function M.init()
     for i = 0, n - 1 do
       local fd = SD_LISTEN_FDS_START + i
       local info, err = core.sd_sockinfo(fd)
-      if info then
+      if info and info.type == 'stream' and not info.listening then
+        -- Accept=yes hands over one connection, not a listener: nothing to share.
+        log(('LISTEN_FDS: fd %d is a connection, not a listening socket (Accept=yes is not '
+          .. 'supported); ignored'):format(fd))
+      elseif info then
         info.fd = fd
         info.name = (names[i + 1] ~= nil and names[i + 1] ~= '') and names[i + 1] or 'unknown'
         inherited[#inherited + 1] = info

@@ -362,6 +362,20 @@ describe('socket activation', function()
     assert(ok, err)
   end)
 
+  it('ignores LISTEN_FDS meant for another process (LISTEN_PID) and still hides it from workers', function()
+    local port = lctest.freePort()
+    -- fd 3 of this master is not a socket from systemd: taking it would be a bug.
+    local app = lctest.spawn(FIX .. 'service_app.lua', { port }, { flags = { '-w', '1' },
+      env = { LISTEN_FDS = '1', LISTEN_PID = '1', LISTEN_FDNAMES = 'web' } })
+    app:waitOutput('worker %d+ listening on 127.0.0.1:' .. port)
+    local r = getSync(port, '/env')
+    assert.equal(200, r.status)
+    assert.matches('LISTEN_FDS=nil LISTEN_PID=nil LISTEN_FDNAMES=nil', r.body, 1, true)
+    assert.no.matches('LISTEN_FDS', app.stderr, 1, true)
+    app:kill('SIGTERM')
+    assert.equal(0, (app:waitExit(10000)))
+  end)
+
   it('restarts the master with no refused connection: the socket outlives it', function()
     local dir = lctest.tmpdir()
     local port = lctest.freePort()
