@@ -171,6 +171,11 @@ function Socket:_bind(opts)
     end)
     return
   end
+  if opts.fdName then
+    setImmediate(Socket._bindError, self, makeError('ENOTSUP', 'ENOTSUP: bind{fdName=} needs a '
+      .. 'cluster worker (sockets inherited from systemd are taken by the master)', { syscall = 'bind' }))
+    return
+  end
   local h = self:_handleOrCreate()
   local ok, err, code = h:bind(opts.address, opts.port, { reuseaddr = opts.reuseAddr,
     ipv6only = opts.ipv6Only })

@@ -1018,13 +1018,14 @@ function Server:_listen(opts)
     end)
     return
   end
-  local h, err, code = net._bindListen(opts, self:_callback())
-  if opts.fdName and h then
+  local h, err, code
+  if opts.fdName then
     -- Inherited sockets are the master's, shared with its workers: a process that shares
     -- no port through a master has none to take.
-    h:close()
-    h, err, code = nil, 'ENOTSUP: listen{fdName=} needs a cluster worker (sockets inherited from '
+    err, code = 'ENOTSUP: listen{fdName=} needs a cluster worker (sockets inherited from '
       .. 'systemd are taken by the master)', 'ENOTSUP'
+  else
+    h, err, code = net._bindListen(opts, self:_callback())
   end
   if h == nil then
     local extra = { syscall = 'listen', address = opts.path or opts.host, port = opts.port }

@@ -376,6 +376,26 @@ describe('socket activation', function()
     assert.equal(0, (app:waitExit(10000)))
   end)
 
+  it('fails fdName with ENOTSUP outside a worker (net and dgram)', function()
+    local net, dgram = require('net'), require('dgram')
+    local errs = {}
+    local srv = lctest.track(net.createServer())
+    srv:on('error', function(e)
+      errs.net = e.code
+    end)
+    srv:listen({ fdName = 'web' })
+    local sock = lctest.track(dgram.createSocket('udp4'))
+    sock:on('error', function(e)
+      errs.dgram = e.code
+    end)
+    sock:bind({ fdName = 'dns' })
+    lctest.waitFor(function()
+      return errs.net and errs.dgram
+    end, 2000, 'both errors')
+    assert.same({ net = 'ENOTSUP', dgram = 'ENOTSUP' }, errs)
+    lctest.closeTracked()
+  end)
+
   it('restarts the master with no refused connection: the socket outlives it', function()
     local dir = lctest.tmpdir()
     local port = lctest.freePort()
