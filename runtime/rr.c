@@ -22,12 +22,13 @@
 //           so one slow worker does not stop the master from accepting for the others
 //
 // Lua: `_core.rr_listen(host, port, backlog, flags, cb)` / `_core.rr_listen_path(path,
-// backlog, cb)` / `_core.rr_listen_fd(fd, backlog, cb)` (an inherited socket) -> rr | nil, err,
-// code; `rr:id()`, `rr:getsockname()`, `rr:set_body(json)` (the newconn message: must contain the
-// rr's id as "k"), `rr:set_policy(name)`, `rr:add(id, channel [, key])`, `rr:suspend(id)` (the
-// worker closed its server: send it no more), `rr:remove(id)` (its channel is gone: unacknowledged
-// connections go to others), `rr:load(id, n)`, `rr:dispatch(fd [, exclude_id])`, `rr:stats()`,
-// close([fn]). cb('error', msg, code) when accept fails for a reason other than running dry.
+// backlog, cb)` -> rr | nil, err, code; `rr:id()`, `rr:getsockname()`, `rr:set_body(json)`
+// (the newconn message: must contain the rr's id as "k"), `rr:set_policy(name)`,
+// `rr:add(id, channel [, key])`, `rr:suspend(id)` (the worker closed its server: send it no
+// more), `rr:remove(id)` (its channel is gone: unacknowledged connections go to others),
+// `rr:load(id, n)`, `rr:dispatch(fd [, exclude_id])`, `rr:stats()`, close([fn]).
+// cb('error', msg, code) when accept fails for a reason other than running dry.
+// `_core.rr_listen_fd(fd, backlog, cb)` takes a socket that is already bound (from systemd).
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
