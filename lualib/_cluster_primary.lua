@@ -214,6 +214,14 @@ return function(cluster)
   end
 
   function Worker:_emitExit()
+    -- The built-in master reads a dead worker's output to EOF first (_logs.lua).
+    local hold = self._holdExit
+    if hold then
+      self._holdExit = nil
+      return hold(function()
+        self:_emitExit()
+      end)
+    end
     local e = self._exit
     self._exit = nil
     self.state = 'dead'
@@ -437,6 +445,9 @@ return function(cluster)
     if s.silent then
       worker.process.stdout._pipe:read_start()
       worker.process.stderr._pipe:read_start()
+      if cluster._onSpawn then
+        cluster._onSpawn(worker) -- the built-in master's logs (_logs.lua)
+      end
     end
     if not worker.isAgent then
       cluster.workers[worker.id] = worker

@@ -13,6 +13,7 @@
 local core = require('_core')
 local events = require('events')
 local setImmediate = require('timer').setImmediate
+local counters = require('_metrics').c -- hand-offs received, for metrics
 
 local M = {}
 
@@ -259,6 +260,7 @@ function M.worker(cluster)
     fds = fds or {}
     local server = servers[msg.key]
     local refused
+    counters.handoffs = counters.handoffs + #fds
     for _, fd in ipairs(fds) do
       if server and server.listening then
         local h = core.tcp()

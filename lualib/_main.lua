@@ -5,6 +5,7 @@ local core = require('_core')
 local USAGE = [[
 usage: lcluster [options] script.lua [args...]
        lcluster test [busted options] [paths...]   run busted specs inside the runtime
+       lcluster status [NAME] [--json] | reload [NAME] | stop [NAME] | scale [NAME] N|+N|-N
 
 options:
   -w, --workers N        run script.lua as the worker of a built-in master that forks N
@@ -18,7 +19,13 @@ options:
       --drain-delay MS   (with -w) on a graceful stop, keep serving this long after
                          announcing it (STOPPING=1, GET /health 503) so load balancers
                          take the host out first (0; env LCLUSTER_DRAIN_DELAY)
-      --metrics [HOST:]PORT (with -w) serve GET /health there (127.0.0.1)
+      --name NAME        (with -w) the name of this cluster for lcluster status|reload|stop|
+                         scale (default: the script's base name)
+      --control PATH     the control socket (default $LCLUSTER_RUN_DIR/NAME.sock)
+      --metrics [HOST:]PORT  (with -w) serve GET /metrics, /status, /health (127.0.0.1)
+      --log FILE         (with -w) append worker output there (reopened on SIGUSR1)
+      --log-format F     (with -w) text (default: [w2 4312] line) or json
+      --max-memory MB    (with -w) gracefully replace a worker whose RSS passes MB
   -h, --help             this help
   -v, --version          print the version
 
@@ -137,9 +144,58 @@ local function runTests(args)
   return ok and 0 or 1
 end
 
+-- The operations options of the built-in master: each stores its value in opts or returns
+-- an error message.
+local OPS_OPTIONS = {
+  ['--name'] = function(opts, v)
+    if not v:match('^[%w._-]+$') then
+      return '--name takes letters, digits, ".", "_" and "-", got ' .. v
+    end
+    opts.name = v
+  end,
+  ['--control'] = function(opts, v)
+    opts.control = v
+  end,
+  -- Service managers (_systemd.lua): keep serving this long after a graceful stop begins.
+  ['--drain-delay'] = function(opts, v)
+    local num = tonumber(v)
+    if not num or num < 0 then
+      return '--drain-delay needs a number of milliseconds, got ' .. v
+    end
+    opts.drainDelay = num
+  end,
+  ['--metrics'] = function(opts, v)
+    local port = tonumber(v:match('(%d+)$') or '')
+    if not port or port > 65535 then
+      return '--metrics needs [HOST:]PORT, got ' .. v
+    end
+    opts.metrics = v
+  end,
+  ['--log'] = function(opts, v)
+    opts.log = v
+  end,
+  ['--log-format'] = function(opts, v)
+    if v ~= 'text' and v ~= 'json' then
+      return '--log-format needs text or json, got ' .. v
+    end
+    opts.logFormat = v
+  end,
+  ['--max-memory'] = function(opts, v)
+    local mb = tonumber(v)
+    if not mb or mb <= 0 then
+      return '--max-memory needs a number of MB, got ' .. v
+    end
+    opts.maxMemory = mb
+  end,
+}
+
 return function(argv)
   local i, n = 1, #argv
   local opts = {}
+  if require('_control').COMMANDS[argv[1]] then
+    setupGlobals()
+    return require('_control').client(argv)
+  end
   if argv[1] == 'test' then
     local rest = {}
     for j = 2, n do
@@ -169,22 +225,6 @@ return function(argv)
         return usageError('--workers needs a number or "auto", got ' .. tostring(v))
       end
       opts.workers = num == 0 and #core.cpus() or num
-    elseif a == '--drain-delay' or a == '--metrics' then
-      -- Service-manager options (_systemd.lua, _health.lua).
-      i = i + 1
-      local v = argv[i]
-      if v == nil then
-        return usageError(a .. ' needs a value')
-      end
-      if a == '--metrics' then
-        opts.metrics = v
-      else
-        local num = tonumber(v)
-        if not num or num < 0 then
-          return usageError(a .. ' needs a number of milliseconds, got ' .. v)
-        end
-        opts.drainDelay = num
-      end
     elseif a == '--agent' or a == '--kill-timeout' or a == '--ready-timeout' then
       i = i + 1
       local v = argv[i]
@@ -199,6 +239,22 @@ return function(argv)
           return usageError(a .. ' needs a number of milliseconds, got ' .. v)
         end
         opts[a == '--kill-timeout' and 'killTimeout' or 'readyTimeout'] = num
+      end
+    elseif OPS_OPTIONS[a:match('^(%-%-[%w-]+)')] then
+      -- Operations (docs/api.md): --name, --control, --metrics, --log, --log-format,
+      -- --max-memory, --drain-delay, as `--opt VALUE` or `--opt=VALUE`.
+      local key, v = a:match('^(%-%-[%w-]+)=(.*)$')
+      if not key then
+        key = a
+        i = i + 1
+        v = argv[i]
+      end
+      if v == nil or v == '' then
+        return usageError(key .. ' needs a value')
+      end
+      local err = OPS_OPTIONS[key](opts, v)
+      if err then
+        return usageError(err)
       end
     elseif a == '--' then
       i = i + 1
@@ -227,8 +283,12 @@ return function(argv)
   if opts.agent and not opts.workers then
     return usageError('--agent needs --workers')
   end
-  if (opts.drainDelay or opts.metrics) and not opts.workers then
-    return usageError((opts.metrics and '--metrics' or '--drain-delay') .. ' needs --workers')
+  for _, k in ipairs({ 'metrics', 'log', 'maxMemory', 'logFormat', 'drainDelay' }) do
+    if opts[k] and not opts.workers then
+      return usageError('--' .. k:gsub('%u', function(c)
+        return '-' .. c:lower()
+      end) .. ' needs --workers')
+    end
   end
   local args = {}
   for j = i + 1, n do

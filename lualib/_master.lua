@@ -29,7 +29,12 @@ function M.run(script, args, opts)
 
   -- Workers get their own process group, so a terminal's Ctrl-C or a SIGHUP reaches only
   -- the master, which coordinates the stop or the reload.
-  cluster.setupPrimary({ exec = script, args = args, detached = true })
+  -- Silent: workers' stdout/stderr are pipes the master reads, to tag each line (_logs.lua).
+  cluster.setupPrimary({ exec = script, args = args, detached = true, silent = true })
+  local logger = require('_logs').new({ file = opts.log, format = opts.logFormat })
+  cluster._onSpawn = logger.attach
+  -- Workers report their counters to the master this often (_metrics.lua).
+  process.env.LCLUSTER_METRICS_MS = process.env.LCLUSTER_METRICS_MS or '1000'
   -- Workers drain for at most as long on an uncaught error (_worker_lifecycle).
   process.env.LCLUSTER_KILL_TIMEOUT = tostring(killTimeout)
   -- A worker must never take LCLUSTER_WORKERS as a request to be a master itself.
@@ -57,6 +62,8 @@ function M.run(script, args, opts)
     end,
     ready = readyCount,
   })
+  local reloadWaiters = {} -- fn(err) to call when the running (or pending) reload ends
+  local ops -- the control socket and metrics (_control.lua), once listening
 
   -- A worker of `slot` is gone: counts a failed start (it died before it was ready, or
   -- within stableAfter of it) and returns the delay before the slot's next fork.
@@ -132,8 +139,16 @@ function M.run(script, args, opts)
     end, delay)
   end
 
-  local function reload()
+  local function reload(cb)
+    if type(cb) == 'function' then
+      reloadWaiters[#reloadWaiters + 1] = cb
+    end
     if stopping then
+      local list = reloadWaiters
+      reloadWaiters = {}
+      for _, fn in ipairs(list) do
+        fn('ESTOPPING: the master is stopping')
+      end
       return
     end
     if reloading then
@@ -175,6 +190,9 @@ function M.run(script, args, opts)
       sd.reloaded()
       if not err then
         log('reload complete')
+        if ops then
+          ops.reloaded()
+        end
       end
       -- A slot whose worker had died (its respawn was taken over by the reload) and whose
       -- replacement did not come up is respawned as usual.
@@ -187,6 +205,12 @@ function M.run(script, args, opts)
       if reloadPending then
         reloadPending = false
         reload()
+      else
+        local waiting = reloadWaiters
+        reloadWaiters = {}
+        for _, fn in ipairs(waiting) do
+          fn(err)
+        end
       end
     end)
   end
@@ -265,8 +289,12 @@ function M.run(script, args, opts)
     end
   end
 
-  process.on('SIGHUP', reload)
-  process.on('SIGUSR2', reload)
+  process.on('SIGHUP', function()
+    reload()
+  end)
+  process.on('SIGUSR2', function()
+    reload()
+  end)
   process.on('SIGTERM', function()
     stop('SIGTERM')
   end)
@@ -274,39 +302,160 @@ function M.run(script, args, opts)
     stop('SIGINT')
   end)
   M.reload = reload
-  if opts.metrics then
-    local ok, err = require('_health').serve(opts.metrics, function()
-      return sd.isReady() and not stopping and readyCount() > 0
-    end)
-    if not ok then
-      log(err)
-      return 2
+
+  -- scale(count, cb(err)): forks the new slots (cb once they are ready) or drains the
+  -- highest ones (cb once they have exited).
+  local function scale(count, cb)
+    if stopping then
+      return cb('ESTOPPING: the master is stopping')
+    elseif reloading then
+      return cb('EBUSY: a reload is running; scale after it')
     end
+    local old = n
+    local pending, failed = 1, nil
+    local function one(err)
+      failed = failed or err
+      pending = pending - 1
+      if pending == 0 then
+        cb(failed)
+      end
+    end
+    log(('scaling from %d to %d workers'):format(old, count))
+    n = count
+    for slotNo = old + 1, count do
+      slots[slotNo] = { fails = 0 }
+      pending = pending + 1
+      lifecycle.whenReady(fork(slotNo), readyTimeout, one)
+    end
+    for slotNo = count + 1, old do
+      local slot = slots[slotNo]
+      slots[slotNo] = nil
+      if slot.timer then
+        clearTimeout(slot.timer)
+        slot.timer = nil
+      end
+      local w = slot.worker
+      slot.worker = nil -- its exit is a removed slot's: no respawn
+      if w and not w:isDead() then
+        pending = pending + 1
+        w._stopReason = 'scale'
+        lifecycle.stopWorker(w, killTimeout, function()
+          one()
+        end)
+      end
+    end
+    one()
   end
 
+  -- replace(slotNo, reason, cb(err)): a one-slot rolling reload (--max-memory).
+  local function replace(slotNo, reason, cb)
+    local slot = slots[slotNo]
+    if stopping or reloading or not slot or not slot.worker then
+      return cb('EBUSY: slot ' .. slotNo .. ' cannot be replaced now')
+    end
+    local old = slot.worker
+    old._stopReason = reason
+    lifecycle.reload({ {
+      worker = old,
+      fork = function()
+        local w = fork(slotNo)
+        slot.worker = old
+        return w
+      end,
+    } }, {
+      readyTimeout = readyTimeout,
+      killTimeout = killTimeout,
+      onReplace = function(_, new)
+        if slots[slotNo] == slot then
+          slot.worker = new
+        end
+      end,
+    }, cb)
+  end
+
+  local startedAt = process.hrtime()
   local function startWorkers()
     for slotNo = 1, n do
       slots[slotNo] = { fails = 0 }
       fork(slotNo)
     end
     log(('started %d workers running %s'):format(n, script))
+    -- Serving (GET /health 200) once every first worker is ready.
+    local left = n
+    for slotNo = 1, n do
+      lifecycle.whenReady(slots[slotNo].worker, readyTimeout + stableAfter, function()
+        left = left - 1
+        if left == 0 and ops then
+          ops.markStarted()
+        end
+      end)
+    end
   end
 
-  if opts.agent then
-    cluster.forkAgent(opts.agent)
-    local started = false
-    cluster.on('agentReady', function(a)
-      if not started then
-        started = true
-        log(('agent (pid %d) is ready'):format(a.process.pid))
-        startWorkers()
-      end
-    end)
-  else
-    startWorkers()
+  local function startAll()
+    if opts.agent then
+      cluster.forkAgent(opts.agent)
+      local started = false
+      cluster.on('agentReady', function(a)
+        if not started then
+          started = true
+          log(('agent (pid %d) is ready'):format(a.process.pid))
+          startWorkers()
+        end
+      end)
+    else
+      startWorkers()
+    end
   end
+
+  -- The control socket (and --metrics) listen before any worker starts: a second master
+  -- with the same name stops here, before it forks anything.
+  local ok, err = logger.reopen()
+  if not ok then
+    log(err)
+    return 1
+  end
+  if opts.log then
+    process.on('SIGUSR1', function()
+      local rok, rerr = logger.reopen()
+      log(rok and ('reopened ' .. opts.log) or rerr)
+    end)
+  end
+  local status
+  local control = require('_control')
+  local name = opts.name or control.defaultName(script)
+  local o = control.master({
+    cluster = cluster,
+    name = name,
+    script = script,
+    startedAt = startedAt,
+    count = function()
+      return n
+    end,
+    state = function()
+      return { stopping = stopping, reloading = reloading }
+    end,
+    reload = reload,
+    stop = function()
+      stop('lcluster stop')
+    end,
+    scale = scale,
+    replace = replace,
+  }, opts, function(cerr)
+    if cerr then
+      log(cerr)
+      status = 1
+      require('_core').stop()
+      return
+    end
+    startAll()
+  end)
+  ops = o
 
   require('_core').run('default')
+  if status then
+    return status
+  end
   return process._emitExit()
 end
 

@@ -22,11 +22,13 @@ if os.getenv('LCLUSTER_WORKER_ID') then
   require('_cluster_handles')(cluster)
   require('_worker_lifecycle')(cluster)
   require('_cluster_messaging').worker(cluster)
+  require('_metrics').worker(cluster)
 else
   require('_cluster_primary')(cluster)
   require('_cluster_shared').primary(cluster)
   require('_cluster_handles')(cluster)
   require('_cluster_messaging').primary(cluster)
+  require('_metrics').primary(cluster)
   require('_lifecycle').install(cluster)
 end
 

@@ -23,6 +23,8 @@ local core = require('_core')
 local class = require('_class')
 local events = require('events')
 local timer = require('timer')
+-- Connection counters for metrics (runtime/metrics.h), bumped through the FFI.
+local counters = require('_metrics').c
 
 local Emitter = events.Emitter
 local makeError, fromUv = events.makeError, events.fromUv
@@ -1101,6 +1103,8 @@ end
 
 function Server:_newConnection(sock, h)
   self._connections = self._connections + 1
+  counters.conns_accepted = counters.conns_accepted + 1
+  counters.conns_open = counters.conns_open + 1
   if self.noDelay and h.nodelay then
     h:nodelay(true)
   end
@@ -1117,6 +1121,7 @@ end
 
 function Server:_connectionClosed()
   self._connections = self._connections - 1
+  counters.conns_open = counters.conns_open - 1
   if self._closing then
     self:_maybeClose()
   end

@@ -27,6 +27,7 @@
 #include <http_parser.h>
 
 #include "lc.h"
+#include "metrics.h"
 
 #define MT "lc.http"
 
@@ -416,6 +417,7 @@ static int on_body(http_parser *p, const char *at, size_t n) {
 static int on_message_complete(http_parser *p) {
   http_conn_t *c = p->data;
   lua_State *L = lc_L;
+  lc_metrics.requests++;
   c->in_message = 0;
   int stop;
   if (c->head_pending) {
@@ -1049,6 +1051,7 @@ static int send_parts(lua_State *L, lc_stream_t *s, uv_buf_t *bufs, int nbufs, i
     if (n > 0) {
       done = (size_t)n;
       s->bytes_written += (uint64_t)n;
+      lc_metrics.bytes_out += (uint64_t)n;
     } else if (n != UV_EAGAIN && n != UV_ENOSYS) {
       return n;
     }

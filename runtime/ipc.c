@@ -13,6 +13,7 @@
 // Methods: send(kind, body [, fds [, close_fds]]), pump(), finish(), flush_sync(ms),
 // queued(), ref(), unref(), close([fn]) and the shared handle methods.
 #include "ipc.h"
+#include "metrics.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -243,6 +244,7 @@ int lc_ipc_send(lc_ipc_t *ch, int kind, const char *body, size_t len, const int 
     goto fail;
   }
   lc_ipc_frame_header(hdr, (uint32_t)len, kind, nfds);
+  lc_metrics.ipc_out++;
   size_t total = len + LC_IPC_FRAME_HEADER;
   if (ch->head == NULL && ch->burst < BURST_SENDS) {
     ch->burst++;
@@ -437,6 +439,7 @@ static void do_read(lc_ipc_t *ch) {
     lc_ipc_frame_t f;
     int rc;
     while ((rc = lc_ipc_frame_next(&ch->dec, &f)) == LC_IPC_FRAME_OK) {
+      lc_metrics.ipc_in++;
       if (ch->hook != NULL && ch->hook(ch, &f, ch->hook_data)) continue;
       if (list == 0) {
         lua_createtable(L, 24, 0);

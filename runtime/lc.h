@@ -156,6 +156,7 @@ LC_BINDING(lc_fs_open);
 LC_BINDING(lc_dns_open);
 LC_BINDING(lc_rr_open);
 LC_BINDING(lc_systemd_open);
+LC_BINDING(lc_metrics_open);
 #undef LC_BINDING
 
 /// Opens the `_core` module (the loop and the bindings above) and returns 1.

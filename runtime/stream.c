@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "lc.h"
+#include "metrics.h"
 
 static char read_buf[65536];
 
@@ -73,7 +74,10 @@ static void read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf) {
   lc_stream_t *s = st->data;
   lua_State *L = lc_L;
   if (nread == 0) return;
-  if (nread > 0) s->bytes_read += (uint64_t)nread;
+  if (nread > 0) {
+    s->bytes_read += (uint64_t)nread;
+    lc_metrics.bytes_in += (uint64_t)nread;
+  }
   if (s->hook != NULL) {
     s->hook(s, nread, buf->base);
     return;
@@ -143,12 +147,14 @@ int lc_stream_write(lua_State *L, lc_stream_t *s, const char *data, size_t len, 
     int n = uv_try_write(&s->u.stream, &buf, 1);
     if (n == (int)len) {
       s->bytes_written += len;
+      lc_metrics.bytes_out += len;
       return 0;
     }
     if (n > 0) {
       buf.base += n;
       buf.len -= (unsigned int)n;
       s->bytes_written += (uint64_t)n;
+      lc_metrics.bytes_out += (uint64_t)n;
       len -= (size_t)n;
     } else if (n != UV_EAGAIN && n != UV_ENOSYS) {
       return n;
@@ -173,6 +179,7 @@ int lc_stream_write(lua_State *L, lc_stream_t *s, const char *data, size_t len, 
     return rc;
   }
   s->bytes_written += len;
+  lc_metrics.bytes_out += len;
   return 0;
 }
 
