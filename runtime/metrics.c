@@ -1,6 +1,6 @@
 // metrics.c: the counters of metrics.h and their address for Lua (_core.metrics).
-#include "lc.h"
 #include "metrics.h"
+#include "lc.h"
 
 lc_metrics_t lc_metrics;
 
