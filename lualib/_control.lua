@@ -337,7 +337,7 @@ function M.master(api, opts, cb)
         conn:write(cjson.encode(t) .. '\n')
       end
     end
-    if not ok or type(req) ~= 'table' then
+    if not ok or type(req) ~= 'table' or req.cmd == nil then
       return reply({ ok = false, error = 'EPROTO: a request is one JSON object per line' })
     end
     local fn = type(req.cmd) == 'string' and commands[req.cmd]

@@ -8,6 +8,17 @@ local M = {}
 
 M.binary = core.exepath()
 
+-- Built-in masters started from specs keep their control sockets (lcluster status ...) in a
+-- run folder of this test process, so suites that run side by side never share a name.
+if (process.env.LCLUSTER_RUN_DIR or '') == '' then
+  local dir = os.tmpname()
+  os.remove(dir)
+  process.env.LCLUSTER_RUN_DIR = dir
+  process.on('exit', function()
+    os.execute("rm -rf '" .. dir .. "'")
+  end)
+end
+
 local children = {}
 
 -- Runs the loop until cond() returns a truthy value (returned), or raises after ms.
