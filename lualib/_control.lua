@@ -103,10 +103,18 @@ function M.master(api, opts, cb)
     end
   end)
 
+  -- The built-in master marks ready workers (_ready); a script master's are those that listen.
+  cluster.on('listening', function(w)
+    w._opsReady = true
+  end)
+  local function isReady(w)
+    return w._ready or w._opsReady
+  end
+
   local function readyCount()
     local k = 0
     for _, w in pairs(cluster.workers) do
-      if w._ready and not w:isDead() and not w.exitedAfterDisconnect then
+      if isReady(w) and not w:isDead() and not w.exitedAfterDisconnect then
         k = k + 1
       end
     end
@@ -182,7 +190,7 @@ function M.master(api, opts, cb)
       row.id = w.id
       row.slot = w._slot
       row.state = w:isDead() and 'dead' or w.exitedAfterDisconnect and 'stopping'
-        or w._ready and 'online' or 'starting'
+        or isReady(w) and 'online' or 'starting'
       row.restarts = w._slot and self.restarts[w._slot] or 0
       row.connections = m.conns_open or 0
       row.requests = m.requests or 0
@@ -493,6 +501,105 @@ function M.master(api, opts, cb)
     end
   end
   return self
+end
+
+-- cluster.listenControl([opts] [, fn(err)]) for script masters: the same control socket and
+-- --metrics endpoints over the script's own workers. opts: name (default the script's base
+-- name), control (socket path), metrics ('[host:]port'), logs (true, or {file=, format=}:
+-- tag worker output as under -w; workers forked before the call keep their output as is).
+-- reload is cluster.reload; stop disconnects every worker, then exits; scale needs -w.
+function M.listen(cluster, opts, fn)
+  if type(opts) == 'function' then
+    opts, fn = nil, opts
+  end
+  opts = opts or {}
+  if type(opts) ~= 'table' then
+    error('ERR_INVALID_ARG_TYPE: listenControl options must be a table', 3)
+  end
+  if fn ~= nil and type(fn) ~= 'function' then
+    error('ERR_INVALID_ARG_TYPE: listenControl callback must be a function', 3)
+  end
+  if opts.name ~= nil and (type(opts.name) ~= 'string' or not opts.name:match('^[%w._-]+$')) then
+    error('ERR_INVALID_ARG_VALUE: listenControl name takes letters, digits, ".", "_" and "-"', 3)
+  end
+  if M.current then
+    error('ERR_INVALID_STATE: the control socket already listens', 3)
+  end
+  process.env.LCLUSTER_METRICS_MS = process.env.LCLUSTER_METRICS_MS or '1000'
+  if opts.logs then
+    local lo = type(opts.logs) == 'table' and opts.logs or {}
+    local logger = require('_logs').new({ file = lo.file, format = lo.format })
+    local ok, err = logger.reopen()
+    if not ok then
+      error(err, 3)
+    end
+    cluster.setupPrimary({ silent = true })
+    cluster._onSpawn = logger.attach
+    if lo.file then
+      process.on('SIGUSR1', logger.reopen)
+    end
+  end
+  local stopping = false
+  local startedAt = process.hrtime()
+  local api = {
+    cluster = cluster,
+    name = opts.name or M.defaultName(process.argv[2] or 'lcluster'),
+    script = process.argv[2],
+    startedAt = startedAt,
+    count = function()
+      local k = 0
+      for _ in pairs(cluster.workers) do
+        k = k + 1
+      end
+      return k
+    end,
+    state = function()
+      return { stopping = stopping, reloading = false }
+    end,
+    reload = function(cb)
+      cluster.reload(cb)
+    end,
+    stop = function()
+      if not stopping then
+        stopping = true
+        if cluster._stopAgent then
+          cluster._stopAgent()
+        end
+        cluster.disconnect(function()
+          process.exit(0)
+        end)
+      end
+    end,
+    scale = function(_, cb)
+      cb('ENOTSUP: scale needs the built-in master (lcluster -w N)')
+    end,
+    replace = function(_, _, cb)
+      cb('ENOTSUP: replace needs the built-in master')
+    end,
+  }
+  local self
+  self = M.master(api, { control = opts.control, metrics = opts.metrics }, function(err)
+    if not err then
+      self.markStarted()
+    end
+    if fn then
+      fn(err and { code = err:match('^(%u[%u_]*):') or 'EIO', message = err } or nil)
+    elseif err then
+      error(err, 0)
+    end
+  end)
+  -- The reload count comes from cluster.reload's completions.
+  local reload = cluster.reload
+  cluster.reload = function(cb)
+    reload(function(err)
+      if not err then
+        self.reloaded()
+      end
+      if cb then
+        cb(err)
+      end
+    end)
+  end
 end
 
 -- ---- the client side ----------------------------------------------------------------

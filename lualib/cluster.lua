@@ -29,6 +29,9 @@ else
   require('_cluster_handles')(cluster)
   require('_cluster_messaging').primary(cluster)
   require('_metrics').primary(cluster)
+  function cluster.listenControl(opts, fn)
+    return require('_control').listen(cluster, opts, fn)
+  end
   require('_lifecycle').install(cluster)
 end
 

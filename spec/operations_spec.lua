@@ -101,7 +101,7 @@ end
 local function workerRows(st)
   local rows = {}
   for _, r in ipairs(st.processes) do
-    if r.slot and r.proc:match('^w') then
+    if r.proc:match('^w%d') then
       rows[#rows + 1] = r
     end
   end
@@ -340,6 +340,64 @@ describe('operations: control socket and commands', function()
     assert.are.equal(200, getSync(c.port, '/').status)
     finish(c)
     lctest.closeTracked()
+  end)
+end)
+
+describe('operations: script masters', function()
+  after_each(lctest.cleanup)
+
+  it('cluster.listenControl gives a script master the socket, /metrics and tagged logs', function()
+    local dir = lctest.tmpdir()
+    local c = { run = dir .. '/run' }
+    local port, mport = lctest.freePort(), lctest.freePort()
+    local app = lctest.spawn(FIX .. 'ops_script_master.lua', { port, mport },
+      { env = { LCLUSTER_RUN_DIR = c.run, LCLUSTER_METRICS_MS = '100' } })
+    lctest.waitFor(function()
+      local k = 0
+      for _ in app.stdout:gmatch('%[w%d+ %d+%] worker listening') do
+        k = k + 1
+      end
+      return k == 2
+    end, 8000, 'two tagged workers listening')
+    assert.matches('control ready', app.stdout, 1, true)
+    assert.are.equal('600', shell("stat -c %a '" .. c.run .. "/scriptops.sock'"))
+    local st = statusJson(c)
+    assert.are.equal('scriptops', st.name)
+    assert.are.equal(2, #workerRows(st))
+    assert.are.equal(200, getSync(port, '/').status)
+    lctest.waitFor(function()
+      return getSync(mport, '/health').status == 200
+    end, 5000, '/health 200')
+    local code, out = ctl(c, { 'reload', 'scriptops' })
+    assert.are.equal(0, code, out)
+    assert.are.equal(1, statusJson(c).reloads)
+    local _, err
+    code, _, err = ctl(c, { 'scale', '3' })
+    assert.are.equal(1, code)
+    assert.matches('ENOTSUP', err, 1, true)
+    code = ctl(c, { 'stop' })
+    assert.are.equal(0, code)
+    assert.are.equal(0, app:waitExit(5000))
+    lctest.rmrf(dir)
+  end)
+
+  it('leaves a script master that does not opt in as it was', function()
+    local dir = lctest.tmpdir()
+    local script = lctest.writeFile(dir .. '/plain.lua', [[
+local cluster = require('cluster')
+if cluster.isMaster then
+  cluster.fork()
+else
+  print('plain line from ' .. process.pid)
+  process.exit(0)
+end
+]])
+    local app = lctest.spawn(script, {}, { env = { LCLUSTER_RUN_DIR = dir .. '/run' } })
+    assert.are.equal(0, app:waitExit(5000))
+    assert.matches('^plain line from %d+\n$', app.stdout)
+    -- and it made no control socket
+    assert.are.equal('', shell("ls '" .. dir .. "/run' 2>/dev/null"))
+    lctest.rmrf(dir)
   end)
 end)
 
