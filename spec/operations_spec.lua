@@ -499,7 +499,7 @@ describe('operations: logs', function()
   end
 
   it('delivers every line whole and tagged, from two workers, one killed mid-way', function()
-    local app, dir = startLogs()
+    local app, dir = startLogs({ '--agent', FIX .. 'ops_agent.lua' })
     -- slot 1 once, slot 2 twice (its first run is SIGKILLed after its lines).
     app:waitOutput('%] done slot 1\n', 15000)
     app:waitOutput('%] done slot 2\n', 15000)
@@ -507,10 +507,12 @@ describe('operations: logs', function()
     app:kill('SIGTERM')
     app:waitExit(10000)
     local perPid, bad = {}, {}
-    local killedPid
+    local killedPid, agentLine
     for line in app.stdout:gmatch('([^\n]*)\n') do
       local tag, slot, pid, msg = line:match('^(%[w(%d) (%d+)%]) (.*)$')
-      if not tag then
+      if line:match('^%[agent %d+%] agent says hi$') then
+        agentLine = true
+      elseif not tag then
         bad[#bad + 1] = line
       else
         local p = perPid[pid] or { slot = slot, lines = 0, last = 0 }
@@ -531,6 +533,8 @@ describe('operations: logs', function()
       end
     end
     assert.are.same({}, bad)
+    assert.is_true(agentLine)
+    assert.matches('%[agent %d+%] agent complains\n', app.stderr)
     assert.is_truthy(killedPid, 'the partial last line of the killed worker')
     assert.are.equal(2000, perPid[killedPid].lines)
     local full = 0
