@@ -103,6 +103,51 @@ function M.master(api, opts, cb)
     end
   end)
 
+  -- --max-restarts N within --restart-window S: the master calls giveUp(slot) for each
+  -- unexpected exit; true leaves the slot errored (no respawn, shown in status) until a
+  -- reload or scale forks it again. When every slot is errored the master exits 1.
+  self.errored, self.crashes = {}, {}
+  cluster.on('fork', function(w)
+    if w._slot then
+      self.errored[w._slot] = nil
+    end
+  end)
+  function self.giveUp(slot, how)
+    if not opts.maxRestarts then
+      return false
+    end
+    local now = process.hrtime()
+    local window = (opts.restartWindow or 60) * 1e9
+    local list = {}
+    for _, t in ipairs(self.crashes[slot] or {}) do
+      if now - t < window then
+        list[#list + 1] = t
+      end
+    end
+    list[#list + 1] = now
+    self.crashes[slot] = list
+    if #list <= opts.maxRestarts then
+      return false
+    end
+    self.crashes[slot] = nil
+    self.errored[slot] = true
+    log(('slot %d exited with %s, %d times within %d s (--max-restarts %d): marked errored, not restarted'):format(
+      slot, how, #list, opts.restartWindow or 60, opts.maxRestarts))
+    for s = 1, api.count() do
+      if not self.errored[s] then
+        return true
+      end
+    end
+    log('every slot is errored: exiting')
+    if cluster.agent and not cluster.agent:isDead() then
+      cluster.agent:kill('SIGTERM')
+    end
+    setImmediate(function()
+      process.exit(1)
+    end)
+    return true
+  end
+
   -- The built-in master marks ready workers (_ready); a script master's are those that listen.
   cluster.on('listening', function(w)
     w._opsReady = true
@@ -229,6 +274,10 @@ function M.master(api, opts, cb)
     end)
     for _, w in ipairs(ws) do
       rows[#rows + 1] = procRow('w' .. tostring(w._slot or w.id), w, w.process.pid, w._forkedAt)
+    end
+    for slot in pairs(self.errored) do
+      rows[#rows + 1] = { proc = 'w' .. slot, slot = slot, pid = 0, state = 'errored', uptime = 0,
+        restarts = self.restarts[slot] or 0, rss = 0, cpu = 0, cpuSeconds = 0 }
     end
     return {
       name = api.name,

@@ -26,6 +26,8 @@ options:
       --log FILE         (with -w) append worker output there (reopened on SIGUSR1)
       --log-format F     (with -w) text (default: [w2 4312] line) or json
       --max-memory MB    (with -w) gracefully replace a worker whose RSS passes MB
+      --max-restarts N   (with -w) a slot that exits unexpectedly more than N times within
+                         --restart-window S (60) is marked errored and not restarted
   -h, --help             this help
   -v, --version          print the version
 
@@ -180,6 +182,20 @@ local OPS_OPTIONS = {
     end
     opts.logFormat = v
   end,
+  ['--max-restarts'] = function(opts, v)
+    local num = tonumber(v)
+    if not num or num < 0 or num % 1 ~= 0 then
+      return '--max-restarts needs a whole number, got ' .. v
+    end
+    opts.maxRestarts = num
+  end,
+  ['--restart-window'] = function(opts, v)
+    local num = tonumber(v)
+    if not num or num <= 0 then
+      return '--restart-window needs a number of seconds, got ' .. v
+    end
+    opts.restartWindow = num
+  end,
   ['--max-memory'] = function(opts, v)
     local mb = tonumber(v)
     if not mb or mb <= 0 then
@@ -242,7 +258,8 @@ return function(argv)
       end
     elseif OPS_OPTIONS[a:match('^(%-%-[%w-]+)')] then
       -- Operations (docs/api.md): --name, --control, --metrics, --log, --log-format,
-      -- --max-memory, --drain-delay, as `--opt VALUE` or `--opt=VALUE`.
+      -- --max-restarts, --restart-window, --max-memory, --drain-delay, as `--opt VALUE` or
+      -- `--opt=VALUE`.
       local key, v = a:match('^(%-%-[%w-]+)=(.*)$')
       if not key then
         key = a
@@ -283,7 +300,9 @@ return function(argv)
   if opts.agent and not opts.workers then
     return usageError('--agent needs --workers')
   end
-  for _, k in ipairs({ 'metrics', 'log', 'maxMemory', 'logFormat', 'drainDelay' }) do
+  for _, k in ipairs({
+    'metrics', 'log', 'maxMemory', 'logFormat', 'maxRestarts', 'restartWindow', 'drainDelay',
+  }) do
     if opts[k] and not opts.workers then
       return usageError('--' .. k:gsub('%u', function(c)
         return '-' .. c:lower()

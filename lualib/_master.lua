@@ -117,6 +117,11 @@ function M.run(script, args, opts)
         slot.worker = nil
         return
       end
+      -- --max-restarts: a slot that crashed too often within the window is left errored.
+      if ops and ops.giveUp(slotNo, how) then
+        slot.worker = nil
+        return
+      end
       local delay = backoff(slot, w)
       log(('worker %d (pid %d, slot %d) exited unexpectedly with %s%s; restarting in %d ms'):format(
         w.id, w.process.pid, slotNo, how, w._ready and '' or ' before it was ready', delay))

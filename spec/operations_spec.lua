@@ -598,6 +598,40 @@ describe('operations: logs', function()
   end)
 end)
 
+describe('operations: --max-restarts', function()
+  after_each(lctest.cleanup)
+
+  it('marks a crash-looping slot errored; exits 1 once every slot is', function()
+    local dir = lctest.tmpdir()
+    local c = { run = dir .. '/run' }
+    local port = lctest.freePort()
+    local env = { LCLUSTER_RUN_DIR = c.run, LCLUSTER_BACKOFF_BASE = '10' }
+    local app = lctest.spawn(FIX .. 'ops_crash.lua', { port }, { flags = { '-w', '2', '--max-restarts', '2',
+      '--restart-window', '60' }, env = env })
+    app:waitOutput('slot 2 exited with code 1, 3 times within 60 s %(%-%-max%-restarts 2%): marked errored', 8000,
+      'stderr')
+    local st = statusJson(c)
+    local states = {}
+    for _, r in ipairs(workerRows(st)) do
+      states[r.slot] = r.state
+    end
+    assert.are.same({ 'online', 'errored' }, states)
+    local code, out = ctl(c, { 'status' })
+    assert.are.equal(0, code)
+    assert.matches('\nw2 +2 +%- +0 +errored', out)
+    assert.are.equal(200, getSync(port, '/').status)
+    assert.is_false(app.exited)
+    app:kill('SIGTERM')
+    assert.are.equal(0, app:waitExit(5000))
+    env.OPS_CRASH_ALL = '1'
+    local all = lctest.spawn(FIX .. 'ops_crash.lua', { port }, { flags = { '-w', '2', '--max-restarts', '1' },
+      env = env })
+    assert.are.equal(1, all:waitExit(8000))
+    assert.matches('every slot is errored: exiting', all.stderr, 1, true)
+    lctest.rmrf(dir)
+  end)
+end)
+
 describe('operations: --max-memory', function()
   after_each(lctest.cleanup)
 
