@@ -517,7 +517,8 @@ function M.master(api, opts, cb)
     local probe = net.connect({ path = path })
     probe:on('connect', function()
       probe:destroy()
-      done(('EADDRINUSE: a master named %s is already running (control socket %s)'):format(api.name, path))
+      done(('EADDRINUSE: a master named %s is already running (control socket %s; '
+        .. '--name gives this one another)'):format(api.name, path))
     end)
     probe:on('error', function(e)
       if e.code == 'ECONNREFUSED' or e.code == 'ENOTSOCK' then
