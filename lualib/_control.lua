@@ -833,6 +833,18 @@ function M.client(argv)
   sock:on('connect', function()
     sock:write(cjson.encode(req) .. '\n')
   end)
+  -- status answers at once from a live master; one that does not (stopped with SIGSTOP,
+  -- wedged) is reported rather than waited for. reload, stop and scale wait as long as
+  -- the master works on them.
+  if cmd == 'status' then
+    local t = setTimeout(function()
+      if not finished then
+        core.write(2, ('lcluster: %s: ETIMEDOUT: the master did not answer within 10 s\n'):format(name))
+        done(1)
+      end
+    end, 10000)
+    t:unref()
+  end
   sock:on('data', function(d)
     buf = buf .. d
     while not finished do
