@@ -224,6 +224,27 @@ describe('operations: control socket and commands', function()
     finish(c)
   end)
 
+  it('reload exits 1 when the reload was aborted, and the old workers keep serving', function()
+    local dir = lctest.tmpdir()
+    local c = { run = dir .. '/run' }
+    local port = lctest.freePort()
+    local flag = dir .. '/broken'
+    local app = lctest.spawn(FIX .. 'life_app.lua', { port, flag }, { flags = { '-w', '2' },
+      env = { LCLUSTER_RUN_DIR = c.run } })
+    lctest.waitFor(function()
+      return readyCount(app) >= 2
+    end, 8000, '2 workers ready')
+    lctest.writeFile(flag, 'broken')
+    local code, _, err = ctl(c, { 'reload', 'life_app' })
+    assert.are.equal(1, code)
+    assert.matches('ERELOAD: exited before it was ready', err, 1, true)
+    assert.are.equal(0, statusJson(c).reloads)
+    assert.are.equal(200, getSync(port, '/').status)
+    app:kill('SIGTERM')
+    assert.are.equal(0, app:waitExit(10000))
+    lctest.rmrf(dir)
+  end)
+
   it('status during a reload shows the old and the new worker of the slot', function()
     -- Workers start slowly, so the reload is still running when status asks.
     local c = start(1, nil, { OPS_READY_DELAY = '1000' })
