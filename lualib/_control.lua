@@ -217,7 +217,7 @@ function M.master(api, opts, cb)
 
   local function procRow(kind, w, pid, startedAt)
     local c = self.cpu[pid]
-    if not c then
+    if not c or not c.rss or c.rss == 0 then
       -- Not sampled yet (a new worker): its memory now, its CPU share from the next sample.
       local rss, cpu = metrics.procStats(pid)
       c = { rss = rss, cpu = cpu }
