@@ -480,7 +480,7 @@ local function threeHosts(dir, drainDelay, startLb)
   local t = { hosts = { '127.0.0.2', '127.0.0.3', '127.0.0.4' }, apps = {} }
   function t.start(host)
     return lctest.spawn(FIX .. 'service_app.lua', { port }, {
-      flags = { '-w', '2', '--drain-delay', drainDelay, '--metrics', host .. ':' .. hport },
+      flags = { '-w', '2', '--name', host, '--drain-delay', drainDelay, '--metrics', host .. ':' .. hport },
       env = { SERVICE_HOST = host } })
   end
   for i, h in ipairs(t.hosts) do
