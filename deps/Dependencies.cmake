@@ -11,6 +11,11 @@ find_library(UV_LIBRARY NAMES libuv_a.a libuv.a uv REQUIRED)
 
 find_library(CJSON_LIBRARY NAMES liblua5.1-cjson.a REQUIRED)
 
+# lua-luv-dev: the libuv binding behind require('luv'), built against the Lua 5.1 API that
+# LuaJIT provides; linked before libuv, whose symbols it uses.
+find_path(LUV_INCLUDE_DIR luv.h PATH_SUFFIXES lua5.1/luv REQUIRED)
+find_library(LUV_LIBRARY NAMES liblua5.1-luv.a REQUIRED)
+
 find_path(HTTP_PARSER_INCLUDE_DIR http_parser.h REQUIRED)
 find_library(HTTP_PARSER_LIBRARY NAMES libhttp_parser.a http_parser REQUIRED)
 
@@ -18,6 +23,6 @@ find_package(Threads REQUIRED)
 
 add_library(lc_deps INTERFACE)
 target_include_directories(lc_deps INTERFACE ${LUAJIT_INCLUDE_DIR} ${UV_INCLUDE_DIR}
-                                             ${HTTP_PARSER_INCLUDE_DIR})
-target_link_libraries(lc_deps INTERFACE ${CJSON_LIBRARY} ${LUAJIT_LIBRARY} ${UV_LIBRARY}
+                                             ${HTTP_PARSER_INCLUDE_DIR} ${LUV_INCLUDE_DIR})
+target_link_libraries(lc_deps INTERFACE ${CJSON_LIBRARY} ${LUV_LIBRARY} ${LUAJIT_LIBRARY} ${UV_LIBRARY}
                                         ${HTTP_PARSER_LIBRARY} Threads::Threads ${CMAKE_DL_LIBS} m)

@@ -8,6 +8,8 @@ pkgs="build-essential cmake clang-format libluajit-5.1-dev luajit libuv1-dev lua
 # spec/service_spec.lua and spec/deploy_spec.lua: systemd-socket-activate and systemd-analyze
 # (systemd), a real HAProxy and nginx, and PyYAML to parse deploy/kubernetes.yaml.
 pkgs="$pkgs systemd haproxy nginx-light python3-yaml"
+# require('luv') (lualib/io/): lua-luv's static library and headers.
+pkgs="$pkgs lua-luv-dev"
 for extra in "$@"; do
   case "$extra" in
     bench) pkgs="$pkgs wrk nginx-light hyperfine nodejs" ;;

@@ -159,6 +159,10 @@ LC_BINDING(lc_systemd_open);
 LC_BINDING(lc_metrics_open);
 #undef LC_BINDING
 
+/// Opens Debian's luv on lc_loop with its callbacks routed through lc_pcall (runtime/luv.c);
+/// main.c preloads it as `_luv`, which lualib's `luv` module returns.
+int lc_luv_luaopen(lua_State *L);
+
 /// Opens the `_core` module (the loop and the bindings above) and returns 1.
 int lc_core_luaopen(lua_State *L);
 

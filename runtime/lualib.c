@@ -1,7 +1,8 @@
 // lualib.c: the modules of lualib/, compiled into the binary as LuaJIT bytecode by
-// deps/embed.lua. Each is registered in package.preload under its file name. When
-// LCLUSTER_LUALIB names a folder, the sources there are loaded instead, so a Lua edit needs
-// no rebuild during development.
+// deps/embed.lua. Each is registered in package.preload under its file's basename (folders
+// under lualib/ group files by role and are not part of the name). When LCLUSTER_LUALIB
+// names a folder, the sources there are loaded instead, at the same relative path
+// (lualib/io/fs.lua from $LCLUSTER_LUALIB/io/fs.lua), so a Lua edit needs no rebuild.
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -10,6 +11,7 @@
 
 struct lc_lualib_entry {
   const char *name;
+  const char *path; // relative to lualib/, e.g. "io/fs.lua"
   const unsigned char *data;
   size_t len;
 };
@@ -20,12 +22,12 @@ static int load_embedded(lua_State *L) {
   const char *dir = getenv("LCLUSTER_LUALIB");
   int rc;
   if (dir != NULL && *dir != '\0') {
-    lua_pushfstring(L, "%s/%s.lua", dir, e->name);
+    lua_pushfstring(L, "%s/%s", dir, e->path);
     rc = luaL_loadfile(L, lua_tostring(L, -1));
     lua_remove(L, -2);
   } else {
-    char chunk[128];
-    snprintf(chunk, sizeof(chunk), "=lualib/%s.lua", e->name);
+    char chunk[256];
+    snprintf(chunk, sizeof(chunk), "=lualib/%s", e->path);
     rc = luaL_loadbuffer(L, (const char *)e->data, e->len, chunk);
   }
   if (rc != 0) return lua_error(L);

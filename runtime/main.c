@@ -136,6 +136,7 @@ int main(int argc, char **argv) {
   preload(L, "cjson", luaopen_cjson);
   preload(L, "cjson.safe", luaopen_cjson_safe);
   preload(L, "_core", lc_core_luaopen);
+  preload(L, "_luv", lc_luv_luaopen);
   lc_lualib_register(L);
 
   lua_pushcfunction(L, traceback); // [msgh]
