@@ -719,6 +719,12 @@ function ServerResponse:_done()
   self:emit('finish')
 end
 
+-- res:sendFile(path [, fn(err)]): the file as the whole body, with sendfile(2) when nothing
+-- transforms it (lualib/io/_sendfile.lua).
+function ServerResponse:sendFile(path, fn)
+  return require('_sendfile')(self, path, fn)
+end
+
 function ServerResponse:setTimeout(ms, fn)
   self.socket:setTimeout(ms, fn)
   return self

@@ -1,0 +1,361 @@
+-- _fs_streams.lua: fs.createReadStream and fs.createWriteStream (Node's shapes) on luv's
+-- fs calls. One read or write is in flight per stream; backpressure is Node's: a read
+-- stream piped into a destination pauses when dest:write() returns false and resumes on its
+-- 'drain'; a write stream's write() returns false once highWaterMark bytes are queued and
+-- emits 'drain' when the queue is written.
+local class = require('_class')
+local events = require('events')
+
+return function(fs, util)
+  local uv, fsError, checkPath = util.uv, util.fsError, util.checkPath
+
+  local function optsOf(opts, level)
+    if opts == nil or type(opts) == 'string' then
+      return {}
+    end
+    if type(opts) ~= 'table' then
+      error('ERR_INVALID_ARG_TYPE: the "options" argument must be a table, got ' .. type(opts), level + 1)
+    end
+    return opts
+  end
+
+  ---------------------------------------------------------------------------------------------
+  -- ReadStream: events 'open'(fd), 'ready', 'data'(chunk), 'end', 'error'(err), 'close'.
+  -- It flows once a 'data' listener is added (or pipe/resume is called) unless paused.
+
+  local ReadStream = class(events.Emitter)
+  fs.ReadStream = ReadStream
+
+  function ReadStream:_init(path, opts)
+    self.path = path
+    self.bytesRead = 0
+    self._hwm = opts.highWaterMark or 65536
+    self._pos = opts.start or 0
+    self._last = opts['end'] -- inclusive, as Node's
+    self._paused = true
+    self._reading = false
+    self.destroyed = false
+    self.readableEnded = false
+    self:on('newListener', function(ev)
+      if ev == 'data' and self._paused and not self._explicitPause then
+        setImmediate(function()
+          if not self._explicitPause then
+            self:resume()
+          end
+        end)
+      end
+    end)
+    if opts.fd then
+      self.fd = opts.fd
+    else
+      uv.fs_open(path, opts.flags or 'r', opts.mode or 438, function(err, fd)
+        if err then
+          return self:destroy(fsError(err, 'fs_open', path))
+        end
+        if self.destroyed then
+          uv.fs_close(fd, function() end)
+          return
+        end
+        self.fd = fd
+        self:emit('open', fd)
+        self:emit('ready')
+        self:_read()
+      end)
+    end
+  end
+
+  function ReadStream:_read()
+    if self._paused or self._reading or self.destroyed or self.readableEnded or not self.fd then
+      return
+    end
+    local want = self._hwm
+    if self._last then
+      want = math.min(want, self._last - self._pos + 1)
+    end
+    if want <= 0 then
+      return self:_end()
+    end
+    self._reading = true
+    uv.fs_read(self.fd, want, self._pos, function(err, data)
+      self._reading = false
+      if self.destroyed then
+        return
+      end
+      if err then
+        return self:destroy(fsError(err, 'fs_read', self.path))
+      end
+      if data == nil or #data == 0 then
+        return self:_end()
+      end
+      self._pos = self._pos + #data
+      self.bytesRead = self.bytesRead + #data
+      self:emit('data', data)
+      self:_read()
+    end)
+  end
+
+  function ReadStream:_end()
+    self.readableEnded = true
+    self:emit('end')
+    self:destroy()
+  end
+
+  function ReadStream:pause()
+    self._paused = true
+    self._explicitPause = true
+    return self
+  end
+
+  function ReadStream:resume()
+    self._paused = false
+    self._explicitPause = false
+    self:_read()
+    return self
+  end
+
+  function ReadStream:isPaused()
+    return self._paused
+  end
+
+  -- destroy([err]): closes the file; 'error'(err) when given, then 'close'.
+  function ReadStream:destroy(err)
+    if self.destroyed then
+      return self
+    end
+    self.destroyed = true
+    local fd = self.fd
+    self.fd = nil
+    local function done()
+      if err then
+        self:emit('error', err)
+      end
+      self:emit('close')
+    end
+    if fd then
+      uv.fs_close(fd, function()
+        done()
+      end)
+    else
+      setImmediate(done)
+    end
+    return self
+  end
+  ReadStream.close = ReadStream.destroy
+
+  -- pipe(dest [, {['end']=false}]) -> dest. dest needs write(chunk) -> boolean, 'drain', and
+  -- finish() (or end()); a destination that emits 'close' before the end stops the read.
+  function ReadStream:pipe(dest, opts)
+    if type(dest) ~= 'table' or type(dest.write) ~= 'function' then
+      error('ERR_INVALID_ARG_TYPE: pipe needs a writable destination', 2)
+    end
+    local waiting = false
+    self:on('data', function(chunk)
+      if dest:write(chunk) == false and not waiting then
+        waiting = true
+        self:pause()
+        dest:once('drain', function()
+          waiting = false
+          self:resume()
+        end)
+      end
+    end)
+    if not (opts and opts['end'] == false) then
+      self:once('end', function()
+        local fin = dest.finish or dest['end']
+        fin(dest)
+      end)
+    end
+    if dest.once then
+      dest:once('close', function()
+        if not self.readableEnded then
+          self:destroy()
+        end
+      end)
+    end
+    self:resume()
+    return dest
+  end
+
+  function fs.createReadStream(path, opts)
+    opts = optsOf(opts, 2)
+    if not opts.fd then
+      checkPath(path, 'path', 2)
+    end
+    return ReadStream.new(path, opts)
+  end
+
+  ---------------------------------------------------------------------------------------------
+  -- WriteStream: write(chunk [, cb]) -> false once highWaterMark bytes wait; 'drain' after;
+  -- finish([chunk] [, cb]) (also ['end']) then 'finish' and 'close'; 'error'(err).
+
+  local WriteStream = class(events.Emitter)
+  fs.WriteStream = WriteStream
+
+  function WriteStream:_init(path, opts)
+    self.path = path
+    self.bytesWritten = 0
+    self.writableLength = 0
+    self._hwm = opts.highWaterMark or 16384
+    self._pos = opts.start or -1
+    self._queue = {}
+    self._head = 1
+    self._tail = 0
+    self._writing = false
+    self._needDrain = false
+    self._ending = false
+    self.destroyed = false
+    self.writableFinished = false
+    if opts.fd then
+      self.fd = opts.fd
+    else
+      uv.fs_open(path, opts.flags or 'w', opts.mode or 438, function(err, fd)
+        if err then
+          return self:destroy(fsError(err, 'fs_open', path))
+        end
+        if self.destroyed then
+          uv.fs_close(fd, function() end)
+          return
+        end
+        self.fd = fd
+        self:emit('open', fd)
+        self:emit('ready')
+        self:_flush()
+      end)
+    end
+  end
+
+  function WriteStream:_flush()
+    if self._writing or self.destroyed or not self.fd then
+      return
+    end
+    local item = self._queue[self._head]
+    if item == nil then
+      if self._needDrain then
+        self._needDrain = false
+        self:emit('drain')
+      end
+      if self._ending then
+        self:_close()
+      end
+      return
+    end
+    self._writing = true
+    uv.fs_write(self.fd, item[1], self._pos, function(err, n)
+      self._writing = false
+      if self.destroyed then
+        return
+      end
+      if err then
+        return self:destroy(fsError(err, 'fs_write', self.path))
+      end
+      if self._pos >= 0 then
+        self._pos = self._pos + n
+      end
+      self.bytesWritten = self.bytesWritten + n
+      self.writableLength = self.writableLength - n
+      if n < #item[1] then
+        item[1] = item[1]:sub(n + 1)
+      else
+        self._queue[self._head] = nil
+        self._head = self._head + 1
+        if item[2] then
+          item[2]()
+        end
+      end
+      self:_flush()
+    end)
+  end
+
+  function WriteStream:write(chunk, cb)
+    if self._ending or self.destroyed then
+      local err = events.makeError('ERR_STREAM_WRITE_AFTER_END', 'write after end')
+      setImmediate(function()
+        if cb then
+          cb(err)
+        end
+        self:emit('error', err)
+      end)
+      return false
+    end
+    if type(chunk) ~= 'string' then
+      error('ERR_INVALID_ARG_TYPE: the "chunk" argument must be a string, got ' .. type(chunk), 2)
+    end
+    if chunk ~= '' then
+      self._tail = self._tail + 1
+      self._queue[self._tail] = { chunk, cb }
+      self.writableLength = self.writableLength + #chunk
+      self:_flush()
+    elseif cb then
+      setImmediate(cb)
+    end
+    local ok = self.writableLength < self._hwm
+    if not ok then
+      self._needDrain = true
+    end
+    return ok
+  end
+
+  function WriteStream:finish(chunk, cb)
+    if type(chunk) == 'function' then
+      chunk, cb = nil, chunk
+    end
+    if chunk ~= nil and chunk ~= '' then
+      self:write(chunk)
+    end
+    if cb then
+      self:once('finish', cb)
+    end
+    if not self._ending then
+      self._ending = true
+      self:_flush()
+    end
+    return self
+  end
+  WriteStream['end'] = WriteStream.finish
+
+  function WriteStream:_close()
+    if self.destroyed then
+      return
+    end
+    self.destroyed = true
+    local fd = self.fd
+    self.fd = nil
+    uv.fs_close(fd, function()
+      self.writableFinished = true
+      self:emit('finish')
+      self:emit('close')
+    end)
+  end
+
+  function WriteStream:destroy(err)
+    if self.destroyed then
+      return self
+    end
+    self.destroyed = true
+    local fd = self.fd
+    self.fd = nil
+    local function done()
+      if err then
+        self:emit('error', err)
+      end
+      self:emit('close')
+    end
+    if fd then
+      uv.fs_close(fd, function()
+        done()
+      end)
+    else
+      setImmediate(done)
+    end
+    return self
+  end
+  WriteStream.close = WriteStream.destroy
+
+  function fs.createWriteStream(path, opts)
+    opts = optsOf(opts, 2)
+    if not opts.fd then
+      checkPath(path, 'path', 2)
+    end
+    return WriteStream.new(path, opts)
+  end
+end
