@@ -73,6 +73,13 @@ local function setupGlobals()
   os.getenv = function(name)
     return process.env[name]
   end
+  -- Node's os functions (totalmem, networkInterfaces, ...) load on first use (sys/_os.lua).
+  setmetatable(os, {
+    __index = function(t, k)
+      setmetatable(t, nil)
+      return require('_os')(t)[k]
+    end,
+  })
   return process
 end
 
