@@ -20,7 +20,7 @@ describe('lualib folders', function()
       env = { LCLUSTER_LUALIB = false },
     })
     assert.are.equal(0, c:waitExit())
-    assert.are.equal(ALL .. '=lualib/io/luv.lua\n', c.stdout)
+    assert.are.equal(ALL .. '@lualib/io/luv.lua\n', c.stdout)
   end)
 
   it('loads sources from LCLUSTER_LUALIB subfolders', function()
