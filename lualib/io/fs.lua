@@ -330,7 +330,7 @@ end, function(op, fd)
 end)
 
 define('exists', pathOnly, function(op, p)
-  return pcall(op, 'fs_stat', p)
+  return (pcall(op, 'fs_stat', p))
 end)
 -- fs.exists(path, cb) calls cb(boolean) as Node's does, not cb(err, boolean).
 do

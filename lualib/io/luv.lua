@@ -6,14 +6,16 @@
 --   * a worker that was asked to stop (cluster.worker 'disconnect') unrefs every handle made
 --     through luv, so they no longer hold its loop: the worker exits once lcluster's own work
 --     (servers, in-flight requests, timers) is done. Handles are tracked in a weak table as
---     the new_* constructors create them.
+--     the new_* constructors and uv.spawn create them (a child process still running then
+--     no longer holds the worker; it is not killed).
 local uv = require('_luv')
 
 local handles = setmetatable({}, { __mode = 'k' })
 local stopping = false
 
 for name, fn in pairs(uv) do
-  if type(fn) == 'function' and name:match('^new_') and name ~= 'new_thread' and name ~= 'new_work' then
+  if type(fn) == 'function' and (name == 'spawn' or name:match('^new_')) and name ~= 'new_thread'
+    and name ~= 'new_work' then
     uv[name] = function(...)
       local h, err, code = fn(...)
       if h ~= nil then
