@@ -351,4 +351,27 @@ describe('fs to http', function()
     -- Two 50 MB bodies went through; the process never held more than a few chunks.
     assert.is_true(kb < 30 * 1024, 'peak RSS ' .. tostring(kb) .. ' kB')
   end)
+
+  it('survives clients that leave mid-file and closes what the transfer opened', function()
+    local file = dir .. '/big'
+    assert.are.equal(0, os.execute('head -c 20971520 /dev/zero > ' .. file))
+    local srv = lctest.spawn('spec/fixtures/fs_server.lua', { file })
+    local port = tonumber(srv:waitOutput('port (%d+)\n'))
+    local base = 'http://127.0.0.1:' .. port
+    local function get(route)
+      local h = io.popen(('curl -s %s/%s'):format(base, route))
+      local body = h:read('*a')
+      h:close()
+      return body
+    end
+    local fds = tonumber(get('fds'))
+    for _, route in ipairs({ 'file', 'pipe', 'file', 'pipe' }) do
+      -- A slow client that gives up after a fraction of the body.
+      os.execute(('curl -s --limit-rate 2M --max-time 0.3 -o /dev/null %s/%s'):format(base, route))
+    end
+    lctest.waitFor(function()
+      return tonumber(get('fds')) == fds
+    end, 5000, 'the server to close the files and sockets of the abandoned transfers')
+    assert.is_false(srv.exited)
+  end)
 end)
