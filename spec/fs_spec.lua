@@ -316,6 +316,18 @@ describe('fs', function()
   end)
 end)
 
+describe('fs callbacks', function()
+  after_each(lctest.cleanup)
+
+  it('make an error raised in a callback an uncaught error', function()
+    local c = lctest.spawn('spec/fixtures/fs_cb_error.lua')
+    assert.are.equal(0, c:waitExit())
+    assert.matches('caught: spec/fixtures/fs_cb_error.lua:9: boom in fs callback: ENOENT', c.stdout, 1, true)
+    assert.matches('caught: spec/fixtures/fs_cb_error.lua:12: boom in child exit', c.stdout, 1, true)
+    assert.matches('still running', c.stdout, 1, true)
+  end)
+end)
+
 describe('fs to http', function()
   local dir
   before_each(function()

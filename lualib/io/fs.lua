@@ -271,6 +271,11 @@ local function readAll(op, fd)
     -- The size may have grown, or be 0 for files like /proc's: read on until EOF.
     want = CHUNK
   end
+  -- The usual case is one read of the whole file: hand that string over as it is (a concat
+  -- would copy it once more, and on a large file the copy's page faults dominate).
+  if n == 1 then
+    return parts[1]
+  end
   return concat(parts, '', 1, n)
 end
 
