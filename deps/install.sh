@@ -4,7 +4,7 @@
 # bench/ drives (wrk, nginx, hyperfine); `deps/install.sh fuzz` adds clang for libFuzzer.
 set -eu
 
-pkgs="build-essential cmake clang-format libluajit-5.1-dev luajit libuv1-dev lua-cjson-dev lua-busted lua-check libhttp-parser-dev"
+pkgs="build-essential cmake clang-format libluajit-5.1-dev luajit libuv1-dev lua-cjson-dev lua-busted lua-check node-llhttp"
 # spec/service_spec.lua and spec/deploy_spec.lua: systemd-socket-activate and systemd-analyze
 # (systemd), a real HAProxy and nginx, and PyYAML to parse deploy/kubernetes.yaml.
 pkgs="$pkgs systemd haproxy nginx-light python3-yaml"

@@ -1,4 +1,4 @@
-// http_fuzz.c: libFuzzer harness over the request path: http_parser plus our glue in
+// http_fuzz.c: libFuzzer harness over the request path: llhttp plus our glue in
 // runtime/http.c (header accumulation, limits, the Lua events). The input is fed to a
 // parser from _core.http_parser in pieces whose size the first byte picks (byte by byte up
 // to whole), then EOF; a Lua callback checks what the glue promises (lower-case header

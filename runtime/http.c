@@ -1,7 +1,8 @@
-// http.c: HTTP/1.x parsing and response formatting for lualib/http.lua, on libhttp_parser.
+// http.c: HTTP/1.x parsing and response formatting for lualib/http.lua, on llhttp (Node's
+// parser, compiled in from Debian's node-llhttp sources: deps/Dependencies.cmake).
 //
 // `_core.http_attach(stream, mode, cb, opts)` sets the stream's C read hook so a
-// connection's bytes go straight from the read callback into http_parser: nothing is copied
+// connection's bytes go straight from the read callback into llhttp: nothing is copied
 // into Lua but the head (as one table) and body chunks. Events reach Lua as cb(event, ...):
 //   "head"(method|status, url|reason, version, headers, keepAlive, upgrade, complete, expect)
 //          one call per message; `complete` is true when the message had no body left, so a
@@ -13,6 +14,10 @@
 //   "upgrade"(rest) after an upgrade/CONNECT head: parsing stops, rest is what followed;
 //   "error"(status, code, message): 400 (parser error), 431 (head too large) or 413 (body
 //          too large); the connection parses nothing more.
+// Parsing is strict (llhttp without any lenient flag, as Node runs it): whitespace before a
+// header's colon, a bad chunk framing, Content-Length with Transfer-Encoding, and (request
+// mode, our own check) an HTTP/1.1 request without exactly one Host header are 400s, so a
+// request smuggled behind an ambiguous framing is never parsed as one.
 // EOF and read errors still go to the stream's own callback (lc_stream_emit) as "end" and
 // "error", so the socket object sees them as it would without the hook.
 //
@@ -24,7 +29,7 @@
 #include <string.h>
 #include <time.h>
 
-#include <http_parser.h>
+#include <llhttp.h>
 
 #include "lc.h"
 #include "metrics.h"
@@ -38,7 +43,7 @@ typedef struct {
 } hdr_t;
 
 typedef struct http_conn {
-  http_parser p;
+  llhttp_t p;
   int mode;
   lc_handle_t **stream_ud; // the stream's userdata (kept by stream_ref); *stream_ud is NULL once
                            // the stream is closed and freed
@@ -64,12 +69,24 @@ typedef struct http_conn {
   double msg_start; // loop time (ms) when the message's first byte arrived
   unsigned in_message : 1;
   unsigned headers_done : 1;
-  unsigned head_pending : 1; // head parsed but not yet delivered to Lua
-  unsigned expect_head : 1;  // response mode: the request was HEAD, so no body follows
-  unsigned dead : 1;         // an error was reported or parsing stopped for good
-  unsigned lazy : 1;         // opts.lazyHeaders: "head" gets the raw header block (a string)
-  unsigned stop : 1;         // Lua detached us (or closed the stream) during a callback
-  int err_status;            // our own limit errors: 431 or 413
+  unsigned head_pending : 1;      // head parsed but not yet delivered to Lua
+  unsigned expect_head : 1;       // response mode: the request was HEAD, so no body follows
+  unsigned dead : 1;              // an error was reported or parsing stopped for good
+  unsigned lazy : 1;              // opts.lazyHeaders: "head" gets the raw header block (a string)
+  unsigned stop : 1;              // Lua detached us (or closed the stream) during a callback
+  int err_status;                 // our own errors: 431 or 413 (limits), 400 (err_code)
+  const char *err_code, *err_msg; // our own 400s
+  // Obsolete line folding (RFC 9112 5.2) is seen from where llhttp's spans start: the bytes
+  // it skipped between a header's name and value, or between two spans of one value, are a
+  // line break only in a fold. A span that a read boundary cut is told apart by the feed
+  // (one llhttp_execute call) it came from.
+  const char *feed_start, *feed_end;
+  uint32_t feed_gen;       // counts feeds
+  uint32_t name_gen;       // the feed of name_end
+  const char *name_end;    // where the last header name span ended
+  uint32_t val_gen;        // the feed of the last value span
+  unsigned val_at_end : 1; // the last value span ended at its feed's end (a cut, not a fold)
+  unsigned gap_lf : 1;     // a line break after the name in an earlier feed (a fold)
 } http_conn_t;
 
 static lc_stream_t *conn_stream(http_conn_t *c) {
@@ -133,7 +150,7 @@ static int count_head(http_conn_t *c, size_t n) {
   return 0;
 }
 
-static int on_message_begin(http_parser *p) {
+static int on_message_begin(llhttp_t *p) {
   http_conn_t *c = p->data;
   c->len = 0;
   c->url_len = 0;
@@ -149,18 +166,21 @@ static int on_message_begin(http_parser *p) {
   return 0;
 }
 
-static int on_url(http_parser *p, const char *at, size_t n) {
+static int on_url(llhttp_t *p, const char *at, size_t n) {
   http_conn_t *c = p->data;
-  if (count_head(c, n) || buf_append(c, at, n, 0)) return -1;
+  if (count_head(c, n) || buf_append(c, at, n, 0)) return HPE_USER;
   c->url_len += (uint32_t)n;
   return 0;
 }
 
-static int on_header_field(http_parser *p, const char *at, size_t n) {
+static int on_header_field(llhttp_t *p, const char *at, size_t n) {
   http_conn_t *c = p->data;
-  if (count_head(c, n + (c->in_value || c->nhdrs + c->dropped == 0 ? 4 : 0))) return -1;
+  if (count_head(c, n + (c->in_value || c->nhdrs + c->dropped == 0 ? 4 : 0))) return HPE_USER;
+  c->name_end = at + n;
+  c->name_gen = c->feed_gen;
   if (c->in_value || c->nhdrs + c->dropped == 0) {
     c->in_value = 0;
+    c->gap_lf = 0;
     if (c->max_headers && c->nhdrs >= c->max_headers) {
       c->dropped++; // Node drops headers over maxHeadersCount rather than failing
       return 0;
@@ -168,7 +188,7 @@ static int on_header_field(http_parser *p, const char *at, size_t n) {
     if (c->nhdrs == c->hdrs_cap) {
       uint32_t cap = c->hdrs_cap ? c->hdrs_cap * 2 : 16;
       hdr_t *nh = realloc(c->hdrs, cap * sizeof(*nh));
-      if (nh == NULL) return -1;
+      if (nh == NULL) return HPE_USER;
       c->hdrs = nh;
       c->hdrs_cap = cap;
     }
@@ -180,20 +200,44 @@ static int on_header_field(http_parser *p, const char *at, size_t n) {
   }
   if (c->dropped) return 0;
   hdr_t *h = &c->hdrs[c->nhdrs - 1];
-  if (buf_append(c, at, n, 1)) return -1;
+  if (buf_append(c, at, n, 1)) return HPE_USER;
   h->name_len += (uint32_t)n;
   return 0;
 }
 
-static int on_header_value(http_parser *p, const char *at, size_t n) {
+// Names whose value decides where a message ends or whom it is for: folded, they would be
+// read one way by us and maybe another way by a proxy in front.
+static int framing_name(const char *l, size_t n) {
+  return (n == 4 && memcmp(l, "host", 4) == 0) ||
+         (n == 14 && memcmp(l, "content-length", 14) == 0) ||
+         (n == 17 && memcmp(l, "transfer-encoding", 17) == 0);
+}
+
+static int on_header_value(llhttp_t *p, const char *at, size_t n) {
   http_conn_t *c = p->data;
-  if (count_head(c, n)) return -1;
+  if (count_head(c, n)) return HPE_USER;
+  int fold;
   if (!c->in_value) {
     c->in_value = 1;
     if (!c->dropped) c->hdrs[c->nhdrs - 1].val_off = (uint32_t)c->len;
+    const char *from = c->name_gen == c->feed_gen ? c->name_end : c->feed_start;
+    fold = c->gap_lf || (at > from && memchr(from, '\n', (size_t)(at - from)) != NULL);
+  } else {
+    fold = c->val_gen == c->feed_gen || at != c->feed_start || !c->val_at_end;
   }
+  c->val_gen = c->feed_gen;
+  c->val_at_end = at + n == c->feed_end;
   if (c->dropped) return 0;
-  if (buf_append(c, at, n, 0)) return -1;
+  if (fold && c->mode == MODE_REQUEST) {
+    const hdr_t *h = &c->hdrs[c->nhdrs - 1];
+    if (framing_name(c->buf + h->name_off, h->name_len)) {
+      c->err_status = 400;
+      c->err_code = "HPE_OBS_FOLD";
+      c->err_msg = "obsolete line folding in a framing header";
+      return HPE_USER;
+    }
+  }
+  if (buf_append(c, at, n, 0)) return HPE_USER;
   c->hdrs[c->nhdrs - 1].val_len += (uint32_t)n;
   return 0;
 }
@@ -359,9 +403,9 @@ static int deliver_head(lua_State *L, http_conn_t *c, int complete) {
   if (c->mode == MODE_REQUEST) {
     unsigned m = c->p.method;
     if (m < sizeof(method_refs) / sizeof(method_refs[0])) {
-      push_cached(L, &method_refs[m], http_method_str((enum http_method)m));
+      push_cached(L, &method_refs[m], llhttp_method_name((llhttp_method_t)m));
     } else {
-      lua_pushstring(L, http_method_str((enum http_method)m));
+      lua_pushstring(L, llhttp_method_name((llhttp_method_t)m));
     }
   } else {
     lua_pushinteger(L, c->p.status_code);
@@ -378,7 +422,7 @@ static int deliver_head(lua_State *L, http_conn_t *c, int complete) {
   } else {
     push_headers(L, c->buf, c->hdrs, c->nhdrs);
   }
-  lua_pushboolean(L, http_should_keep_alive(&c->p));
+  lua_pushboolean(L, llhttp_should_keep_alive(&c->p));
   lua_pushboolean(L, c->p.upgrade);
   lua_pushboolean(L, complete);
   lua_pushboolean(L, expect); // [cb, (ctx,) "head", 8 args]
@@ -387,34 +431,55 @@ static int deliver_head(lua_State *L, http_conn_t *c, int complete) {
   return c->stop;
 }
 
-static int on_headers_complete(http_parser *p) {
+static int on_headers_complete(llhttp_t *p) {
   http_conn_t *c = p->data;
   c->headers_done = 1;
   c->head_pending = 1;
-  if (c->mode == MODE_REQUEST && c->max_body_size && (p->flags & F_CONTENTLENGTH) &&
-      p->content_length > c->max_body_size) {
-    c->err_status = 413;
-    return -1;
+  if (c->mode == MODE_REQUEST) {
+    // One Host header, and an HTTP/1.1 request must have it (RFC 9112 3.2, Node's
+    // requireHostHeader): two hosts are two readings of the request for a proxy and us.
+    int hosts = 0;
+    for (uint32_t i = 0; i < c->nhdrs; i++) {
+      const hdr_t *h = &c->hdrs[i];
+      hosts += h->name_len == 4 && memcmp(c->buf + h->name_off, "host", 4) == 0;
+    }
+    if (hosts > 1 || (hosts == 0 && p->http_major == 1 && p->http_minor == 1)) {
+      c->err_status = 400;
+      c->err_code = "HPE_INVALID_HOST";
+      c->err_msg = hosts ? "more than one Host header" : "an HTTP/1.1 request needs a Host header";
+      return -1;
+    }
+    if (c->max_body_size && (p->flags & F_CONTENT_LENGTH) && p->content_length > c->max_body_size) {
+      c->err_status = 413;
+      return -1;
+    }
   }
   // A response to HEAD has headers describing a body that is not sent.
   if (c->mode == MODE_RESPONSE && c->expect_head) return 1;
   return 0;
 }
 
-static int on_body(http_parser *p, const char *at, size_t n) {
+static int on_body(llhttp_t *p, const char *at, size_t n) {
   http_conn_t *c = p->data;
   lua_State *L = lc_L;
   c->body_bytes += n;
   if (c->mode == MODE_REQUEST && c->max_body_size && c->body_bytes > c->max_body_size) {
     c->err_status = 413;
-    return -1;
+    return HPE_USER;
   }
-  if (c->head_pending && deliver_head(L, c, 0)) return -1;
+  if (c->head_pending && deliver_head(L, c, 0)) return HPE_USER;
   lua_pushlstring(L, at, n);
-  return conn_emit(L, c, "body", 1) ? -1 : 0;
+  return conn_emit(L, c, "body", 1) ? HPE_USER : 0;
 }
 
-static int on_message_complete(http_parser *p) {
+// The value is whole (folds included): the next name starts a new header, even when the
+// value was empty and no value span came.
+static int on_header_value_complete(llhttp_t *p) {
+  ((http_conn_t *)p->data)->in_value = 1;
+  return 0;
+}
+
+static int on_message_complete(llhttp_t *p) {
   http_conn_t *c = p->data;
   lua_State *L = lc_L;
   lc_metrics.requests++;
@@ -425,22 +490,22 @@ static int on_message_complete(http_parser *p) {
   } else {
     stop = conn_emit(L, c, "done", 0);
   }
-  return stop ? -1 : 0;
+  return stop ? HPE_USER : 0;
 }
 
-static const http_parser_settings settings = {
+static const llhttp_settings_t settings = {
     .on_message_begin = on_message_begin,
     .on_url = on_url,
     .on_status = on_url,
     .on_header_field = on_header_field,
     .on_header_value = on_header_value,
+    .on_header_value_complete = on_header_value_complete,
     .on_headers_complete = on_headers_complete,
     .on_body = on_body,
     .on_message_complete = on_message_complete,
 };
 
-static void report_error(lua_State *L, http_conn_t *c) {
-  enum http_errno e = HTTP_PARSER_ERRNO(&c->p);
+static void report_error(lua_State *L, http_conn_t *c, llhttp_errno_t e) {
   c->dead = 1;
   if (c->err_status == 431) {
     lua_pushinteger(L, 431);
@@ -450,10 +515,15 @@ static void report_error(lua_State *L, http_conn_t *c) {
     lua_pushinteger(L, 413);
     lua_pushliteral(L, "ERR_BODY_TOO_LARGE");
     lua_pushliteral(L, "request body too large");
+  } else if (c->err_status == 400) {
+    lua_pushinteger(L, 400);
+    lua_pushstring(L, c->err_code);
+    lua_pushstring(L, c->err_msg);
   } else {
-    lua_pushinteger(L, e == HPE_HEADER_OVERFLOW ? 431 : 400);
-    lua_pushstring(L, http_errno_name(e));
-    lua_pushstring(L, http_errno_description(e));
+    const char *reason = llhttp_get_error_reason(&c->p);
+    lua_pushinteger(L, 400);
+    lua_pushstring(L, llhttp_errno_name(e));
+    lua_pushstring(L, reason != NULL ? reason : "parse error");
   }
   conn_emit(L, c, "error", 3);
 }
@@ -462,18 +532,29 @@ static void report_error(lua_State *L, http_conn_t *c) {
 /// userdata must be anchored on the Lua stack by the caller: Lua may drop it in a callback.
 static void conn_feed(lua_State *L, http_conn_t *c, const char *data, size_t len) {
   if (c->dead || c->stop) return;
-  size_t n = http_parser_execute(&c->p, &settings, data, len);
+  c->feed_gen++;
+  c->feed_start = data;
+  c->feed_end = data + len;
+  llhttp_errno_t e = len > 0 ? llhttp_execute(&c->p, data, len) : llhttp_finish(&c->p);
   if (c->stop) return;
-  if (c->p.upgrade) {
+  if (e == HPE_PAUSED_UPGRADE) {
+    // llhttp stops after the head of an upgrade or CONNECT; what follows is not HTTP.
     c->dead = 1;
     if (c->head_pending && deliver_head(L, c, 1)) return;
+    const char *pos = llhttp_get_error_pos(&c->p);
+    size_t n = pos != NULL && pos >= data && pos <= data + len ? (size_t)(pos - data) : len;
     lua_pushlstring(L, data + n, len - n);
     conn_emit(L, c, "upgrade", 1);
     return;
   }
-  if (HTTP_PARSER_ERRNO(&c->p) != HPE_OK) {
-    report_error(L, c);
+  if (e != HPE_OK) {
+    report_error(L, c, e);
     return;
+  }
+  // The feed ended between a header's name and its value: a line break there is a fold.
+  if (!c->headers_done && !c->in_value && c->nhdrs + c->dropped > 0 && len > 0) {
+    const char *from = c->name_gen == c->feed_gen ? c->name_end : data;
+    if (memchr(from, '\n', (size_t)(c->feed_end - from)) != NULL) c->gap_lf = 1;
   }
   // A head without a complete body yet is delivered now, so Lua sees it (and can answer
   // Expect: 100-continue) before the body arrives.
@@ -537,7 +618,7 @@ static int new_conn(lua_State *L, int mode_idx, int stream_idx) {
   c->self_ref = LUA_NOREF;
   c->stream_ref = LUA_NOREF;
   c->ctx_ref = LUA_NOREF;
-  http_parser_init(&c->p, mode == MODE_REQUEST ? HTTP_REQUEST : HTTP_RESPONSE);
+  llhttp_init(&c->p, mode == MODE_REQUEST ? HTTP_REQUEST : HTTP_RESPONSE, &settings);
   c->p.data = c;
   lua_pushvalue(L, mode_idx + 1);
   c->cb_ref = luaL_ref(L, LUA_REGISTRYINDEX);

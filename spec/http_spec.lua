@@ -147,7 +147,7 @@ describe('http parser glue (in-process)', function()
 
   it('delivers one head per request with lower-case, joined headers, byte by byte', function()
     local req = 'GET /a?b=1 HTTP/1.1\r\nHost: x\r\nAccept: a\r\naccept: b\r\nSet-Cookie: 1\r\n'
-      .. 'set-cookie: 2\r\nCookie: a=1\r\nCookie: b=2\r\nHost: dup\r\nX-Empty:\r\nX-Pad:  v  \r\n\r\n'
+      .. 'set-cookie: 2\r\nCookie: a=1\r\nCookie: b=2\r\nX-Empty:\r\nX-Pad:  v  \r\n\r\n'
     for _, step in ipairs({ 1, 3, #req }) do
       local evs = parse(req, step)
       assert.are.equal(1, #evs)
@@ -162,7 +162,7 @@ describe('http parser glue (in-process)', function()
   end)
 
   it('streams chunked bodies and parses pipelined requests in order', function()
-    local text = 'POST /1 HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n'
+    local text = 'POST /1 HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n'
       .. 'GET /2 HTTP/1.0\r\n\r\n'
     local evs = parse(text, 1)
     local body, seq = '', {}
@@ -179,23 +179,23 @@ describe('http parser glue (in-process)', function()
   end)
 
   it('reports 431, 413 and 400 and then parses nothing more', function()
-    local big = 'GET / HTTP/1.1\r\nX: ' .. ('a'):rep(200) .. '\r\n\r\n'
+    local big = 'GET / HTTP/1.1\r\nHost: h\r\nX: ' .. ('a'):rep(200) .. '\r\n\r\n'
     local evs = parse(big, 7, { maxHeaderSize = 100 })
     assert.are.same({ 'error', 431 }, { evs[1][1], evs[1][2] })
-    evs = parse('POST / HTTP/1.1\r\nContent-Length: 11\r\n\r\nhello world', nil, { maxBodySize = 10 })
+    evs = parse('POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 11\r\n\r\nhello world', nil, { maxBodySize = 10 })
     assert.are.same({ 'error', 413 }, { evs[1][1], evs[1][2] })
-    evs = parse('POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n6\r\nabcdef\r\n0\r\n\r\n', 1,
+    evs = parse('POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n6\r\nabcdef\r\n0\r\n\r\n', 1,
       { maxBodySize = 5 })
     assert.are.equal('error', evs[#evs][1])
     assert.are.equal(413, evs[#evs][2])
-    evs = parse('NOT HTTP\r\n\r\nGET / HTTP/1.1\r\n\r\n')
+    evs = parse('NOT HTTP\r\n\r\nGET / HTTP/1.1\r\nHost: h\r\n\r\n')
     assert.are.equal(1, #evs)
     assert.are.same({ 'error', 400 }, { evs[1][1], evs[1][2] })
   end)
 
   it('drops headers beyond maxHeadersCount', function()
-    local evs = parse('GET / HTTP/1.1\r\nA: 1\r\nB: 2\r\nC: 3\r\n\r\n', 1, { maxHeadersCount = 2 })
-    assert.are.same({ a = '1', b = '2' }, evs[1][5])
+    local evs = parse('GET / HTTP/1.1\r\nHost: h\r\nA: 1\r\nB: 2\r\nC: 3\r\n\r\n', 1, { maxHeadersCount = 3 })
+    assert.are.same({ host = 'h', a = '1', b = '2' }, evs[1][5])
   end)
 end)
 
@@ -239,7 +239,7 @@ describe('http server', function()
       errs[3] = select(2, pcall(res.setHeader, res, 'Late', 'v'))
       res:finish()
     end)
-    local r = raw(port, 'GET / HTTP/1.1\r\n\r\n')
+    local r = raw(port, 'GET / HTTP/1.1\r\nHost: h\r\n\r\n')
     local rs = waitResponses(r, 1)
     assert.are.equal(201, rs[1].status)
     assert.are.equal('Made It', rs[1].reason)
@@ -277,8 +277,8 @@ describe('http server', function()
         res:hasHeader('X-Lower') }
       res:finish('ok')
     end)
-    local r = raw(port, 'GET / HTTP/1.1\r\n\r\nGET /slow HTTP/1.1\r\n\r\n'
-      .. 'GET /bad-name HTTP/1.1\r\n\r\nGET /bad-value HTTP/1.1\r\n\r\n')
+    local r = raw(port, 'GET / HTTP/1.1\r\nHost: h\r\n\r\nGET /slow HTTP/1.1\r\nHost: h\r\n\r\n'
+      .. 'GET /bad-name HTTP/1.1\r\nHost: h\r\n\r\nGET /bad-value HTTP/1.1\r\nHost: h\r\n\r\n')
     local rs = waitResponses(r, 4)
     for i = 1, 4 do
       local head = rs[i].raw
@@ -315,7 +315,7 @@ describe('http server', function()
     end)
     local r = raw(port)
     r.socket:setNoDelay(true)
-    local text = 'POST /split HTTP/1.1\r\nX-Long: value\r\nContent-Length: 5\r\n\r\nabcde'
+    local text = 'POST /split HTTP/1.1\r\nHost: h\r\nX-Long: value\r\nContent-Length: 5\r\n\r\nabcde'
     for i = 1, #text do
       local sent = false
       r.socket:write(text:sub(i, i), function()
@@ -407,8 +407,8 @@ describe('http server', function()
         res:finish('d2')
       end
     end)
-    local r = raw(port, 'GET /get HTTP/1.1\r\n\r\nGET /len HTTP/1.1\r\n\r\nGET /chunks HTTP/1.1\r\n\r\n'
-      .. 'GET /conn HTTP/1.1\r\n\r\n')
+    local r = raw(port, 'GET /get HTTP/1.1\r\nHost: h\r\n\r\nGET /len HTTP/1.1\r\nHost: h\r\n\r\nGET /chunks HTTP/1.1\r\nHost: h\r\n\r\n'
+      .. 'GET /conn HTTP/1.1\r\nHost: h\r\n\r\n')
     local rs = waitResponses(r, 4)
     assert.are.same({ 'text/plain', 'l', true,
       { ['content-type'] = 'text/plain', ['x-lower'] = 'l', ['x-num'] = '7' },
@@ -453,9 +453,9 @@ describe('http server', function()
     local want = { { 'A', 'a' }, { 'B', 'b' }, { 'X-Num', 'n' }, { 'C', 'c' }, { 'E', 'e' }, { 'A', 'b' } }
     local req = {}
     for i = 0, 23 do
-      req[#req + 1] = 'GET /' .. i .. ' HTTP/1.1\r\n\r\n'
+      req[#req + 1] = 'GET /' .. i .. ' HTTP/1.1\r\nHost: h\r\n\r\n'
       if i % 8 == 0 then
-        req[#req + 1] = 'GET /len HTTP/1.1\r\n\r\nGET /bad HTTP/1.1\r\n\r\n'
+        req[#req + 1] = 'GET /len HTTP/1.1\r\nHost: h\r\n\r\nGET /bad HTTP/1.1\r\nHost: h\r\n\r\n'
       end
     end
     local r = raw(port, table.concat(req))
@@ -502,7 +502,7 @@ describe('http server', function()
     end)
     local req = {}
     for i = 1, #sets do
-      req[i] = 'GET /' .. i .. ' HTTP/1.1\r\n\r\n'
+      req[i] = 'GET /' .. i .. ' HTTP/1.1\r\nHost: h\r\n\r\n'
     end
     local r = raw(port, table.concat(req))
     local rs = waitResponses(r, #sets)
@@ -561,7 +561,7 @@ describe('http server', function()
       seen.after = { res.finished, res.writableEnded, res.writableFinished, res.headersSent,
         res.statusCode, res.custom }
     end)
-    local r = raw(port, 'GET /x HTTP/1.1\r\nHost: h\r\n\r\nHEAD /y HTTP/1.1\r\n\r\n')
+    local r = raw(port, 'GET /x HTTP/1.1\r\nHost: h\r\n\r\nHEAD /y HTTP/1.1\r\nHost: h\r\n\r\n')
     local rs = waitResponses(r, 1)
     assert.are.equal(404, rs[1].status)
     assert.are.equal('gone', rs[1].body)
@@ -592,7 +592,7 @@ describe('http server', function()
         res:finish('fast' .. req.url)
       end
     end)
-    local r = raw(port, 'GET /slow HTTP/1.1\r\n\r\nGET /chunks HTTP/1.1\r\n\r\nGET /3 HTTP/1.1\r\n\r\n')
+    local r = raw(port, 'GET /slow HTTP/1.1\r\nHost: h\r\n\r\nGET /chunks HTTP/1.1\r\nHost: h\r\n\r\nGET /3 HTTP/1.1\r\nHost: h\r\n\r\n')
     local rs = waitResponses(r, 3)
     assert.are.same({ 'slow', 'c1c2', 'fast/3' }, { rs[1].body, rs[2].body, rs[3].body })
     assert.are.equal('chunked', rs[2].headers['transfer-encoding'])
@@ -613,12 +613,12 @@ describe('http server', function()
         res:finish(tostring(n))
       end)
     end)
-    local r = raw(port, 'POST /chunked HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n'
+    local r = raw(port, 'POST /chunked HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n'
       .. '5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n')
     waitResponses(r, 1)
     assert.are.equal(11, got['/chunked'].n)
     local size = 4 * 1024 * 1024
-    local r2 = raw(port, 'POST /big HTTP/1.1\r\nContent-Length: ' .. size .. '\r\n\r\n')
+    local r2 = raw(port, 'POST /big HTTP/1.1\r\nHost: h\r\nContent-Length: ' .. size .. '\r\n\r\n')
     r2.socket:write(('x'):rep(size))
     local rs = waitResponses(r2, 1, 'the big body to be counted')
     assert.are.equal(tostring(size), rs[1].body)
@@ -645,7 +645,7 @@ describe('http server', function()
       end
       pump()
     end)
-    local r = raw(port, 'GET / HTTP/1.1\r\n\r\n')
+    local r = raw(port, 'GET / HTTP/1.1\r\nHost: h\r\n\r\n')
     local rs = waitFor(function()
       local rs = responses(r.data)
       return #rs == 1 and #rs[1].body == 64 * 64 * 1024 and rs
@@ -664,7 +664,7 @@ describe('http server', function()
         res:finish('got ' .. body)
       end)
     end)
-    local r = raw(port, 'POST / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n')
+    local r = raw(port, 'POST / HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n')
     waitFor(function()
       return r.data:find('HTTP/1.1 100 Continue\r\n\r\n', 1, true)
     end, 2000, '100 Continue')
@@ -676,7 +676,7 @@ describe('http server', function()
 
   it('sends no body for HEAD, and honours HTTP/1.0 and Connection: close', function()
     local _, port = serve(hello)
-    local r = raw(port, 'HEAD / HTTP/1.1\r\n\r\n')
+    local r = raw(port, 'HEAD / HTTP/1.1\r\nHost: h\r\n\r\n')
     waitFor(function()
       return r.data:find('\r\n\r\n', 1, true)
     end, 2000, 'the HEAD response')
@@ -689,7 +689,7 @@ describe('http server', function()
     rs = responses(r10.data)
     assert.are.equal('close', rs[1].headers.connection)
     assert.are.equal('hello world\n', rs[1].body)
-    local rc = raw(port, 'GET / HTTP/1.1\r\nConnection: close\r\n\r\nGET /ignored HTTP/1.1\r\n\r\n')
+    local rc = raw(port, 'GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\nGET /ignored HTTP/1.1\r\nHost: h\r\n\r\n')
     waitClosed(rc)
     rs = responses(rc.data)
     assert.are.equal(1, #rs)
@@ -715,14 +715,14 @@ describe('http server', function()
   describe('rejects bad requests with 4xx, closes, and keeps serving', function()
     local cases = {
       { 'garbage', 'HELLO THERE\r\n\r\n', 400 },
-      { 'a bad Content-Length', 'POST / HTTP/1.1\r\nContent-Length: abc\r\n\r\n', 400 },
-      { 'two different Content-Lengths', 'POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab', 400 },
+      { 'a bad Content-Length', 'POST / HTTP/1.1\r\nHost: h\r\nContent-Length: abc\r\n\r\n', 400 },
+      { 'two different Content-Lengths', 'POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab', 400 },
       { 'Content-Length with Transfer-Encoding (smuggling)',
-        'POST / HTTP/1.1\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n'
-        .. 'GET /smuggled HTTP/1.1\r\n\r\n', 400 },
-      { 'a bad chunk size', 'POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n', 400 },
-      { 'an oversized head', 'GET / HTTP/1.1\r\nX-Big: ' .. ('a'):rep(20000) .. '\r\n\r\n', 431 },
-      { 'a body over maxBodySize', 'POST / HTTP/1.1\r\nContent-Length: 100\r\n\r\n', 413 },
+        'POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n'
+        .. 'GET /smuggled HTTP/1.1\r\nHost: h\r\n\r\n', 400 },
+      { 'a bad chunk size', 'POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n', 400 },
+      { 'an oversized head', 'GET / HTTP/1.1\r\nHost: h\r\nX-Big: ' .. ('a'):rep(20000) .. '\r\n\r\n', 431 },
+      { 'a body over maxBodySize', 'POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 100\r\n\r\n', 413 },
     }
     for _, case in ipairs(cases) do
       it(case[1], function()
@@ -740,7 +740,7 @@ describe('http server', function()
         assert.are.equal(case[3], rs[1].status)
         assert.are.equal('close', rs[1].headers.connection)
         assert.are.same({}, urls)
-        local ok = raw(port, 'GET /next HTTP/1.1\r\n\r\n')
+        local ok = raw(port, 'GET /next HTTP/1.1\r\nHost: h\r\n\r\n')
         assert.are.equal('fine', waitResponses(ok, 1)[1].body)
       end)
     end
@@ -748,7 +748,7 @@ describe('http server', function()
 
   it('answers the requests before a bad one, then the 400', function()
     local _, port = serve(hello)
-    local r = raw(port, 'GET / HTTP/1.1\r\n\r\nBAD\r\n\r\n')
+    local r = raw(port, 'GET / HTTP/1.1\r\nHost: h\r\n\r\nBAD\r\n\r\n')
     waitClosed(r)
     local rs = responses(r.data)
     assert.are.same({ 200, 400 }, { rs[1].status, rs[2].status })
@@ -760,11 +760,11 @@ describe('http server', function()
       got = req.headers
       res:finish()
     end, function(srv)
-      srv.maxHeadersCount = 2
+      srv.maxHeadersCount = 3
     end)
-    local r = raw(port, 'GET / HTTP/1.1\r\nA: 1\r\nB: 2\r\nC: 3\r\n\r\n')
+    local r = raw(port, 'GET / HTTP/1.1\r\nHost: h\r\nA: 1\r\nB: 2\r\nC: 3\r\n\r\n')
     waitResponses(r, 1)
-    assert.are.same({ a = '1', b = '2' }, got)
+    assert.are.same({ host = 'h', a = '1', b = '2' }, got)
   end)
 
   describe('timeouts', function()
@@ -772,7 +772,7 @@ describe('http server', function()
       local _, port = serve(hello, function(srv)
         srv.headersTimeout = 100
       end)
-      local r = raw(port, 'GET / HTTP/1.1\r\nX-Slow: ')
+      local r = raw(port, 'GET / HTTP/1.1\r\nHost: h\r\nX-Slow: ')
       waitClosed(r)
       assert.are.equal(408, responses(r.data)[1].status)
     end)
@@ -785,7 +785,7 @@ describe('http server', function()
       end, function(srv)
         srv.requestTimeout = 150
       end)
-      local r = raw(port, 'POST / HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc')
+      local r = raw(port, 'POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\n\r\nabc')
       waitClosed(r)
       assert.are.equal(408, responses(r.data)[1].status)
     end)
@@ -802,8 +802,8 @@ describe('http server', function()
       end, function(srv)
         srv.keepAliveTimeout = 100
       end)
-      local idle = raw(port, 'GET / HTTP/1.1\r\n\r\n')
-      local busy = raw(port, 'GET /slow HTTP/1.1\r\n\r\n')
+      local idle = raw(port, 'GET / HTTP/1.1\r\nHost: h\r\n\r\n')
+      local busy = raw(port, 'GET /slow HTTP/1.1\r\nHost: h\r\n\r\n')
       local t0 = core.now()
       waitResponses(idle, 1)
       waitClosed(idle, 'the idle connection to close')
@@ -822,7 +822,7 @@ describe('http server', function()
       end, function(srv)
         srv.keepAliveTimeout = 120
       end)
-      local r = raw(port, 'GET / HTTP/1.1\r\n\r\n')
+      local r = raw(port, 'GET / HTTP/1.1\r\nHost: h\r\n\r\n')
       waitResponses(r, 1)
       local answered = core.now()
       waitClosed(r, 'the idle connection to close')
@@ -841,9 +841,9 @@ describe('http server', function()
         res:finish('x')
       end
     end)
-    local idle = raw(port, 'GET / HTTP/1.1\r\n\r\n')
+    local idle = raw(port, 'GET / HTTP/1.1\r\nHost: h\r\n\r\n')
     waitResponses(idle, 1)
-    local busy = raw(port, 'GET /slow HTTP/1.1\r\n\r\n')
+    local busy = raw(port, 'GET /slow HTTP/1.1\r\nHost: h\r\n\r\n')
     waitFor(function()
       return pending
     end, 2000, 'the slow request')
@@ -897,14 +897,14 @@ describe('http server', function()
         end
       end)
     end)
-    local r = raw(port, 'GET / HTTP/1.1\r\n\r\n')
+    local r = raw(port, 'GET / HTTP/1.1\r\nHost: h\r\n\r\n')
     waitClosed(r)
     waitFor(function()
       return closed == 1
     end, 2000, 'the server socket to close')
     assert.are.same({ 'EFAKE', true }, seen)
     withListener = false
-    r = raw(port, 'GET / HTTP/1.1\r\n\r\n')
+    r = raw(port, 'GET / HTTP/1.1\r\nHost: h\r\n\r\n')
     waitClosed(r)
     waitFor(function()
       return closed == 2
@@ -930,7 +930,7 @@ describe('http server', function()
       r.ended = true
       t0 = core.now()
     end)
-    s:write('GET / HTTP/1.1\r\nConnection: close\r\n\r\n')
+    s:write('GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n')
     waitFor(function()
       return r.ended
     end, 2000, 'the response and the server half-close')
