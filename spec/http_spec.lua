@@ -407,7 +407,8 @@ describe('http server', function()
         res:finish('d2')
       end
     end)
-    local r = raw(port, 'GET /get HTTP/1.1\r\nHost: h\r\n\r\nGET /len HTTP/1.1\r\nHost: h\r\n\r\nGET /chunks HTTP/1.1\r\nHost: h\r\n\r\n'
+    local r = raw(port, 'GET /get HTTP/1.1\r\nHost: h\r\n\r\nGET /len HTTP/1.1\r\nHost: h\r\n\r\n'
+      .. 'GET /chunks HTTP/1.1\r\nHost: h\r\n\r\n'
       .. 'GET /conn HTTP/1.1\r\nHost: h\r\n\r\n')
     local rs = waitResponses(r, 4)
     assert.are.same({ 'text/plain', 'l', true,
@@ -592,7 +593,8 @@ describe('http server', function()
         res:finish('fast' .. req.url)
       end
     end)
-    local r = raw(port, 'GET /slow HTTP/1.1\r\nHost: h\r\n\r\nGET /chunks HTTP/1.1\r\nHost: h\r\n\r\nGET /3 HTTP/1.1\r\nHost: h\r\n\r\n')
+    local r = raw(port, 'GET /slow HTTP/1.1\r\nHost: h\r\n\r\nGET /chunks HTTP/1.1\r\nHost: h\r\n\r\n'
+      .. 'GET /3 HTTP/1.1\r\nHost: h\r\n\r\n')
     local rs = waitResponses(r, 3)
     assert.are.same({ 'slow', 'c1c2', 'fast/3' }, { rs[1].body, rs[2].body, rs[3].body })
     assert.are.equal('chunked', rs[2].headers['transfer-encoding'])
@@ -689,7 +691,8 @@ describe('http server', function()
     rs = responses(r10.data)
     assert.are.equal('close', rs[1].headers.connection)
     assert.are.equal('hello world\n', rs[1].body)
-    local rc = raw(port, 'GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\nGET /ignored HTTP/1.1\r\nHost: h\r\n\r\n')
+    local rc = raw(port, 'GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n'
+      .. 'GET /ignored HTTP/1.1\r\nHost: h\r\n\r\n')
     waitClosed(rc)
     rs = responses(rc.data)
     assert.are.equal(1, #rs)
@@ -716,7 +719,8 @@ describe('http server', function()
     local cases = {
       { 'garbage', 'HELLO THERE\r\n\r\n', 400 },
       { 'a bad Content-Length', 'POST / HTTP/1.1\r\nHost: h\r\nContent-Length: abc\r\n\r\n', 400 },
-      { 'two different Content-Lengths', 'POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab', 400 },
+      { 'two different Content-Lengths',
+        'POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab', 400 },
       { 'Content-Length with Transfer-Encoding (smuggling)',
         'POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n'
         .. 'GET /smuggled HTTP/1.1\r\nHost: h\r\n\r\n', 400 },
