@@ -1,5 +1,5 @@
 -- http.lua: HTTP/1.1 server and client (Node's http in Lua's idiom). Parsing happens in C
--- (runtime/http.c, on http_parser) straight from the socket's read callback; a request
+-- (runtime/http.c, on llhttp) straight from the socket's read callback; a request
 -- reaches Lua as one call with its head, then body chunks. Responses are formatted in C too
 -- (_core.http_send). An http.Server is a net.Server: same listen/close/events, so it shares
 -- ports in a cluster like any net server.
@@ -29,6 +29,20 @@ local function now()
 end
 
 local M = {}
+
+-- Backpressure (memory stays bounded whatever the peer does). A server connection stops
+-- reading its socket while the request's body that the handler has not taken yet is over
+-- BODY_HWM, while more than PIPELINE_MAX responses wait behind the active one, or while the
+-- socket's write queue is over its high-water mark (a peer that sends and never reads);
+-- it reads again once the handler takes the body, the responses go out, the queue drains.
+local BODY_HWM = 64 * 1024
+local PIPELINE_MAX = 32
+
+-- The response whose handler runs now (the 'request' listeners, or its body's 'data' and
+-- 'end' listeners called from the parser), false between handlers. An uncaught error leaves
+-- it set, since the emit never returned: answerUncaught, which runs before the process's
+-- uncaught-error sequence, answers that request 500 at once.
+local current = false
 
 M.STATUS_CODES = {
   [100] = 'Continue', [101] = 'Switching Protocols', [200] = 'OK', [201] = 'Created',
@@ -205,6 +219,9 @@ IncomingMessage._held = false
 IncomingMessage._paused = false
 IncomingMessage._dump = false
 IncomingMessage._flushScheduled = false
+IncomingMessage._qbytes = 0 -- bytes of body chunks in _queue
+IncomingMessage._conn = false -- a server request with a body: its connection (backpressure)
+IncomingMessage._res = false -- a server request with a body: its response (uncaught errors)
 
 -- A server's request: req.headers is made from the head's raw block (http.c's lazy heads)
 -- when first read, and kept in _hraw's place, so a handler that never reads it costs no
@@ -267,6 +284,13 @@ function IncomingMessage:_flush()
     return
   end
   self._queue = false
+  if self._qbytes > 0 then
+    self._qbytes = 0
+    local conn = self._conn
+    if conn and conn.stopBody then
+      conn:_setStop('stopBody', false)
+    end
+  end
   for i = 1, #q do
     local c = q[i]
     if c == false then
@@ -299,6 +323,12 @@ function IncomingMessage:_push(chunk)
     return
   end
   enqueue(self, chunk)
+  local n = self._qbytes + #chunk
+  self._qbytes = n
+  local conn = self._conn
+  if n > BODY_HWM and conn and not conn.stopBody then
+    conn:_setStop('stopBody', true)
+  end
 end
 
 function IncomingMessage:_end()
@@ -322,7 +352,9 @@ function IncomingMessage:resume()
   self._flowing = true
   if self._paused then
     self._paused = false
-    if self._onResume then
+    if self._conn then
+      self._conn:_setStop('stopUser', false)
+    elseif self._onResume then
       self._onResume()
     end
   end
@@ -341,7 +373,12 @@ end
 function IncomingMessage:pause()
   self._flowing = false
   self._paused = true
-  if self._onPause then
+  if self._conn then
+    -- Only while its body is arriving: the connection's next request is not this one's.
+    if self._conn.req == self then
+      self._conn:_setStop('stopUser', true)
+    end
+  elseif self._onPause then
     self._onPause()
   end
   return self
@@ -437,6 +474,10 @@ function ServerResponse:_send(status, reason, headers, names, flags, len, body)
   end
   if not ok then
     self._needDrain = true
+    local conn = self._conn
+    if not conn.stopWrite then
+      conn:_setStop('stopWrite', true)
+    end
   end
   return ok
 end
@@ -714,6 +755,12 @@ function ServerResponse:_done()
   if not req.complete then
     req._dump = true -- the rest of an unread body is discarded
     req._queue = nil
+    req._qbytes = 0
+    local conn = self._conn
+    if conn.stopBody or conn.stopUser then
+      conn:_setStop('stopBody', false)
+      conn:_setStop('stopUser', false)
+    end
   end
   self._conn:_responseDone(self)
   self:emit('finish')
@@ -744,11 +791,21 @@ local function onParserEvent(self, ev, a, b, c, d, e, f, g, h)
   if ev == 'head' then
     self:_onHead(a, b, c, d, e, f, g, h)
   elseif ev == 'body' then
-    self.req:_push(a)
+    local req = self.req
+    current = req._res
+    req:_push(a)
+    current = false
   elseif ev == 'done' then
     local req = self.req
     self.req = false
+    -- The body is whole: nothing more to hold back for it.
+    if self.stopBody or self.stopUser then
+      self:_setStop('stopBody', false)
+      self:_setStop('stopUser', false)
+    end
+    current = req._res
     req:_end()
+    current = false
   elseif ev == 'error' then
     self:_onParseError(a, b, c)
   elseif ev == 'upgrade' then
@@ -795,6 +852,12 @@ function Conn.new(server, socket)
     pendingError = false,
     graceUntil = false, -- while in the closing grace (see graceAdd)
     slot = 0, -- index in server._conns
+    -- Why the socket is not read now (see BODY_HWM): the body's unread bytes, responses
+    -- queued, the write queue, req:pause().
+    stopBody = false,
+    stopPipe = false,
+    stopWrite = false,
+    stopUser = false,
   }
   self.server, self.socket, self.handle, self.queue = server, socket, handle, tnew(2, 0)
   self.idleSince = now()
@@ -817,6 +880,8 @@ function Conn:_onHead(method, url, version, raw, keepAlive, upgrade, complete, h
   self.queue[tail] = res
   if tail == self.head then
     self.active = res
+  elseif tail - self.head >= PIPELINE_MAX then
+    self:_setStop('stopPipe', true)
   end
   self.idleSince = false
   if complete then
@@ -824,18 +889,9 @@ function Conn:_onHead(method, url, version, raw, keepAlive, upgrade, complete, h
     req._queue = END_ONLY
   else
     self.req = req
-    local handle = self.handle
-    req._onPause = function()
-      if not handle:is_closing() then
-        handle:read_stop()
-      end
-    end
-    req._onResume = function()
-      if not handle:is_closing() then
-        handle:read_start()
-      end
-    end
+    req._conn, req._res = self, res
   end
+  current = res
   local expect = hasExpect and req.headers.expect
   if expect then
     if lower(expect) == '100-continue' then
@@ -856,6 +912,25 @@ function Conn:_onHead(method, url, version, raw, keepAlive, upgrade, complete, h
   end
   -- Not req:_release(): the lookup would go through RequestMT's __index function.
   IncomingMessage._release(req)
+  current = false
+end
+
+-- Starts or stops reading the socket: `field` (one of the stop* reasons) is set to `on`;
+-- reading goes on only when no reason holds.
+function Conn:_setStop(field, on)
+  if self[field] == on then
+    return
+  end
+  self[field] = on
+  local h = self.handle
+  if not h or self.closing or h:is_closing() then
+    return
+  end
+  if on then
+    h:read_stop()
+  elseif not (self.stopBody or self.stopPipe or self.stopWrite or self.stopUser) and not self.socket._readEnded then
+    h:read_start()
+  end
 end
 
 function Conn:_responseDone(res)
@@ -864,6 +939,9 @@ function Conn:_responseDone(res)
   self.head = self.head + 1
   local nextRes = q[self.head] or false
   self.active = nextRes
+  if self.stopPipe and self.tail - self.head < PIPELINE_MAX / 2 then
+    self:_setStop('stopPipe', false)
+  end
   if not res._keepAlive then
     -- Everything after a closing response is dropped; the socket closes once flushed.
     self:_closeAfterFlush()
@@ -941,7 +1019,15 @@ end
 -- Socket events (net's owner hooks, called before the socket's own listeners).
 function Conn:_sockEnd()
   self.ending = true
-  if not self.active and not self.closing then
+  if self.closing then
+    return
+  end
+  -- EOF inside a request (its head or its body): it can never complete, so it ends now
+  -- ('aborted', then 'close', from _onClose) and its socket closes, rather than holding
+  -- the fd until requestTimeout.
+  if self.req or self.parser:state() then
+    self:destroy()
+  elseif not self.active then
     self:_closeAfterFlush()
   end
 end
@@ -954,6 +1040,9 @@ function Conn:_sockFinish()
 end
 
 function Conn:_sockDrain()
+  if self.stopWrite then
+    self:_setStop('stopWrite', false)
+  end
   self:_checkDrain()
 end
 
@@ -984,8 +1073,8 @@ function Conn:_onParseError(status, code, message)
   local err = events.makeError(code, message, { bytesParsed = 0 })
   err.statusCode = status
   local server = self.server
-  if self.req then
-    local req = self.req
+  local req = self.req
+  if req then
     self.req = false
     req.aborted = true
     req:emit('aborted')
@@ -994,7 +1083,13 @@ function Conn:_onParseError(status, code, message)
     server:emit('clientError', err, self.socket)
     return
   end
-  if self.active then
+  -- A body that fails to parse (a bad chunk) ends its request: when that request's response
+  -- is the one to write and has not started, the 400 goes now (as Node's), since the
+  -- handler may be waiting for an 'end' that never comes.
+  local active = self.active
+  if active and req and active.req == req and not active.headersSent then
+    self:_sendError(status)
+  elseif active then
     self.pendingError = status
   else
     self:_sendError(status)
@@ -1472,6 +1567,27 @@ function M.get(options, fn)
   req:finish()
   return req
 end
+
+-- An uncaught error in a request handler: its client gets 500 with Connection: close now
+-- (not an empty reply after the worker's kill timeout); a response whose head already went
+-- out cannot be completed, so its connection closes. Then the process's sequence goes on
+-- (in a worker: stop accepting, finish the other requests, exit).
+local function answerUncaught()
+  local res = current
+  current = false
+  if not res or res.finished then
+    return
+  end
+  if res.headersSent then
+    res._conn:destroy()
+    return
+  end
+  res._headers, res._names, res._headWritten, res._chunked = false, false, false, false
+  res.statusCode, res.statusMessage, res._keepAlive = 500, false, false
+  res:finish()
+end
+local uncaughtFirst = require('process')._uncaughtFirst
+uncaughtFirst[#uncaughtFirst + 1] = answerUncaught
 
 M.Server = Server
 M.IncomingMessage = IncomingMessage

@@ -103,6 +103,8 @@ end)
 -- Uncaught errors: the 'uncaughtException' listeners decide; without one, the hooks that
 -- cluster/lifecycle install get a chance (graceful exit in workers), else traceback + exit 1.
 process._uncaughtHooks = {}
+-- Called first, each of them, before the hooks decide (http answers a failed request 500).
+process._uncaughtFirst = {}
 local function writeErr(s)
   core.write(2, s)
 end
@@ -112,6 +114,9 @@ core.set_uncaught(function(err, tb)
   if process.listenerCount('uncaughtException') > 0 then
     process.emit('uncaughtException', err, tb)
     return true
+  end
+  for i = 1, #process._uncaughtFirst do
+    process._uncaughtFirst[i](err)
   end
   writeErr('lcluster: uncaught error: ' .. tostring(tb) .. '\n')
   for i = #process._uncaughtHooks, 1, -1 do
