@@ -534,7 +534,7 @@ static void conn_feed(lua_State *L, http_conn_t *c, const char *data, size_t len
   if (c->dead || c->stop) return;
   c->feed_gen++;
   c->feed_start = data;
-  c->feed_end = data + len;
+  c->feed_end = len > 0 ? data + len : data; // data is NULL at EOF: no arithmetic on it
   llhttp_errno_t e = len > 0 ? llhttp_execute(&c->p, data, len) : llhttp_finish(&c->p);
   if (c->stop) return;
   if (e == HPE_PAUSED_UPGRADE) {
