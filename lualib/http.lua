@@ -35,6 +35,7 @@ local M = {}
 -- BODY_HWM, while more than PIPELINE_MAX responses wait behind the active one, or while the
 -- socket's write queue is over its high-water mark (a peer that sends and never reads);
 -- it reads again once the handler takes the body, the responses go out, the queue drains.
+-- Past PIPELINE_MAX the parser pauses too, so requests already read wait unparsed.
 local BODY_HWM = 64 * 1024
 local PIPELINE_MAX = 32
 
@@ -922,6 +923,16 @@ function Conn:_setStop(field, on)
     return
   end
   self[field] = on
+  if field == 'stopPipe' then
+    -- Too many responses queued: the parser stops after the current request too, so the
+    -- rest of a read full of pipelined requests waits unparsed. Resuming parses what waited
+    -- (its handlers may stop it again: hence the flags are read again below).
+    if on then
+      self.parser:pause()
+    else
+      self.parser:resume()
+    end
+  end
   local h = self.handle
   if not h or self.closing or h:is_closing() then
     return

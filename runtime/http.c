@@ -69,11 +69,18 @@ typedef struct http_conn {
   double msg_start; // loop time (ms) when the message's first byte arrived
   unsigned in_message : 1;
   unsigned headers_done : 1;
-  unsigned head_pending : 1;      // head parsed but not yet delivered to Lua
-  unsigned expect_head : 1;       // response mode: the request was HEAD, so no body follows
-  unsigned dead : 1;              // an error was reported or parsing stopped for good
-  unsigned lazy : 1;              // opts.lazyHeaders: "head" gets the raw header block (a string)
-  unsigned stop : 1;              // Lua detached us (or closed the stream) during a callback
+  unsigned head_pending : 1; // head parsed but not yet delivered to Lua
+  unsigned expect_head : 1;  // response mode: the request was HEAD, so no body follows
+  unsigned dead : 1;         // an error was reported or parsing stopped for good
+  unsigned lazy : 1;         // opts.lazyHeaders: "head" gets the raw header block (a string)
+  unsigned stop : 1;         // Lua detached us (or closed the stream) during a callback
+  // conn:pause(): parsing stops after the message in progress (llhttp's HPE_PAUSED), and the
+  // bytes after it wait in pend until conn:resume() (http.lua: too many responses queued).
+  unsigned want_pause : 1;
+  unsigned paused : 1;
+  unsigned feeding : 1; // inside llhttp_execute: a resume now only cancels the pause request
+  char *pend;
+  size_t pend_len, pend_cap;
   int err_status;                 // our own errors: 431 or 413 (limits), 400 (err_code)
   const char *err_code, *err_msg; // our own 400s
   // Obsolete line folding (RFC 9112 5.2) is seen from where llhttp's spans start: the bytes
@@ -490,7 +497,8 @@ static int on_message_complete(llhttp_t *p) {
   } else {
     stop = conn_emit(L, c, "done", 0);
   }
-  return stop ? HPE_USER : 0;
+  if (stop) return HPE_USER;
+  return c->want_pause ? HPE_PAUSED : 0;
 }
 
 static const llhttp_settings_t settings = {
@@ -528,15 +536,54 @@ static void report_error(lua_State *L, http_conn_t *c, llhttp_errno_t e) {
   conn_emit(L, c, "error", 3);
 }
 
+// Keeps bytes that arrive or remain while parsing is paused.
+static void pend_append(http_conn_t *c, const char *data, size_t len) {
+  if (len == 0) return;
+  if (c->pend_len + len > c->pend_cap) {
+    size_t cap = c->pend_cap ? c->pend_cap : 4096;
+    while (cap < c->pend_len + len)
+      cap *= 2;
+    char *nb = realloc(c->pend, cap);
+    if (nb == NULL) {
+      c->dead = 1; // out of memory: the connection parses nothing more
+      return;
+    }
+    c->pend = nb;
+    c->pend_cap = cap;
+  }
+  memcpy(c->pend + c->pend_len, data, len);
+  c->pend_len += len;
+}
+
 /// Parses `len` bytes (len 0 signals EOF to the parser) and delivers the events. The conn's
 /// userdata must be anchored on the Lua stack by the caller: Lua may drop it in a callback.
 static void conn_feed(lua_State *L, http_conn_t *c, const char *data, size_t len) {
   if (c->dead || c->stop) return;
+  if (c->paused) {
+    pend_append(c, data, len);
+    return;
+  }
   c->feed_gen++;
   c->feed_start = data;
   c->feed_end = len > 0 ? data + len : data; // data is NULL at EOF: no arithmetic on it
+  c->feeding = 1;
   llhttp_errno_t e = len > 0 ? llhttp_execute(&c->p, data, len) : llhttp_finish(&c->p);
+  c->feeding = 0;
   if (c->stop) return;
+  if (e == HPE_PAUSED) {
+    // Paused after a message (conn:pause()): what follows it waits for conn:resume().
+    const char *pos = llhttp_get_error_pos(&c->p);
+    size_t n = pos != NULL && pos >= data && pos <= data + len ? (size_t)(pos - data) : len;
+    if (c->want_pause) {
+      c->paused = 1;
+      pend_append(c, data + n, len - n);
+      return;
+    }
+    // The pause was cancelled during the callback: go on at once.
+    llhttp_resume(&c->p);
+    conn_feed(L, c, data + n, len - n);
+    return;
+  }
   if (e == HPE_PAUSED_UPGRADE) {
     // llhttp stops after the head of an upgrade or CONNECT; what follows is not HTTP.
     c->dead = 1;
@@ -689,6 +736,30 @@ static int conn_feed_m(lua_State *L) {
   return 0;
 }
 
+// conn:pause(): parsing stops after the message in progress; what follows waits.
+static int conn_pause(lua_State *L) {
+  check_conn(L)->want_pause = 1;
+  return 0;
+}
+
+// conn:resume(): parses what waited (which may pause again) and goes on with new reads.
+// Inside a parse (a handler answered at once), it only cancels the pause.
+static int conn_resume(lua_State *L) {
+  http_conn_t *c = check_conn(L);
+  c->want_pause = 0;
+  if (!c->paused || c->feeding) return 0;
+  c->paused = 0;
+  llhttp_resume(&c->p);
+  char *buf = c->pend;
+  size_t n = c->pend_len;
+  c->pend = NULL;
+  c->pend_len = c->pend_cap = 0;
+  lua_settop(L, 1); // [conn] anchored during the feed
+  if (n > 0) conn_feed(L, c, buf, n);
+  free(buf);
+  return 0;
+}
+
 // conn:state() -> inMessage, headersDone, msgStartMs (loop time)
 static int conn_state(lua_State *L) {
   http_conn_t *c = check_conn(L);
@@ -715,8 +786,10 @@ static int conn_gc(lua_State *L) {
   // Attached conns are anchored by self_ref, so only detached ones are collected.
   free(c->buf);
   free(c->hdrs);
+  free(c->pend);
   c->buf = NULL;
   c->hdrs = NULL;
+  c->pend = NULL;
   return 0;
 }
 
@@ -1300,7 +1373,8 @@ static int http_send(lua_State *L) {
 void lc_http_open(lua_State *L) {
   static const luaL_Reg methods[] = {{"detach", conn_detach_m}, {"feed", conn_feed_m},
                                      {"state", conn_state},     {"expect_head", conn_expect_head},
-                                     {"limits", conn_limits},   {NULL, NULL}};
+                                     {"limits", conn_limits},   {"pause", conn_pause},
+                                     {"resume", conn_resume},   {NULL, NULL}};
   luaL_newmetatable(L, MT); // [core, mt]
   lua_newtable(L);
   luaL_register(L, NULL, methods);

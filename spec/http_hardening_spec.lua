@@ -318,6 +318,47 @@ describe('http hardening', function()
   end)
 
   describe('backpressure', function()
+    it('stops parsing pipelined requests while 32 responses wait, and answers them all in order', function()
+      local outstanding, maxOut, seen = 0, 0, 0
+      local srv = http.createServer(function(req, res)
+        seen = seen + 1
+        outstanding = outstanding + 1
+        if outstanding > maxOut then
+          maxOut = outstanding
+        end
+        setTimeout(function()
+          outstanding = outstanding - 1
+          res:finish(req.url)
+        end, 1)
+      end)
+      local listening = false
+      srv:listen(0, '127.0.0.1', function()
+        listening = true
+      end)
+      waitFor(function()
+        return listening
+      end, 2000, 'server to listen')
+      servers[#servers + 1] = srv
+      local n, parts = 300, {}
+      for i = 1, n do
+        parts[i] = 'GET /' .. i .. ' HTTP/1.1\r\nHost: h\r\n\r\n'
+      end
+      local r = raw(srv:address().port, table.concat(parts)) -- one write: ~10 KB, one read
+      waitFor(function()
+        local _, k = r.data:gsub('HTTP/1%.1 200', '')
+        return k == n
+      end, 10000, n .. ' responses')
+      assert.are.equal(n, seen)
+      assert.is_true(maxOut <= 33, 'requests parsed ahead of their answers: ' .. maxOut)
+      local order = {}
+      for url in r.data:gmatch('\r\n\r\n/(%d+)') do
+        order[#order + 1] = tonumber(url)
+      end
+      for i = 1, n do
+        assert.are.equal(i, order[i])
+      end
+    end)
+
     it('an unread 200 MB upload keeps the worker under 64 MB, then streams through', function()
       local _, port = cluster(1)
       local _, pid = fetch(port, '/pid')
