@@ -364,7 +364,9 @@ function IncomingMessage:resume()
     setImmediate(function()
       self._flushScheduled = false
       if self._flowing then
+        current = self._res -- a server request's body listeners run here too
         self:_flush()
+        current = false
       end
     end)
   end
