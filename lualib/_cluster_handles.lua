@@ -8,7 +8,8 @@
 --                and both processes accept on it. A server whose port is shared through the
 --                master (a worker's default) has no socket of its own and cannot be sent.
 --   dgram.Socket the bound fd; the received socket is bound and receives.
--- Sending a closed (or never opened) socket or server raises.
+-- Sending a closed (or never opened) socket or server raises, except a socket this process
+-- already sent (and so closed): the message then goes without it, as in Node.
 local core = require('_core')
 local ipc = require('_cluster_ipc')
 
@@ -161,6 +162,11 @@ local function wrap(send)
     if opts ~= nil and type(opts) ~= 'table' then
       error('ERR_INVALID_ARG_TYPE: options must be a table', 2)
     end
+    if handle ~= nil and type(handle) == 'table' and handle._sentAsHandle then
+      -- Already handed to another process (and closed here): as in Node, the message goes
+      -- without it rather than failing.
+      handle = nil
+    end
     if handle == nil then
       return send(self, msg, nil, fn) -- a tail call: errors still name the caller's line
     end
@@ -169,6 +175,7 @@ local function wrap(send)
     ipc.pack(msg, handle, 2)
     local ok = send(self, msg, handle, fn)
     if ok and kind == 'net.Socket' and not (opts and opts.keepOpen) then
+      handle._sentAsHandle = true
       handle:destroy()
     end
     return ok

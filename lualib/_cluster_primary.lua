@@ -291,9 +291,27 @@ return function(cluster)
     end
     emitBoth(w, 'online')
   end
+  -- The 'listening' address as Node gives it: address, port, and addressType (4 or 6 for
+  -- TCP, -1 for a Unix socket path, 'udp4' or 'udp6' for a dgram socket).
+  local function listeningInfo(msg)
+    local a = msg.address
+    if type(a) == 'string' then
+      return { address = a, addressType = -1 }
+    elseif type(a) ~= 'table' then
+      return {}
+    end
+    local v6 = a.family == 'IPv6'
+    local t
+    if msg.udp then
+      t = v6 and 'udp6' or 'udp4'
+    else
+      t = v6 and 6 or 4
+    end
+    return { address = a.address, port = a.port, family = a.family, addressType = t }
+  end
   internal.listening = function(w, msg)
     w.state = 'listening'
-    emitBoth(w, 'listening', msg.address)
+    emitBoth(w, 'listening', listeningInfo(msg))
   end
   internal.ready = function(w)
     emitBoth(w, 'ready')
@@ -436,8 +454,28 @@ return function(cluster)
     worker._proc = proc
     worker.process.pid = pid
     worker.process.connected = true
-    worker.process.kill = function(_, sig)
-      return worker:kill(sig)
+    -- As Node's ChildProcess: kill only sends the signal (exitedAfterDisconnect stays false,
+    -- so a master that respawns unwanted exits respawns this one); disconnect cuts the
+    -- channel and the worker, which did not ask for it, exits 0.
+    worker.process.kill = function(self, sig)
+      if self ~= worker.process then
+        error('ERR_INVALID_THIS: worker.process:kill: use a colon call (worker.process:kill(...))', 2)
+      end
+      sig = sig or 'SIGTERM'
+      local num = type(sig) == 'number' and sig or core.signals[sig]
+      if not num then
+        error('ERR_UNKNOWN_SIGNAL: unknown signal: ' .. tostring(sig), 2)
+      end
+      if not worker._proc then
+        return false
+      end
+      return worker._proc:kill(num) == true
+    end
+    worker.process.disconnect = function(self)
+      if self ~= worker.process then
+        error('ERR_INVALID_THIS: worker.process:disconnect: use a colon call (worker.process:disconnect())', 2)
+      end
+      worker:_closeChannel(nil)
     end
     worker._channel = ipc.Channel.new(pfd, worker)
     -- A live worker's channel does not hold the loop: its process handle does.

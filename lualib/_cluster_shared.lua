@@ -66,6 +66,16 @@ function M.worker(cluster)
     end
   end
 
+  -- Once the channel is closed no answer can come: as in Node, pending listens are dropped
+  -- (their servers never emit 'listening' nor 'error'), so a worker disconnected while its
+  -- listen was pending exits at once instead of waiting for the timeout.
+  cluster._onChannelClosed = function()
+    for s, w in pairs(waiting) do
+      waiting[s] = nil
+      clearTimeout(w.timer)
+    end
+  end
+
   internal.queryReply = function(msg, fds)
     local w = msg.seq ~= nil and waiting[msg.seq]
     if w then
@@ -308,6 +318,12 @@ function M.worker(cluster)
         return cb(events.fromUv(err, code))
       end
       live[socket] = true
+      -- The master emits 'listening' for dgram sockets too, as Node does.
+      socket:once('listening', function()
+        if cluster._notifyListening then
+          cluster._notifyListening(socket:address(), true)
+        end
+      end)
       socket:once('close', function()
         live[socket] = nil
         releaseIndex(base, index)
@@ -456,6 +472,9 @@ function M.primary(cluster)
   internal.queryServer = function(worker, msg)
     if type(msg.seq) ~= 'number' then
       return -- not from _listenHook/_bindHook: nobody waits for an answer
+    end
+    if worker.exitedAfterDisconnect or worker._channel == nil then
+      return -- disconnecting (as in Node): the worker drops the query when its channel closes
     end
     if type(msg.key) ~= 'string' or (msg.kind ~= 'tcp' and msg.kind ~= 'udp')
       or (msg.path ~= nil and (type(msg.path) ~= 'string' or msg.kind ~= 'tcp'))

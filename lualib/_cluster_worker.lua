@@ -38,6 +38,22 @@ return function(cluster)
   worker.exitedAfterDisconnect = nil
   cluster.worker = worker
 
+  -- As in Node, the worker object re-emits the process's 'error' (and 'message', below). An
+  -- error nobody listens for on either stays an uncaught error.
+  process.on('error', function(err)
+    if worker:listenerCount('error') > 0 then
+      worker:emit('error', err)
+    elseif process.listenerCount('error') == 1 then
+      error(err, 0)
+    end
+  end)
+  -- Runtime errors (a closed channel) are emitted only when the script listens for them.
+  local function emitError(err)
+    if process.listenerCount('error') > 1 or worker:listenerCount('error') > 0 then
+      process.emit('error', err)
+    end
+  end
+
   local channel
   local pending = {} -- user messages waiting for a 'message' listener: {msg, handle}
   local flushScheduled = false
@@ -117,6 +133,9 @@ return function(cluster)
     if worker.state ~= 'dead' then
       worker.state = 'disconnected'
     end
+    if cluster._onChannelClosed then
+      cluster._onChannelClosed()
+    end
     process.emit('disconnect')
     worker:emit('disconnect')
     if not worker.exitedAfterDisconnect then
@@ -137,8 +156,8 @@ return function(cluster)
         id, tostring(err)))
     end
     local function closed()
-      if err and (process.listenerCount('error') > 0) then
-        process.emit('error', err)
+      if err then
+        emitError(err)
       end
       onDisconnected()
     end
@@ -204,9 +223,7 @@ return function(cluster)
       if fn then
         fn(err)
       end
-      if process.listenerCount('error') > 0 then
-        process.emit('error', err)
-      end
+      emitError(err)
     end)
     return false
   end
@@ -277,9 +294,9 @@ return function(cluster)
   worker.destroy = worker.kill
 
   -- The address a server listens on, for the master's 'listening' event (net calls this).
-  function cluster._notifyListening(address)
+  function cluster._notifyListening(address, udp)
     worker.state = 'listening'
-    sendInternal({ cmd = 'listening', address = address })
+    sendInternal({ cmd = 'listening', address = address, udp = udp or nil })
   end
 
   -- Never outlive the master: a signal when it dies, and a check for a master already gone.
