@@ -76,6 +76,8 @@ return function(cluster)
     return dest
   end
 
+  class.guard(Output, 'stdout', { emit = true })
+
   local Worker = class(events.Emitter)
   cluster.Worker = Worker
 

@@ -115,7 +115,7 @@ function M.worker(cluster)
   end
 
   local function replyError(reply)
-    return events.makeError(reply.err, reply.message or reply.err, {
+    return events.fromUv(reply.message or reply.err, reply.err, {
       syscall = reply.syscall, address = reply.address_, port = reply.port })
   end
 

@@ -35,4 +35,16 @@ else
   require('_lifecycle').install(cluster)
 end
 
+-- Dot calls (`w.send(msg)`) raise ERR_INVALID_THIS at the caller (_class.lua). Last, once
+-- every part has added its methods.
+local class = require('_class')
+if cluster.Worker then
+  class.guard(cluster.Worker, 'worker', { emit = true })
+end
+if cluster.worker then
+  class.guardObject(cluster.worker, 'cluster.worker', { 'send', 'isConnected', 'isDead', 'disconnect',
+    'kill', 'destroy', 'on', 'once', 'off', 'emit', 'listenerCount', 'listeners', 'addListener',
+    'removeListener', 'removeAllListeners' })
+end
+
 return cluster

@@ -438,4 +438,7 @@ function dgram.createSocket(kind, fn)
   return Socket.new(kind, fn, 4)
 end
 
+-- Dot calls (`socket.bind(41234)`) raise ERR_INVALID_THIS at the caller (_class.lua).
+class.guard(Socket, 'socket', { emit = true })
+
 return dgram

@@ -119,6 +119,11 @@ end
 function Emitter:emit(ev, ...)
   local list = self._events and self._events[ev]
   if not list then
+    -- A dot call (`obj.emit('ev')`) passes the event name as self; checked here, off the
+    -- path of an emit that reaches listeners (emit is not wrapped: lualib emits constantly).
+    if type(self) ~= 'table' then
+      class.invalidThis('emitter', 'emit', self, 2)
+    end
     if ev == 'error' then
       local err = ...
       if err == nil then
@@ -145,7 +150,7 @@ local function bind(module)
   local inst = module
   for _, name in ipairs({ 'on', 'once', 'off', 'emit', 'listenerCount', 'listeners',
     'removeListener', 'removeAllListeners', 'addListener' }) do
-    local method = Emitter[name]
+    local method = class.raw(Emitter[name])
     module[name] = function(first, ...)
       if first == module then
         return method(inst, ...)
@@ -172,10 +177,22 @@ local function makeError(code, message, extra)
   return setmetatable(e, ErrorMeta)
 end
 
--- Turns a binding's `nil, "ECODE: message", "ECODE"` into an error table.
+-- Turns a binding's `nil, "ECODE: message", "ECODE"` into an error table. With an address
+-- in `extra` (listen, bind, connect) the message names it, as Node's do:
+-- "EADDRINUSE: address already in use (listen 127.0.0.1:8000)".
 local function fromUv(msg, code, extra)
+  local addr = extra and extra.address
+  if type(addr) == 'string' and type(msg) == 'string' and not msg:find(addr, 1, true) then
+    local where = addr
+    if extra.port ~= nil then
+      where = (addr:find(':', 1, true) and '[' .. addr .. ']' or addr) .. ':' .. tostring(extra.port)
+    end
+    msg = ('%s (%s%s)'):format(msg, extra.syscall and extra.syscall .. ' ' or '', where)
+  end
   return makeError(code or (msg and msg:match('^(%u[%u_]+):')) or 'EUNKNOWN', msg, extra)
 end
+
+class.guard(Emitter, 'emitter', { emit = true })
 
 return {
   Emitter = Emitter,

@@ -556,12 +556,18 @@ local function headLines(headers)
 end
 
 function ServerResponse:writeHead(status, reason, headers)
+  local code = tonumber(status)
+  if not code or code < 100 or code > 999 or code % 1 ~= 0 then
+    -- A dot call (`res.writeHead(200)`) lands here too: its status is the next argument.
+    if type(self) ~= 'table' then
+      class.invalidThis('res', 'writeHead', self, 2)
+    end
+    error(('ERR_HTTP_INVALID_STATUS_CODE: invalid status code: %s (a number from 100 to 999 is needed)')
+      :format(type(status) == 'string' and ('%q'):format(status) or tostring(status)), 2)
+  end
+  status = code
   if self.headersSent or self._headWritten then
     error(headersSentError(), 2)
-  end
-  status = tonumber(status)
-  if not status or status < 100 or status > 999 then
-    error('ERR_HTTP_INVALID_STATUS_CODE: invalid status code: ' .. tostring(status), 2)
   end
   if type(reason) == 'table' then
     reason, headers = nil, reason
@@ -712,6 +718,9 @@ end
 
 -- res:finish([data] [, fn]): Node's res.end.
 function ServerResponse:finish(data, fn)
+  if type(self) ~= 'table' then
+    class.invalidThis('res', 'finish', self, 2)
+  end
   if type(data) == 'function' then
     data, fn = nil, data
   end
@@ -721,7 +730,10 @@ function ServerResponse:finish(data, fn)
     end
     return self
   end
-  if data ~= nil then
+  if data ~= nil and type(data) ~= 'string' then
+    if type(data) ~= 'number' then
+      error('ERR_INVALID_ARG_TYPE: res:finish: data must be a string (or a number), got ' .. type(data), 2)
+    end
     data = tostring(data)
   end
   if not self.headersSent then
@@ -1608,5 +1620,12 @@ M.ServerResponse = ServerResponse
 M.ClientRequest = ClientRequest
 M.METHODS = { 'DELETE', 'GET', 'HEAD', 'OPTIONS', 'PATCH', 'POST', 'PUT', 'CONNECT', 'TRACE' }
 M.maxHeaderSize = 16384
+
+-- Dot calls (`res.finish('hi')`) raise ERR_INVALID_THIS at the caller (_class.lua).
+-- The per-request methods check self themselves.
+class.guard(Server, 'server', { emit = true })
+class.guard(IncomingMessage, 'req', { emit = true })
+class.guard(ServerResponse, 'res', { emit = true, writeHead = true, finish = true })
+class.guard(ClientRequest, 'req', { emit = true })
 
 return M

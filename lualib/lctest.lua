@@ -324,6 +324,9 @@ function M.rmrf(path)
   end
 end
 
+-- Dot calls (`child.waitOutput('x')`) raise ERR_INVALID_THIS at the caller (_class.lua).
+require('_class').guard(Child, 'child')
+
 process.on('exit', function()
   for child in pairs(children) do
     if not child.exited then

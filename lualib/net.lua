@@ -429,6 +429,9 @@ function Socket:write(data, fn)
     if type(data) == 'number' then
       data = tostring(data)
     else
+      if type(self) ~= 'table' then
+        class.invalidThis('socket', 'write', self, 2)
+      end
       error('ERR_INVALID_ARG_TYPE: data must be a string, got ' .. type(data), 2)
     end
   end
@@ -502,6 +505,9 @@ end
 
 -- finish([data] [, fn]): half-close once everything written is flushed (Node's end()).
 function Socket:finish(data, fn)
+  if type(self) ~= 'table' then
+    class.invalidThis('socket', 'finish', self, 2)
+  end
   if type(data) == 'function' then
     data, fn = nil, data
   end
@@ -525,6 +531,9 @@ Socket['end'] = Socket.finish
 
 -- destroy([err]): closes at once; emits 'error'(err) when given, then 'close'(hadError).
 function Socket:destroy(err)
+  if type(self) ~= 'table' then
+    class.invalidThis('socket', 'destroy', self, 2)
+  end
   if self.destroyed then
     return self
   end
@@ -600,6 +609,9 @@ function Socket:isPaused()
 end
 
 function Socket:setNoDelay(enable)
+  if type(self) ~= 'table' then
+    class.invalidThis('socket', 'setNoDelay', self, 2)
+  end
   enable = enable == nil or enable == true
   local h = self._handle
   if h ~= nil and not self.connecting then
@@ -1229,5 +1241,10 @@ net.createConnection = net.connect
 -- Exposed for dgram and the cluster module.
 net._checkPort = checkPort
 net._resolveError = resolveError
+
+-- Dot calls (`server.listen(8000)`) raise ERR_INVALID_THIS at the caller (_class.lua).
+-- The per-connection methods check self themselves.
+class.guard(Socket, 'socket', { write = true, finish = true, destroy = true, setNoDelay = true, emit = true })
+class.guard(Server, 'server', { emit = true })
 
 return net

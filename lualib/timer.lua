@@ -135,4 +135,8 @@ function M.clearImmediate(im)
 end
 
 M.Timer = Timer
+-- Dot calls (`t.unref()`) raise ERR_INVALID_THIS at the caller (_class.lua).
+class.guard(Timer, 'timer')
+class.guard(Immediate, 'immediate')
+
 return M

@@ -1,0 +1,237 @@
+-- Error messages that name the user's mistake (issue 11): every public method of every public
+-- object called with a dot instead of a colon raises ERR_INVALID_THIS naming the method and
+-- pointing at the caller's line (this file, not lualib); wrong argument types name the
+-- argument; network errors name the address.
+local lctest = require('lctest')
+local net = require('net')
+local http = require('http')
+local dgram = require('dgram')
+local events = require('events')
+local timer = require('timer')
+
+local waitFor = lctest.waitFor
+local THIS_FILE = 'spec/errors_spec.lua'
+
+-- Every public method an instance sees: {name = true}.
+-- cls: the class, when the instance's metatable is not it (http's requests and responses
+-- answer some fields from an __index function).
+local function publicMethods(obj, cls)
+  local names = {}
+  local c = cls or getmetatable(obj)
+  while c ~= nil do
+    for k, v in pairs(c) do
+      if type(k) == 'string' and type(v) == 'function' and k:sub(1, 1) ~= '_' and k ~= 'new' then
+        names[k] = true
+      end
+    end
+    c = rawget(c, 'super')
+  end
+  for k, v in pairs(obj) do
+    if type(k) == 'string' and type(v) == 'function' and k:sub(1, 1) ~= '_' then
+      names[k] = true
+    end
+  end
+  local list = {}
+  for k in pairs(names) do
+    list[#list + 1] = k
+  end
+  table.sort(list)
+  return list
+end
+
+-- Calls fn (no tail call, so the error's position is this file) and returns its error.
+local function errorOf(fn, ...)
+  local ok, err = pcall(fn, ...)
+  assert(not ok, 'no error raised')
+  return tostring(err)
+end
+
+-- The message of a dot call obj.name(badSelf): ERR_INVALID_THIS, the method as label:name,
+-- and this file as the place.
+local function assertDotCall(label, obj, name, badSelf)
+  local err = errorOf(function()
+    local r = obj[name](badSelf)
+    return r
+  end)
+  local what = ('%s.%s(%s)'):format(label, name, tostring(badSelf))
+  assert.truthy(err:find('ERR_INVALID_THIS', 1, true), what .. ': ' .. err)
+  assert.truthy(err:find(':' .. name .. ': use a colon call', 1, true), what .. ': ' .. err)
+  assert.are.equal(THIS_FILE, err:match('^([^:]+):%d+:'), what .. ' points elsewhere: ' .. err)
+end
+
+-- Walks every public method of obj with a number, a string, nil and a plain table as self.
+-- emit is checked with a string self only (the shape of a real mistake, obj.emit('ev')): it
+-- is not wrapped, to keep the emit lualib does on every event free.
+local function walk(label, obj, cls)
+  local list = publicMethods(obj, cls)
+  assert.truthy(#list > 3, label .. ' has public methods')
+  for _, name in ipairs(list) do
+    if name == 'emit' then
+      assertDotCall(label, obj, name, 'connection')
+    else
+      for _, bad in ipairs({ 8000, 'x', nil, { port = 1 } }) do
+        assertDotCall(label, obj, name, bad)
+      end
+    end
+  end
+  return list
+end
+
+-- Asserts fn raises an error starting (after the position) with `code` and containing every
+-- string in `needles`, reported at this file.
+local function assertRaises(code, needles, fn)
+  local err = errorOf(function()
+    local r = fn()
+    return r
+  end)
+  assert.are.equal(THIS_FILE, err:match('^([^:]+):%d+:'), 'points elsewhere: ' .. err)
+  assert.truthy(err:find(': ' .. code, 1, true), ('want %s: %s'):format(code, err))
+  for _, s in ipairs(needles or {}) do
+    assert.truthy(err:find(s, 1, true), ('want %q in: %s'):format(s, err))
+  end
+end
+
+describe('error messages that name the mistake', function()
+  after_each(function()
+    lctest.closeTracked()
+    lctest.cleanup()
+  end)
+
+  it('a dot call on every method of net, dgram, events and timer objects raises ERR_INVALID_THIS here', function()
+    walk('server', lctest.track(net.createServer()))
+    local sock = net.Socket.new()
+    walk('socket', sock)
+    local u = lctest.track(dgram.createSocket('udp4'))
+    walk('socket', u)
+    walk('emitter', events.Emitter.new())
+    local t = timer.setTimeout(function() end, 100000)
+    walk('timer', t)
+    t:close()
+    walk('child', lctest.spawn(nil, {}, { flags = { '--version' } }))
+  end)
+
+  it('a dot call on every method of http objects raises ERR_INVALID_THIS here; bad arguments name the value',
+    function()
+      local checked = {}
+      local srv = lctest.track(http.createServer(function(req, res)
+        walk('req', req, http.IncomingMessage)
+        walk('res', res, http.ServerResponse)
+        -- The mistakes of the issue: a table body, a status that is not a number.
+        assertRaises('ERR_INVALID_ARG_TYPE', { 'res:finish', 'got table' }, function()
+          return res:finish({ a = 1 })
+        end)
+        assertRaises('ERR_HTTP_INVALID_STATUS_CODE', { '"abc"' }, function()
+          return res:writeHead('abc')
+        end)
+        assertRaises('ERR_INVALID_THIS', { 'res:writeHead: use a colon call' }, function()
+          return res.writeHead(200, { ['Content-Type'] = 'text/plain' })
+        end)
+        assertRaises('ERR_INVALID_THIS', { 'res:finish: use a colon call' }, function()
+          return res.finish('hello')
+        end)
+        res:finish('ok')
+        checked.server = true
+      end))
+      walk('server', srv)
+      srv:listen(0, '127.0.0.1')
+      waitFor(function()
+        return srv.listening
+      end, 2000, 'the server to listen')
+      local got
+      local req = http.get({ host = '127.0.0.1', port = srv:address().port, path = '/' }, function(res)
+        res:on('data', function() end)
+        res:on('end', function()
+          got = res.statusCode
+        end)
+      end)
+      walk('req', req)
+      waitFor(function()
+        return got ~= nil
+      end, 5000, 'the response')
+      assert.are.equal(200, got)
+      assert.is_true(checked.server)
+    end)
+
+  it('wrong argument types raise at the caller with the argument named', function()
+    local srv = lctest.track(net.createServer())
+    assertRaises('ERR_SOCKET_BAD_PORT', nil, function()
+      return srv:listen(70000)
+    end)
+    assertRaises('ERR_INVALID_THIS', { 'server:listen: use a colon call', 'the number 8000' }, function()
+      return srv.listen(8000)
+    end)
+    local sock = net.Socket.new()
+    assertRaises('ERR_INVALID_ARG_TYPE', { 'data must be a string' }, function()
+      return sock:write({})
+    end)
+    local e = events.Emitter.new()
+    assertRaises('ERR_INVALID_ARG_TYPE', { 'listener for "x" must be a function' }, function()
+      return e:on('x', 5)
+    end)
+    local u = lctest.track(dgram.createSocket('udp4'))
+    assertRaises('ERR_SOCKET_BAD_PORT', nil, function()
+      return u:send('x', -1, '127.0.0.1')
+    end)
+    u:close()
+  end)
+
+  it('EADDRINUSE and ECONNREFUSED name the address and port', function()
+    local a = lctest.track(net.createServer())
+    a:listen(0, '127.0.0.1')
+    waitFor(function()
+      return a.listening
+    end, 2000, 'the first server')
+    local port = a:address().port
+    local b = lctest.track(net.createServer())
+    local listenErr
+    b:on('error', function(err)
+      listenErr = err
+    end)
+    b:listen(port, '127.0.0.1')
+    waitFor(function()
+      return listenErr
+    end, 2000, 'EADDRINUSE')
+    assert.are.equal('EADDRINUSE', listenErr.code)
+    assert.truthy(listenErr.message:find('127.0.0.1:' .. port, 1, true), listenErr.message)
+    local closed = false
+    a:close(function()
+      closed = true
+    end)
+    waitFor(function()
+      return closed
+    end, 2000, 'the first server to close')
+    local c = lctest.track(net.connect(port, '127.0.0.1'))
+    local connErr
+    c:on('error', function(err)
+      connErr = err
+    end)
+    waitFor(function()
+      return connErr
+    end, 2000, 'ECONNREFUSED')
+    assert.are.equal('ECONNREFUSED', connErr.code)
+    assert.truthy(connErr.message:find('127.0.0.1:' .. port, 1, true), connErr.message)
+  end)
+
+  it("cluster: a dot call on the master's worker and on cluster.worker names the colon mistake", function()
+    local c = lctest.spawn('spec/fixtures/errors_cluster.lua')
+    local code = c:waitExit(10000)
+    assert.are.equal(0, code, c.stdout .. c.stderr)
+    local lines = {}
+    for side, name, place, msg in c.stdout:gmatch('(%u) (%S+) (%S+) ([^\n]*)\n') do
+      lines[#lines + 1] = { side, name, place, msg }
+    end
+    local seen = { M = 0, W = 0 }
+    for _, l in ipairs(lines) do
+      local side, name, place, msg = l[1], l[2], l[3], l[4]
+      seen[side] = seen[side] + 1
+      assert.truthy(place:find('spec/fixtures/errors_cluster.lua', 1, true), table.concat(l, ' '))
+      assert.truthy(msg:find('ERR_INVALID_THIS', 1, true), table.concat(l, ' '))
+      assert.truthy(msg:find(':' .. name .. ': use a colon call', 1, true), table.concat(l, ' '))
+    end
+    assert.truthy(seen.M > 10, c.stdout)
+    assert.truthy(seen.W > 10, c.stdout)
+    assert.truthy(c.stdout:find('M send ', 1, true), c.stdout)
+    assert.truthy(c.stdout:find('W send ', 1, true), c.stdout)
+    assert.truthy(c.stdout:find('M kill spec', 1, true), c.stdout)
+  end)
+end)
