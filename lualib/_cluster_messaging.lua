@@ -78,7 +78,7 @@ function M.primary(cluster)
 
   local workerBroadcast = cluster.broadcast
   function cluster.broadcast(msg)
-    workerBroadcast(msg)
+    workerBroadcast(msg, 3) -- a message JSON cannot carry raises at our caller's line
     if cluster.agent and cluster.agent._channel then
       cluster.agent:send(msg)
     end
@@ -127,6 +127,9 @@ function M.primary(cluster)
   -- cluster.disconnect stops the agent last, after every worker has exited.
   local disconnect = cluster.disconnect
   function cluster.disconnect(fn)
+    if fn ~= nil and type(fn) ~= 'function' then
+      error('ERR_INVALID_ARG_TYPE: cluster.disconnect: the callback must be a function, got ' .. type(fn), 2)
+    end
     disconnect(function()
       local a = cluster.agent
       if a and not a:isDead() then

@@ -364,7 +364,11 @@ return function(cluster)
 
   -- cluster.fork([env]) -> worker. Raises when the process cannot be started.
   function cluster.fork(env)
-    return cluster._fork(env)
+    if env == cluster then
+      error('ERR_INVALID_THIS: cluster:fork: use a dot call (cluster.fork(...))', 2)
+    end
+    local w = cluster._fork(env) -- not a tail call: errors name the caller's line
+    return w
   end
 
   -- The fork behind cluster.fork and cluster.forkAgent (agent = { exec = script }).
@@ -532,8 +536,8 @@ return function(cluster)
   end)
 
   -- Beyond Node: a message to every live worker.
-  function cluster.broadcast(msg)
-    local kind, body = ipc.pack(msg, nil, 2)
+  function cluster.broadcast(msg, level)
+    local kind, body = ipc.pack(msg, nil, level or 2) -- level: _cluster_messaging wraps this
     for _, w in pairs(cluster.workers) do
       if w._channel then
         w._channel:send(kind, body)

@@ -435,7 +435,11 @@ dgram.Socket = Socket
 
 -- createSocket('udp4' | 'udp6' | {type=, reuseAddr=, ipv6Only=} [, fn(msg, rinfo)]) -> socket
 function dgram.createSocket(kind, fn)
-  return Socket.new(kind, fn, 4)
+  if kind == dgram then
+    error('ERR_INVALID_THIS: dgram:createSocket: use a dot call (dgram.createSocket(...))', 2)
+  end
+  local socket = Socket.new(kind, fn, 4) -- not a tail call: errors name the caller's line
+  return socket
 end
 
 -- Dot calls (`socket.bind(41234)`) raise ERR_INVALID_THIS at the caller (_class.lua).

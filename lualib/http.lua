@@ -1192,6 +1192,13 @@ function Server:_init(options, fn)
   if type(options) == 'function' then
     options, fn = nil, options
   end
+  if options ~= nil and type(options) ~= 'table' then
+    -- Level 4: _init <- new <- http.createServer <- the caller.
+    error('ERR_INVALID_ARG_TYPE: http.createServer: options must be a table, got ' .. type(options), 4)
+  end
+  if fn ~= nil and type(fn) ~= 'function' then
+    error('ERR_INVALID_ARG_TYPE: http.createServer: the request listener must be a function, got ' .. type(fn), 4)
+  end
   options = options or {}
   net.Server._init(self, { allowHalfOpen = true })
   self.keepAliveTimeout = options.keepAliveTimeout or 5000
@@ -1332,7 +1339,11 @@ function Server:closeAllConnections()
 end
 
 function M.createServer(options, fn)
-  return Server.new(options, fn)
+  if options == M then
+    error('ERR_INVALID_THIS: http:createServer: use a dot call (http.createServer(...))', 2)
+  end
+  local server = Server.new(options, fn) -- not a tail call: errors name the caller's line
+  return server
 end
 
 ---------------------------------------------------------------------------------------------
@@ -1340,13 +1351,14 @@ end
 
 local ClientRequest = class(Headers)
 
-local function parseUrl(url)
+local function parseUrl(url, level)
+  level = level or 3
   local scheme, rest = url:match('^(%a[%w+.-]*)://(.*)$')
   if not scheme then
-    error('ERR_INVALID_URL: invalid URL: ' .. url, 3)
+    error('ERR_INVALID_URL: invalid URL: ' .. url, level)
   end
   if scheme ~= 'http' then
-    error('ERR_INVALID_PROTOCOL: protocol "' .. scheme .. ':" not supported, expected "http:"', 3)
+    error('ERR_INVALID_PROTOCOL: protocol "' .. scheme .. ':" not supported, expected "http:"', level)
   end
   local authority, path = rest:match('^([^/?#]*)(.*)$')
   path = path:gsub('#.*$', '')
@@ -1361,8 +1373,16 @@ local function parseUrl(url)
 end
 
 function ClientRequest:_init(options, fn)
+  -- Errors are raised at level 4: _init <- new <- http.request / http.get <- the caller.
   if type(options) == 'string' then
-    options = parseUrl(options)
+    options = parseUrl(options, 5)
+  elseif type(options) ~= 'table' or options == M then
+    error(('ERR_INVALID_ARG_TYPE: http.request / http.get: options must be a URL string or a table, got %s')
+      :format(options == M and 'the http module (a colon call? use http.request(...))' or type(options)), 4)
+  end
+  if fn ~= nil and type(fn) ~= 'function' then
+    error('ERR_INVALID_ARG_TYPE: http.request / http.get: the response callback must be a function, got '
+      .. type(fn), 4)
   end
   self._headers = {}
   self._names = {}
@@ -1584,7 +1604,8 @@ function ClientRequest:setTimeout(ms, fn)
 end
 
 function M.request(options, fn)
-  return ClientRequest.new(options, fn)
+  local req = ClientRequest.new(options, fn) -- not a tail call: errors name the caller's line
+  return req
 end
 
 function M.get(options, fn)

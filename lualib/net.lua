@@ -1227,11 +1227,18 @@ net.Server = Server
 ---------------------------------------------------------------------------------------------
 
 function net.createServer(options, fn)
-  return Server.new(options, fn)
+  if options == net then
+    error('ERR_INVALID_THIS: net:createServer: use a dot call (net.createServer(...))', 2)
+  end
+  local server = Server.new(options, fn) -- not a tail call: errors name the caller's line
+  return server
 end
 
 -- net.connect(port [, host] [, fn]) / (path [, fn]) / (options [, fn]) -> socket
 function net.connect(...)
+  if (...) == net then
+    error('ERR_INVALID_THIS: net:connect: use a dot call (net.connect(...))', 2)
+  end
   local opts, fn = normalizeConnect(2, ...)
   local sock = newSocket(nil, false, false)
   return sock:_connect(opts, fn)

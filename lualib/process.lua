@@ -21,9 +21,12 @@ function process.cwd()
 end
 
 function process.chdir(dir)
+  if type(dir) ~= 'string' then
+    error('ERR_INVALID_ARG_TYPE: process.chdir: the directory must be a string, got ' .. type(dir), 2)
+  end
   local ok, err = core.chdir(dir)
   if not ok then
-    error(err, 2)
+    error(tostring(err) .. ': ' .. dir, 2)
   end
 end
 
@@ -41,6 +44,9 @@ function process.memoryUsage()
 end
 
 function process.kill(pid, sig)
+  if type(pid) ~= 'number' or pid % 1 ~= 0 then
+    error('ERR_INVALID_ARG_TYPE: process.kill: pid must be an integer, got ' .. type(pid), 2)
+  end
   local num = type(sig) == 'number' and sig or core.signals[sig or 'SIGTERM']
   if not num then
     error('ERR_UNKNOWN_SIGNAL: unknown signal: ' .. tostring(sig), 2)
@@ -132,17 +138,24 @@ function process.nextTick(fn, ...)
   return require('timer').setImmediate(fn, ...)
 end
 
-process.stdout = {
-  write = function(_, s)
-    return core.write(1, tostring(s))
-  end,
-  isTTY = core.isatty(1),
-}
-process.stderr = {
-  write = function(_, s)
-    return core.write(2, tostring(s))
-  end,
-  isTTY = core.isatty(2),
-}
+-- process.stdout:write(s) / process.stderr:write(s): strings and numbers, colon calls.
+local function stdWriter(fd, name)
+  local stream = { isTTY = core.isatty(fd) }
+  stream.write = function(self, s)
+    if self ~= stream then
+      error(('ERR_INVALID_THIS: process.%s:write: use a colon call (process.%s:write(...))'):format(name, name), 2)
+    end
+    if type(s) ~= 'string' then
+      if type(s) ~= 'number' then
+        error(('ERR_INVALID_ARG_TYPE: process.%s:write: data must be a string, got %s'):format(name, type(s)), 2)
+      end
+      s = tostring(s)
+    end
+    return core.write(fd, s)
+  end
+  return stream
+end
+process.stdout = stdWriter(1, 'stdout')
+process.stderr = stdWriter(2, 'stderr')
 
 return process

@@ -76,7 +76,8 @@ function M.setInterval(fn, ms, ...)
 end
 
 function M.clearTimeout(t)
-  if t and t.close then
+  -- As Node, anything but a timer is ignored (clearTimeout(nil) is common).
+  if type(t) == 'table' and t.close then
     t:close()
   end
 end

@@ -173,6 +173,43 @@ describe('error messages that name the mistake', function()
       return u:send('x', -1, '127.0.0.1')
     end)
     u:close()
+    -- Module functions: wrong types, and a colon where a dot belongs.
+    local cluster = require('cluster')
+    local cases = {
+      { 'ERR_INVALID_ARG_TYPE', 'options must be a table', net.createServer, 5 },
+      { 'ERR_INVALID_THIS', 'net.createServer', function()
+        return net:createServer()
+      end },
+      { 'ERR_INVALID_THIS', 'net.connect', function()
+        return net:connect(80)
+      end },
+      { 'ERR_SOCKET_BAD_PORT', 'got nil', net.connect },
+      { 'ERR_INVALID_ARG_TYPE', 'http.createServer', http.createServer, 5 },
+      { 'ERR_INVALID_ARG_TYPE', 'http.request', http.request, 5 },
+      { 'ERR_INVALID_ARG_TYPE', 'http.request / http.get', http.get },
+      { 'ERR_INVALID_URL', 'notaurl', http.request, 'notaurl' },
+      { 'ERR_INVALID_ARG_TYPE', 'createSocket', dgram.createSocket },
+      { 'ERR_INVALID_THIS', 'dgram.createSocket', function()
+        return dgram:createSocket('udp4')
+      end },
+      { 'ERR_INVALID_ARG_TYPE', 'env must be a table', cluster.fork, 5 },
+      { 'ERR_INVALID_ARG_TYPE', 'msg is a function', cluster.broadcast, print },
+      { 'ERR_INVALID_ARG_TYPE', 'callback must be a function', cluster.disconnect, 5 },
+      { 'ERR_INVALID_ARG_TYPE', 'setTimeout expects a function', setTimeout, 5 },
+      { 'ERR_INVALID_ARG_TYPE', 'pid must be an integer', process.kill },
+      { 'ERR_INVALID_ARG_TYPE', 'process.chdir', process.chdir, 5 },
+      { 'ERR_INVALID_THIS', 'process.stdout:write', process.stdout.write, 'x' },
+      { 'ERR_INVALID_ARG_TYPE', 'got table', function()
+        return process.stdout:write({})
+      end },
+    }
+    for _, case in ipairs(cases) do
+      local code, needle, fn, arg = case[1], case[2], case[3], case[4]
+      assertRaises(code, { needle }, function()
+        local r = fn(arg)
+        return r
+      end)
+    end
   end)
 
   it('EADDRINUSE and ECONNREFUSED name the address and port', function()
