@@ -132,7 +132,44 @@ local function runScript(script, args, opts)
   return runLoop(process)
 end
 
+local TEST_USAGE = [[
+usage: lcluster test [busted options] [paths...]
+Runs busted specs (files matching *_spec.lua under the paths, default ./spec) inside the
+lcluster runtime, with lcluster's own Lua as the interpreter. Exit status: 0 when every spec
+passed, 1 otherwise.
+
+]]
+
+-- `lcluster test --help`: lcluster's usage and lctest's helpers, then busted's options.
+local function testHelp()
+  local parts = { TEST_USAGE, require('lctest').HELP }
+  local ok, usage = pcall(function()
+    local opts = {}
+    for k, v in pairs(require('busted.options')) do
+      opts[k] = v
+    end
+    opts.standalone = false
+    local cli = require('busted.modules.cli')(opts)
+    cli:set_name('lcluster test')
+    local _, text = cli:parse({ '--help' })
+    return text
+  end)
+  if ok and type(usage) == 'string' then
+    parts[#parts + 1] = '\nbusted options:\n' .. usage:gsub('^lcluster test: error: ', '') .. '\n'
+  else
+    parts[#parts + 1] = '\n(busted is not installed: apt-get install lua-busted)\n'
+  end
+  core.write(1, table.concat(parts))
+  return 0
+end
+
 local function runTests(args)
+  for _, a in ipairs(args) do
+    if a == '-h' or a == '--help' then
+      setupGlobals()
+      return testHelp()
+    end
+  end
   local process = setupGlobals()
   _G.arg = { [0] = 'lcluster test' }
   for i, a in ipairs(args) do

@@ -19,6 +19,25 @@ if (process.env.LCLUSTER_RUN_DIR or '') == '' then
   end)
 end
 
+-- What `lcluster test --help` prints about this module.
+M.HELP = [[
+lctest: helpers for specs that drive real lcluster processes (local lctest = require('lctest'))
+  lctest.spawn(script, args, {flags=, env=, cwd=, binary=, stdin=}) -> child
+      starts `lcluster [flags] script args`; the child has .pid .stdout .stderr .exited
+      .code .signal, :waitOutput(pattern [, ms] [, 'stdout'|'stderr'|'both']) -> captures,
+      :waitExit([ms]) -> code, signal, :kill([sig]), :stop([ms]), :write(data)
+  lctest.waitFor(fn, ms, what)   run the loop until fn() is truthy (raises after ms)
+  lctest.turn(ms)                run the loop for ms ("nothing else happens" checks)
+  lctest.cleanup()               in after_each: stop every process the spec started
+  lctest.track(obj), lctest.closeTracked([ms])
+                                 servers and sockets opened in the spec: close what is
+                                 left and wait for every 'close'
+  lctest.freePort([host])  lctest.childPids(pid)  lctest.isAlive(pid)
+  lctest.tmpdir()  lctest.rmrf(dir)  lctest.writeFile(path, text)
+Specs run inside the runtime: process, timers, net, http, dgram and cluster work with the
+real loop. Wait on conditions (lctest.waitFor), never sleep.
+]]
+
 local children = {}
 
 -- Runs the loop until cond() returns a truthy value (returned), or raises after ms.
