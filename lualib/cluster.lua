@@ -43,7 +43,7 @@ if cluster.Worker then
 end
 if cluster.worker then
   class.guardObject(cluster.worker, 'cluster.worker', { 'send', 'isConnected', 'isDead', 'disconnect',
-    'kill', 'destroy', 'on', 'once', 'off', 'emit', 'listenerCount', 'listeners', 'addListener',
+    'kill', 'destroy', 'on', 'once', 'off', 'listenerCount', 'listeners', 'addListener',
     'removeListener', 'removeAllListeners' })
 end
 

@@ -367,7 +367,8 @@ local function call(self, method, ...)
 end
 
 function Socket:setBroadcast(flag)
-  return call(self, 'set_broadcast', flag == true)
+  call(self, 'set_broadcast', flag == true) -- not a tail call: errors name the caller's line
+  return self
 end
 
 local function checkTTL(ttl, level)
@@ -409,12 +410,14 @@ end
 
 function Socket:addMembership(group, iface)
   checkGroup(group, iface, 2)
-  return call(self, 'add_membership', group, iface)
+  call(self, 'add_membership', group, iface) -- not a tail call: errors name the caller's line
+  return self
 end
 
 function Socket:dropMembership(group, iface)
   checkGroup(group, iface, 2)
-  return call(self, 'drop_membership', group, iface)
+  call(self, 'drop_membership', group, iface) -- not a tail call: errors name the caller's line
+  return self
 end
 
 function Socket:ref()

@@ -135,15 +135,24 @@ function Headers:setHeader(name, value)
   return self
 end
 
+local function checkName(name, method)
+  if type(name) ~= 'string' then
+    error(('ERR_INVALID_ARG_TYPE: %s: the header name must be a string, got %s'):format(method, type(name)), 3)
+  end
+end
+
 function Headers:getHeader(name)
+  checkName(name, 'getHeader')
   return self:_hdrs()[lower(name)]
 end
 
 function Headers:hasHeader(name)
+  checkName(name, 'hasHeader')
   return self:_hdrs()[lower(name)] ~= nil
 end
 
 function Headers:removeHeader(name)
+  checkName(name, 'removeHeader')
   if self.headersSent or self._headWritten then
     error(headersSentError(), 2)
   end
@@ -262,8 +271,18 @@ function IncomingMessage._newRequest(socket, method, url, version, raw)
   return setmetatable(self, RequestMT)
 end
 
+-- Emitter's own methods, past their dot-call guards (self is checked by ours).
+local emitterOn, emitterOnce = class.raw(Emitter.on), class.raw(Emitter.once)
+
+local function checkListener(ev, fn)
+  if type(fn) ~= 'function' then
+    error(('ERR_INVALID_ARG_TYPE: listener for "%s" must be a function'):format(tostring(ev)), 3)
+  end
+end
+
 function IncomingMessage:on(ev, fn)
-  Emitter.on(self, ev, fn)
+  checkListener(ev, fn)
+  emitterOn(self, ev, fn)
   if (ev == 'data' or ev == 'end') and not self._flowing then
     self:resume()
   end
@@ -272,7 +291,8 @@ end
 IncomingMessage.addListener = IncomingMessage.on
 
 function IncomingMessage:once(ev, fn)
-  Emitter.once(self, ev, fn)
+  checkListener(ev, fn)
+  emitterOnce(self, ev, fn)
   if (ev == 'data' or ev == 'end') and not self._flowing then
     self:resume()
   end
@@ -391,7 +411,19 @@ function IncomingMessage:setEncoding()
   return self
 end
 
+-- req:setTimeout / res:setTimeout pass on to the socket: their arguments are checked here,
+-- so an error names the caller's line.
+local function checkTimeout(ms, fn, method)
+  if type(ms) ~= 'number' or ms < 0 or ms ~= ms then
+    error(('ERR_OUT_OF_RANGE: %s: ms must be a number >= 0, got %s'):format(method, tostring(ms)), 3)
+  end
+  if fn ~= nil and type(fn) ~= 'function' then
+    error(('ERR_INVALID_ARG_TYPE: %s: the callback must be a function, got %s'):format(method, type(fn)), 3)
+  end
+end
+
 function IncomingMessage:setTimeout(ms, fn)
+  checkTimeout(ms, fn, 'req:setTimeout')
   self.socket:setTimeout(ms, fn)
   return self
 end
@@ -691,13 +723,25 @@ function ServerResponse:write(chunk, fn)
     self:emit('error', err)
     return false
   end
+  if fn ~= nil and type(fn) ~= 'function' then
+    error('ERR_INVALID_ARG_TYPE: res:write: the callback must be a function, got ' .. type(fn), 2)
+  end
   if chunk == nil or chunk == '' then
     if fn then
       setImmediate(fn)
     end
     return true
   end
-  chunk = tostring(chunk)
+  if type(chunk) ~= 'string' then
+    if type(chunk) ~= 'number' then
+      -- A dot call (`res.write('x')`) lands here too, with the chunk as self.
+      if type(self) ~= 'table' then
+        class.invalidThis('res', 'write', self, 2)
+      end
+      error('ERR_INVALID_ARG_TYPE: res:write: data must be a string (or a number), got ' .. type(chunk), 2)
+    end
+    chunk = tostring(chunk)
+  end
   local ok
   if not self.headersSent then
     ok = self:_sendHead(chunk, false)
@@ -723,6 +767,9 @@ function ServerResponse:finish(data, fn)
   end
   if type(data) == 'function' then
     data, fn = nil, data
+  end
+  if fn ~= nil and type(fn) ~= 'function' then
+    error('ERR_INVALID_ARG_TYPE: res:finish: the callback must be a function, got ' .. type(fn), 2)
   end
   if self.finished then
     if fn then
@@ -788,6 +835,7 @@ function ServerResponse:sendFile(path, fn)
 end
 
 function ServerResponse:setTimeout(ms, fn)
+  checkTimeout(ms, fn, 'res:setTimeout')
   self.socket:setTimeout(ms, fn)
   return self
 end
@@ -1280,6 +1328,12 @@ function Server:_startSweep()
 end
 
 function Server:setTimeout(ms, fn)
+  if type(ms) ~= 'number' or ms < 0 then
+    error('ERR_OUT_OF_RANGE: server:setTimeout: ms must be a number >= 0, got ' .. tostring(ms), 2)
+  end
+  if fn ~= nil and type(fn) ~= 'function' then
+    error('ERR_INVALID_ARG_TYPE: server:setTimeout: the callback must be a function, got ' .. type(fn), 2)
+  end
   self.timeout = ms
   if fn then
     self:on('timeout', fn)
@@ -1295,6 +1349,9 @@ end
 -- a request in it is answered with Connection: close; what is still idle after it closes.
 -- Connections idle for longer than the grace close at once.
 function Server:close(fn)
+  if fn ~= nil and type(fn) ~= 'function' then
+    error('ERR_INVALID_ARG_TYPE: server:close: the callback must be a function, got ' .. type(fn), 2)
+  end
   self._closing = true
   if self._sweep then
     self._sweep:close()
@@ -1594,6 +1651,12 @@ function ClientRequest:destroy(err)
 end
 
 function ClientRequest:setTimeout(ms, fn)
+  if type(ms) ~= 'number' or ms < 0 then
+    error('ERR_OUT_OF_RANGE: req:setTimeout: ms must be a number >= 0, got ' .. tostring(ms), 2)
+  end
+  if fn ~= nil and type(fn) ~= 'function' then
+    error('ERR_INVALID_ARG_TYPE: req:setTimeout: the callback must be a function, got ' .. type(fn), 2)
+  end
   self.socket:setTimeout(ms, function()
     if fn then
       fn()

@@ -512,7 +512,13 @@ function Socket:finish(data, fn)
     data, fn = nil, data
   end
   if data ~= nil then
+    if type(data) ~= 'string' and type(data) ~= 'number' then
+      error('ERR_INVALID_ARG_TYPE: socket:finish: data must be a string, got ' .. type(data), 2)
+    end
     self:write(data)
+  end
+  if fn ~= nil and type(fn) ~= 'function' then
+    error('ERR_INVALID_ARG_TYPE: socket:finish: the callback must be a function, got ' .. type(fn), 2)
   end
   if self._writeEnded or self.destroyed then
     return self

@@ -52,6 +52,9 @@ describe('handle passing', function()
     for i = 1, 3 do
       assert.are.equal(('worker %d read hello%d'):format(wpid, i), fetch(port, 'hello' .. i))
     end
+    -- The master prints after each send; its output may still be on its way.
+    c:waitOutput(('M sent destroyed=true\n.*'):rep(3))
+    c:waitOutput(('W got conn true\n.*'):rep(3))
     assert.are.equal(3, select(2, c.stdout:gsub('W got conn true\n', '')))
     assert.are.equal(3, select(2, c.stdout:gsub('M sent destroyed=true\n', '')))
   end)
