@@ -5,6 +5,7 @@ local core = require('_core')
 local USAGE = [[
 usage: lcluster [options] script.lua [args...]
        lcluster test [busted options] [paths...]   run busted specs inside the runtime
+                                                   (lcluster test --help: its options)
        lcluster status [NAME] [--json] | reload [NAME] | stop [NAME] | scale [NAME] N|+N|-N
 
 options:
