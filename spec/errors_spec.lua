@@ -284,6 +284,19 @@ describe('error messages that name the mistake', function()
     assert.truthy(connErr.message:find('127.0.0.1:' .. port, 1, true), connErr.message)
   end)
 
+  it('in a worker, EADDRINUSE from the master names the address and port too', function()
+    local a = lctest.track(net.createServer())
+    a:listen(0, '127.0.0.1')
+    waitFor(function()
+      return a.listening
+    end, 2000, 'the server holding the port')
+    local port = a:address().port
+    local c = lctest.spawn('spec/fixtures/errors_eaddrinuse.lua', { port })
+    local msg = c:waitOutput('W\tEADDRINUSE\t([^\n]*)\n', 10000)
+    assert.truthy(msg:find('127.0.0.1:' .. port, 1, true), msg)
+    assert.are.equal(0, (c:waitExit(10000)))
+  end)
+
   it("cluster: a dot call on the master's worker and on cluster.worker names the colon mistake", function()
     local c = lctest.spawn('spec/fixtures/errors_cluster.lua')
     local code = c:waitExit(10000)
