@@ -65,19 +65,24 @@ function class.raw(fn)
 end
 
 -- Guards every public method an instance of cls sees, its own and those it inherits (the
--- wrappers become cls's own fields, so messages name `label`: 'res:setHeader', 'res:on').
--- Call it once the class is complete. Names in `exempt` (a set) stay unwrapped: methods on
--- the per-request and per-connection paths, which check self themselves where it costs
--- nothing (in an error branch they already have) or with one type test.
--- Returns cls.
-function class.guard(cls, label, exempt)
-  local names = {}
+-- wrappers become cls's own fields, so messages name `label`: 'res:setHeader'), except
+-- those of a class guarded with `shared = true` (Emitter: its wrappers serve every class,
+-- and say 'emitter:on'; copying them into each class doubled the start-up cost of the
+-- guards). Call it once the class is complete. Names in `exempt` (a set) stay unwrapped:
+-- methods on the per-request and per-connection paths, which check self themselves where it
+-- costs nothing (in an error branch they already have) or with one type test. Returns cls.
+function class.guard(cls, label, exempt, shared)
+  local names, seen = {}, {}
   local c = cls
-  while c ~= nil do
+  while c ~= nil and (c == cls or not rawget(c, '_guardShared')) do
     for name, g in pairs(c) do
-      if names[name] == nil and type(g) == 'function' and type(name) == 'string'
-        and name:sub(1, 1) ~= '_' and name ~= 'new' and not (exempt and exempt[name]) then
-        names[name] = g
+      -- The nearest definition wins, as in a lookup; exempt ones shadow their parents'.
+      if not seen[name] then
+        seen[name] = true
+        if type(g) == 'function' and type(name) == 'string' and name:sub(1, 1) ~= '_'
+          and name ~= 'new' and not (exempt and exempt[name]) then
+          names[name] = g
+        end
       end
     end
     c = rawget(c, 'super')
@@ -87,6 +92,9 @@ function class.guard(cls, label, exempt)
     local w = wrap(f, label, name)
     rawOf[w] = f
     rawset(cls, name, w)
+  end
+  if shared then
+    rawset(cls, '_guardShared', true)
   end
   return cls
 end

@@ -192,7 +192,7 @@ local function fromUv(msg, code, extra)
   return makeError(code or (msg and msg:match('^(%u[%u_]+):')) or 'EUNKNOWN', msg, extra)
 end
 
-class.guard(Emitter, 'emitter', { emit = true })
+class.guard(Emitter, 'emitter', { emit = true }, true)
 
 return {
   Emitter = Emitter,
