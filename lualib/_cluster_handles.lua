@@ -189,6 +189,9 @@ return function(cluster)
       return raw(msg, handle, fn)
     end)
     process.send = function(msg, handle, opts, fn)
+      if msg == process then
+        error('ERR_INVALID_THIS: process:send: use a dot call (process.send(...))', 2)
+      end
       return send(nil, msg, handle, opts, fn)
     end
     if cluster.worker then
