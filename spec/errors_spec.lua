@@ -110,6 +110,44 @@ describe('error messages that name the mistake', function()
     walk('child', lctest.spawn(nil, {}, { flags = { '--version' } }))
   end)
 
+  it('a dot call on every method of fs and child_process objects raises ERR_INVALID_THIS here', function()
+    local fs = require('fs')
+    local cp = require('child_process')
+    local dir = lctest.tmpdir()
+    local ok, err = pcall(function()
+      local path = lctest.writeFile(dir .. '/f.txt', 'hello')
+      local rs = fs.createReadStream(path)
+      walk('stream', rs)
+      local ws = fs.createWriteStream(dir .. '/out.txt')
+      walk('stream', ws)
+      local w = fs.watch(dir, function() end)
+      walk('watcher', w)
+      w:close()
+      local child = cp.spawn('true', {})
+      walk('child', child)
+      walk('stream', child.stdout)
+      walk('stream', child.stdin)
+      local closed = { rs = false, ws = false, child = false }
+      rs:on('close', function()
+        closed.rs = true
+      end)
+      ws:on('close', function()
+        closed.ws = true
+      end)
+      child:on('close', function()
+        closed.child = true
+      end)
+      rs:destroy()
+      ws:destroy()
+      child.stdout:resume()
+      waitFor(function()
+        return closed.rs and closed.ws and closed.child
+      end, 5000, 'the streams and the child to close')
+    end)
+    lctest.rmrf(dir)
+    assert(ok, err)
+  end)
+
   it('a dot call on every method of http objects raises ERR_INVALID_THIS here; bad arguments name the value',
     function()
       local checked = {}

@@ -626,4 +626,9 @@ function M.exec(command, opts, cb)
   return M.execFile(opts.shell or '/bin/sh', { '-c', command }, o, cb)
 end
 
+-- Dot calls (`child.kill('SIGTERM')`) raise ERR_INVALID_THIS at the caller (_class.lua).
+class.guard(Readable, 'stream', { emit = true })
+class.guard(Writable, 'stream', { emit = true })
+class.guard(ChildProcess, 'child', { emit = true })
+
 return M

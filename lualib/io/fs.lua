@@ -593,4 +593,10 @@ require('_fs_streams')(M, { fsError = fsError, checkPath = checkPath, uv = uv })
 M.constants = { F_OK = 0, R_OK = 4, W_OK = 2, X_OK = 1 }
 M.F_OK, M.R_OK, M.W_OK, M.X_OK = 0, 4, 2, 1
 
+-- Dot calls (`stream.write('x')`) raise ERR_INVALID_THIS at the caller (_class.lua).
+local class = require('_class')
+class.guard(FSWatcher, 'watcher', { emit = true })
+class.guard(M.ReadStream, 'stream', { emit = true })
+class.guard(M.WriteStream, 'stream', { emit = true })
+
 return M
