@@ -148,6 +148,29 @@ function M.primary(cluster)
   function cluster._stopAgent()
     stopping = true
   end
+
+  -- The built-in master's reload, after the workers: a new agent, ready before the old one
+  -- stops (reason 'reload'); when the new one cannot start, the old one keeps running.
+  -- cb(err).
+  function cluster._reloadAgent(readyTimeout, killTimeout, cb)
+    local old = cluster.agent
+    local lifecycle = require('_lifecycle')
+    local new = startAgent()
+    lifecycle.whenReady(new, readyTimeout, function(err)
+      if err then
+        lifecycle.log(('agent reload aborted: the new agent %s; keeping the old one'):format(err))
+        cluster.agent = old
+        if not new:isDead() then
+          lifecycle.stopWorker(new, killTimeout, nil, nil, 'stop')
+        end
+        return cb(err)
+      end
+      lifecycle.log(('agent (pid %d) replaced by pid %d'):format(old.process.pid, new.process.pid))
+      lifecycle.stopWorker(old, killTimeout, function()
+        cb(nil)
+      end, nil, 'reload')
+    end)
+  end
 end
 
 function M.worker(cluster)
@@ -160,9 +183,22 @@ function M.worker(cluster)
     cluster._deliverUser(m.msg, nil, m.from)
   end
 
+  -- Under `lcluster -w` without --master, nothing in the master reads messages sent to it.
+  local noMaster = process.env.LCLUSTER_NO_MASTER == '1'
+  process.env.LCLUSTER_NO_MASTER = nil
+  local warned = false
+
   function process.sendTo(target, msg)
     checkTarget(target, 2)
     ipc.encode(msg, 3)
+    if target == 'master' and noMaster then
+      if not warned then
+        warned = true
+        process._writeErr(("lcluster: process.sendTo('master', ...) under lcluster -w: the built-in master has no"
+          .. ' code to receive it (start it with --master FILE); the message is dropped\n'))
+      end
+      return false
+    end
     return cluster._sendInternal({ cmd = 'sendTo', to = target, msg = msg })
   end
 

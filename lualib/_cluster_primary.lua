@@ -259,10 +259,16 @@ return function(cluster)
   -- worker:disconnect(): the worker closes its servers and its channel, then exits when its
   -- loop is empty. exitedAfterDisconnect becomes true.
   function Worker:disconnect()
+    return self:_stop('stop')
+  end
+
+  -- Asks the worker to run its stop sequence (_worker_lifecycle) for `reason` ('reload',
+  -- 'stop', 'scale', 'memory', 'watchdog'): its 'shutdown' listeners get the reason.
+  function Worker:_stop(reason)
     self.exitedAfterDisconnect = true
     if self._channel and not self._disconnecting then
       self._disconnecting = true
-      self:_sendInternal({ cmd = 'disconnect' })
+      self:_sendInternal({ cmd = 'disconnect', reason = reason })
     end
     return self
   end
@@ -322,9 +328,12 @@ return function(cluster)
     w.exitedAfterDisconnect = true
   end
   -- The worker hit an uncaught error and is draining before it exits (_worker_lifecycle).
+  -- The worker stops on its own: reason 'error' (an uncaught error) or 'signal' (SIGTERM or
+  -- SIGINT sent straight to it); detail is the error or the signal's name.
   internal.stopping = function(w, msg)
     w._stopping = true
-    w:emit('stopping', type(msg.reason) == 'string' and msg.reason or nil)
+    w._stopReason = type(msg.reason) == 'string' and msg.reason or 'error'
+    w:emit('stopping', w._stopReason, type(msg.detail) == 'string' and msg.detail or nil)
   end
 
   local function defaults()
@@ -408,6 +417,10 @@ return function(cluster)
     vars.LCLUSTER_AGENT = agent and '1' or false
     vars.LCLUSTER_IPC_FD = tostring(CHILD_FD)
     vars.LCLUSTER_MASTER_PID = tostring(process.pid)
+    -- The bound of the worker's stop sequence (_worker_lifecycle).
+    if tonumber(s.killTimeout) then
+      vars.LCLUSTER_KILL_TIMEOUT = tostring(tonumber(s.killTimeout))
+    end
     local envList = {}
     for k, v in pairs(vars) do
       if v ~= false and v ~= nil then
@@ -495,6 +508,7 @@ return function(cluster)
     end
     if not worker.isAgent then
       cluster.workers[worker.id] = worker
+      cluster._watchdogAdd(worker)
     end
     timer.setImmediate(emitFork, worker)
     return worker

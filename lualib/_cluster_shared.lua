@@ -359,6 +359,9 @@ function M.primary(cluster)
   local function failReply(worker, msg, err, code, syscall)
     reply(worker, msg, { err = code or 'EUNKNOWN', message = err, syscall = syscall,
       address_ = msg.path or msg.host, port = msg.port })
+    -- The built-in master logs which address could not be used (a port already in use).
+    worker:emit('_listenError', { code = code, message = err, address = msg.path or msg.host,
+      port = msg.port })
   end
 
   local function closeHandle(key)

@@ -138,7 +138,14 @@ return function(cluster)
     end
     process.emit('disconnect')
     worker:emit('disconnect')
-    if not worker.exitedAfterDisconnect then
+    if cluster._stopCode then
+      -- The end of the stop sequence (_worker_lifecycle): exit even if timers remain.
+      process.exit(cluster._stopCode)
+    elseif cluster._draining then
+      -- The master went away while this worker drains: the sequence still finishes what is
+      -- in flight (bounded by its deadline), then exits.
+      return
+    elseif not worker.exitedAfterDisconnect then
       -- The master went away (or process.disconnect() was called): nothing more to serve.
       process.exit(0)
     end
@@ -212,9 +219,28 @@ return function(cluster)
     end
   end
 
-  internal.disconnect = function()
+  -- The master's watchdog (_watchdog.lua): answering shows this worker's loop still turns.
+  internal.ping = function()
+    sendInternal({ cmd = 'pong' })
+  end
+
+  -- The master asks this worker to stop, with the reason ('reload', 'stop', ...): the stop
+  -- sequence of _worker_lifecycle. A worker already draining (a signal, an uncaught error)
+  -- just goes on.
+  internal.disconnect = function(msg)
     worker.exitedAfterDisconnect = true
-    closeServersThenChannel()
+    cluster._shutdown(type(msg.reason) == 'string' and msg.reason or 'stop', 0, false)
+  end
+
+  -- The last step of the stop sequence: the channel closes once its queue is written (what
+  -- 'shutdown' listeners sent arrives), then 'disconnect' and the exit (onDisconnected).
+  function cluster._closeChannelForStop()
+    if channel then
+      closeChannel(true)
+    else
+      onDisconnected()
+      process.exit(cluster._stopCode or 0)
+    end
   end
 
   local function closedError(fn)
@@ -299,26 +325,10 @@ return function(cluster)
     sendInternal({ cmd = 'listening', address = address, udp = udp or nil })
   end
 
-  -- Never outlive the master: a signal when it dies, and a check for a master already gone.
-  -- SIGTERM lets an idle worker exit through its default action; once the script listens for
-  -- SIGTERM that action is gone (and a busy worker never runs the listener), so the signal
-  -- becomes SIGKILL while a listener exists.
-  local function deathSignal(listened)
-    core.pdeathsig(listened and core.signals.SIGKILL or core.signals.SIGTERM)
-  end
-  deathSignal(false)
-  -- 'newListener' comes before the listener is added: switch at once, as the script may go
-  -- busy right after.
-  process.on('newListener', function(ev)
-    if ev == 'SIGTERM' then
-      deathSignal(true)
-    end
-  end)
-  process.on('removeListener', function(ev)
-    if ev == 'SIGTERM' then
-      deathSignal(process.listenerCount('SIGTERM') > 0)
-    end
-  end)
+  -- Never outlive the master: SIGKILL when it dies (a SIGTERM would start the stop sequence,
+  -- which a busy worker never runs: _worker_lifecycle handles SIGTERM), and a check for a
+  -- master already gone.
+  core.pdeathsig(core.signals.SIGKILL)
   if masterPid and core.ppid() ~= masterPid then
     process.exit(0)
   end

@@ -39,9 +39,9 @@ function M.whenReady(worker, timeoutMs, cb)
   end, timeoutMs)
 end
 
--- Disconnects a worker and waits for it to exit; SIGKILL after killTimeout (then onKill()).
--- cb() after the exit.
-function M.stopWorker(worker, killTimeout, cb, onKill)
+-- Asks a worker to stop (its stop sequence, with reason: 'stop' by default) and waits for it
+-- to exit; SIGKILL after killTimeout (then onKill()). cb() after the exit.
+function M.stopWorker(worker, killTimeout, cb, onKill, reason)
   if worker:isDead() then
     return cb and cb()
   end
@@ -62,7 +62,9 @@ function M.stopWorker(worker, killTimeout, cb, onKill)
     end
   end)
   if worker:isConnected() then
-    worker:disconnect()
+    -- The caller's reason, else one the built-in master noted on the worker ('scale',
+    -- 'memory'), else 'stop'.
+    worker:_stop(reason or worker._stopReason or 'stop')
   else
     worker:kill('SIGTERM')
   end
@@ -96,7 +98,7 @@ function M.reload(slots, opts, cb)
         opts.onReplace(slot, new, old)
       end
       if old then
-        M.stopWorker(old, opts.killTimeout, nextSlot)
+        M.stopWorker(old, opts.killTimeout, nextSlot, nil, old._stopReason or 'reload')
       else
         nextSlot()
       end
@@ -131,7 +133,7 @@ function M.install(cluster)
     local env = process.env
     M.reload(slots, {
       readyTimeout = tonumber(env.LCLUSTER_READY_TIMEOUT or '') or 10000,
-      killTimeout = tonumber(env.LCLUSTER_KILL_TIMEOUT or '') or 5000,
+      killTimeout = tonumber(cluster.settings.killTimeout) or tonumber(env.LCLUSTER_KILL_TIMEOUT or '') or 5000,
     }, function(err)
       running = false
       if again then

@@ -29,9 +29,15 @@ options:
       --max-memory MB    (with -w) gracefully replace a worker whose RSS passes MB
       --max-restarts N   (with -w) a slot that exits unexpectedly more than N times within
                          --restart-window S (60) is marked errored and not restarted
+      --watchdog MS      (with -w) replace a worker whose event loop has not answered the
+                         master for MS (30000; 0 turns it off; env LCLUSTER_WATCHDOG)
+      --master FILE      (with -w) run FILE inside the built-in master, with `cluster` and
+                         its events (receive what workers send to 'master', ...)
   -h, --help             this help
   -v, --version          print the version
 
+signals to the -w master: SIGHUP, SIGUSR2 reload (workers, then the agent); SIGTERM,
+SIGINT, SIGQUIT stop gracefully (a second one stops at once); SIGUSR1 reopens log files.
 exit status: the script's process.exit(code); 0 when the loop runs dry; 1 on an uncaught
 error; 2 on a usage error or a script that cannot be loaded.
 environment:
@@ -121,6 +127,13 @@ local function runScript(script, args, opts)
       local ok, aerr = loadfile(opts.agent)
       if not ok then
         core.write(2, 'lcluster: cannot load agent script ' .. opts.agent .. ': ' .. tostring(aerr) .. '\n')
+        return 2
+      end
+    end
+    if opts.masterFile then
+      local ok, merr = loadfile(opts.masterFile)
+      if not ok then
+        core.write(2, 'lcluster: cannot load --master ' .. opts.masterFile .. ': ' .. tostring(merr) .. '\n')
         return 2
       end
     end
@@ -286,7 +299,8 @@ return function(argv)
         return usageError('--workers needs a number or "auto", got ' .. tostring(v))
       end
       opts.workers = num == 0 and #core.cpus() or num
-    elseif a == '--agent' or a == '--kill-timeout' or a == '--ready-timeout' then
+    elseif a == '--agent' or a == '--kill-timeout' or a == '--ready-timeout' or a == '--watchdog'
+      or a == '--master' then
       i = i + 1
       local v = argv[i]
       if v == nil then
@@ -294,12 +308,16 @@ return function(argv)
       end
       if a == '--agent' then
         opts.agent = v
+      elseif a == '--master' then
+        opts.masterFile = v
       else
         local num = tonumber(v)
         if not num or num < 0 then
           return usageError(a .. ' needs a number of milliseconds, got ' .. v)
         end
-        opts[a == '--kill-timeout' and 'killTimeout' or 'readyTimeout'] = num
+        local names = { ['--kill-timeout'] = 'killTimeout', ['--ready-timeout'] = 'readyTimeout',
+          ['--watchdog'] = 'watchdog' }
+        opts[names[a]] = num
       end
     elseif OPS_OPTIONS[a:match('^(%-%-[%w-]+)')] then
       -- Operations (docs/api.md): --name, --control, --metrics, --log, --log-format,
@@ -353,6 +371,9 @@ return function(argv)
         return '-' .. c:lower()
       end) .. ' needs --workers')
     end
+  end
+  if opts.masterFile and not opts.workers then
+    return usageError('--master needs --workers')
   end
   local args = {}
   for j = i + 1, n do

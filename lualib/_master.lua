@@ -2,7 +2,9 @@
 -- app.lua, each in a slot whose number (LCLUSTER_WORKER_SLOT, like PM2's NODE_APP_INSTANCE)
 -- survives respawns; replaces workers that exit unexpectedly, with exponential backoff for
 -- crash loops; reloads them one at a time on SIGHUP / SIGUSR2; and stops gracefully on
--- SIGTERM / SIGINT (a second SIGINT stops at once).
+-- SIGTERM / SIGINT / SIGQUIT (a second one stops at once); SIGUSR1 reopens log files;
+-- replaces a worker whose loop stops answering (--watchdog); gives up, exit 1, when a port
+-- cannot be used and no worker ever listened; runs --master FILE inside itself.
 local lifecycle = require('_lifecycle')
 local log = lifecycle.log
 
@@ -26,11 +28,17 @@ function M.run(script, args, opts)
   -- A graceful stop is announced (STOPPING=1, GET /health 503, M.state.draining) this long
   -- before the workers stop accepting, so load balancers take the host out first.
   local drainDelay = opts.drainDelay or envNumber('LCLUSTER_DRAIN_DELAY', 0)
+  -- While no worker has ever been ready, this many failed starts of one slot end the master
+  -- (exit 1): a port in use or a broken config must not crash-loop silently forever.
+  local maxStartFails = envNumber('LCLUSTER_MAX_START_FAILS', 8)
+  local watchdog = opts.watchdog or envNumber('LCLUSTER_WATCHDOG', 30000)
+  local everReady = false
 
   -- Workers get their own process group, so a terminal's Ctrl-C or a SIGHUP reaches only
   -- the master, which coordinates the stop or the reload.
   -- Silent: workers' stdout/stderr are pipes the master reads, to tag each line (_logs.lua).
-  cluster.setupPrimary({ exec = script, args = args, detached = true, silent = true })
+  cluster.setupPrimary({ exec = script, args = args, detached = true, silent = true,
+    killTimeout = killTimeout, watchdog = watchdog })
   local logger = require('_logs').new({ file = opts.log, format = opts.logFormat })
   cluster._onSpawn = logger.attach
   -- Workers report their counters to the master this often (_metrics.lua).
@@ -39,6 +47,10 @@ function M.run(script, args, opts)
   process.env.LCLUSTER_KILL_TIMEOUT = tostring(killTimeout)
   -- A worker must never take LCLUSTER_WORKERS as a request to be a master itself.
   process.env.LCLUSTER_WORKERS = nil
+  -- Without --master nothing in this process listens for messages sent to 'master': the
+  -- workers' process.sendTo('master', ...) returns false with a warning instead of losing
+  -- them (_cluster_messaging).
+  process.env.LCLUSTER_NO_MASTER = not opts.masterFile and '1' or nil
 
   local slots = {} -- slot -> { worker=, fails=, timer= }
   local stopping = false
@@ -91,18 +103,36 @@ function M.run(script, args, opts)
       w._ready = true
       w._readyAt = process.hrtime()
       sd.changed()
+      everReady = true
     end
     w:on('listening', ready)
     w:on('ready', ready)
     -- An uncaught error: the worker drains and exits; its replacement starts now, so the
     -- slot keeps serving. The old worker's exit is then a replaced worker's exit.
-    w:on('stopping', function(reason)
-      if slot.worker == w and not stopping and w._ready then
+    w:on('stopping', function(reason, detail)
+      if reason == 'signal' then
+        -- SIGTERM/SIGINT sent straight to the worker (a supervisor signalling every process
+        -- of the service): it drains. Its replacement, if the master is not stopping too,
+        -- comes after its exit, so a stop signalled to all processes at once forks nothing.
+        log(('worker %d (pid %d, slot %d) got %s and drains'):format(w.id, w.process.pid, slotNo,
+          tostring(detail)))
+      elseif slot.worker == w and not stopping and w._ready then
         log(('worker %d (pid %d, slot %d) hit an uncaught error (%s); starting its replacement'):format(
-          w.id, w.process.pid, slotNo, tostring(reason)))
+          w.id, w.process.pid, slotNo, tostring(detail)))
         slot.worker = nil
         schedule(slotNo, backoff(slot, w))
       end
+    end)
+    -- The watchdog stops a worker whose loop stopped answering: its replacement starts now.
+    w:on('unresponsive', function()
+      if slot.worker == w and not stopping then
+        slot.worker = nil
+        schedule(slotNo, 0)
+      end
+    end)
+    w:on('_listenError', function(err)
+      log(('worker %d (pid %d, slot %d) cannot listen on %s:%s: %s'):format(w.id, w.process.pid,
+        slotNo, tostring(err.address), tostring(err.port), tostring(err.message)))
     end)
     w:on('exit', function(code, signal)
       sd.changed()
@@ -123,6 +153,13 @@ function M.run(script, args, opts)
         return
       end
       local delay = backoff(slot, w)
+      if not everReady and slot.fails >= maxStartFails then
+        log(('worker %d (pid %d, slot %d) exited with %s before it was ready; no worker has ever started after %d attempts, giving up'):format(
+          w.id, w.process.pid, slotNo, how, slot.fails))
+        slot.worker = nil
+        M.giveUp()
+        return
+      end
       log(('worker %d (pid %d, slot %d) exited unexpectedly with %s%s; restarting in %d ms'):format(
         w.id, w.process.pid, slotNo, how, w._ready and '' or ' before it was ready', delay))
       slot.worker = nil
@@ -144,6 +181,7 @@ function M.run(script, args, opts)
     end, delay)
   end
 
+  local reloadDone
   local function reload(cb)
     if type(cb) == 'function' then
       reloadWaiters[#reloadWaiters + 1] = cb
@@ -191,49 +229,80 @@ function M.run(script, args, opts)
         slots[entry.slotNo].fails = 0
       end,
     }, function(err)
-      reloading = false
-      sd.reloaded()
-      if not err then
-        log('reload complete')
-        if ops then
-          ops.reloaded()
-        end
+      if not err and cluster.agent and cluster._reloadAgent and not stopping then
+        -- The agent is reloaded after the workers (they may talk to it while they start).
+        return cluster._reloadAgent(readyTimeout, killTimeout, function(aerr)
+          reloadDone(aerr)
+        end)
       end
-      -- A slot whose worker had died (its respawn was taken over by the reload) and whose
-      -- replacement did not come up is respawned as usual.
-      for slotNo = 1, n do
-        local slot = slots[slotNo]
-        if not slot.worker and not slot.timer and not stopping then
-          schedule(slotNo, backoffBase)
-        end
-      end
-      if reloadPending then
-        reloadPending = false
-        reload()
-      else
-        local waiting = reloadWaiters
-        reloadWaiters = {}
-        for _, fn in ipairs(waiting) do
-          fn(err)
-        end
-      end
+      reloadDone(err)
     end)
+  end
+
+  reloadDone = function(err)
+    reloading = false
+    sd.reloaded()
+    if not err then
+      log('reload complete')
+      if ops then
+        ops.reloaded()
+      end
+    end
+    -- A slot whose worker had died (its respawn was taken over by the reload) and whose
+    -- replacement did not come up is respawned as usual.
+    for slotNo = 1, n do
+      local slot = slots[slotNo]
+      if not slot.worker and not slot.timer and not stopping then
+        schedule(slotNo, backoffBase)
+      end
+    end
+    if reloadPending then
+      reloadPending = false
+      reload()
+    else
+      local waiting = reloadWaiters
+      reloadWaiters = {}
+      for _, fn in ipairs(waiting) do
+        fn(err)
+      end
+    end
+  end
+
+  local function killAll()
+    for _, w in pairs(cluster.workers) do
+      w:kill('SIGKILL')
+    end
+    if cluster.agent then
+      cluster.agent:kill('SIGKILL')
+    end
+  end
+
+  -- No worker ever listened and a slot failed maxStartFails times in a row: stop (nothing
+  -- is served anyway) and exit 1, so a supervisor sees the failure.
+  function M.giveUp()
+    stopping = true
+    for _, slot in pairs(slots) do
+      if slot.timer then
+        clearTimeout(slot.timer)
+        slot.timer = nil
+      end
+    end
+    killAll()
+    process.exit(1)
   end
 
   local stopNow -- the stop itself, after the drain delay
   local function stop(signal)
     if stopping then
-      if signal == 'SIGINT' then
-        log('second SIGINT: stopping at once')
-        for _, w in pairs(cluster.workers) do
-          w:kill('SIGKILL')
-        end
-        if cluster.agent then
-          cluster.agent:kill('SIGKILL')
-        end
-        process.exit(130)
+      -- A second SIGTERM, SIGINT or SIGQUIT: stop at once, as the signal's default would. A
+      -- second `lcluster stop` just waits for the first.
+      local num = require('_core').signals[signal]
+      if not num then
+        return
       end
-      return
+      log(('second %s: stopping at once'):format(signal))
+      killAll()
+      process.exit(128 + num)
     end
     stopping = true
     M.state.draining = true
@@ -272,7 +341,7 @@ function M.run(script, args, opts)
           done()
         end, function()
           killed = true
-        end)
+        end, 'stop')
       else
         done()
       end
@@ -287,7 +356,7 @@ function M.run(script, args, opts)
         end
       end, function()
         killed = true
-      end)
+      end, 'stop')
     end
     if remaining == 0 then
       finish()
@@ -305,6 +374,9 @@ function M.run(script, args, opts)
   end)
   process.on('SIGINT', function()
     stop('SIGINT')
+  end)
+  process.on('SIGQUIT', function()
+    stop('SIGQUIT')
   end)
   M.reload = reload
 
@@ -378,6 +450,18 @@ function M.run(script, args, opts)
     }, cb)
   end
 
+  -- --master FILE: the deployment's own code inside this master, with cluster and its
+  -- events (fork, online, message, exit, ...) and process.on('message', fn(msg, _, from)) for
+  -- what workers send to 'master'. It runs before the first fork.
+  if opts.masterFile then
+    local chunk, err = loadfile(opts.masterFile)
+    if not chunk then
+      log('cannot load --master ' .. opts.masterFile .. ': ' .. tostring(err))
+      return 2
+    end
+    require('_core').call(chunk)
+  end
+
   local startedAt = process.hrtime()
   local function startWorkers()
     for slotNo = 1, n do
@@ -420,12 +504,16 @@ function M.run(script, args, opts)
     log(err)
     return 1
   end
-  if opts.log then
-    process.on('SIGUSR1', function()
-      local rok, rerr = logger.reopen()
-      log(rok and ('reopened ' .. opts.log) or rerr)
-    end)
-  end
+  -- SIGUSR1 reopens the --log file (after logrotate moved it); without one it only says so:
+  -- the signal's default action would end the master and the whole service.
+  process.on('SIGUSR1', function()
+    if not opts.log then
+      log('SIGUSR1: no log file to reopen')
+      return
+    end
+    local rok, rerr = logger.reopen()
+    log(rok and ('reopened ' .. opts.log) or rerr)
+  end)
   local status
   local control = require('_control')
   local name = opts.name or control.defaultName(script)

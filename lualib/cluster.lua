@@ -33,6 +33,7 @@ else
     return require('_control').listen(cluster, opts, fn)
   end
   require('_lifecycle').install(cluster)
+  require('_watchdog').install(cluster)
 end
 
 -- Dot calls (`w.send(msg)`) raise ERR_INVALID_THIS at the caller (_class.lua). Last, once
