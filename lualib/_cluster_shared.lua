@@ -438,6 +438,14 @@ function M.primary(cluster)
     end
     local rr, err, code
     local function onEvent(ev, emsg, ecode)
+      if ev == 'stalled' then
+        -- rr.c skips a worker whose hand-offs stay unacknowledged (its loop is stuck).
+        local w = cluster.workers[emsg]
+        if w then
+          w:emit('_stalled')
+        end
+        return
+      end
       if ev == 'error' then
         require('_lifecycle').log(('accept on %s failed: %s'):format(msg.key, tostring(emsg)))
         if ecode ~= 'EMFILE' and ecode ~= 'ENFILE' then

@@ -47,7 +47,7 @@ function M.stopWorker(worker, killTimeout, cb, onKill, reason)
   end
   local timer = setTimeout(function()
     if not worker:isDead() then
-      log(('worker %d (pid %d) did not exit within %d ms, killing it'):format(
+      log(('worker %d (pid %d) did not exit within %d ms, killing it (SIGKILL)'):format(
         worker.id, worker.process.pid, killTimeout))
       worker:kill('SIGKILL')
       if onKill then

@@ -130,6 +130,10 @@ function M.run(script, args, opts)
         schedule(slotNo, 0)
       end
     end)
+    w:on('_stalled', function()
+      log(('worker %d (pid %d, slot %d) has not acknowledged new connections for a second; '
+        .. 'sending them to other workers'):format(w.id, w.process.pid, slotNo))
+    end)
     w:on('_listenError', function(err)
       log(('worker %d (pid %d, slot %d) cannot listen on %s:%s: %s'):format(w.id, w.process.pid,
         slotNo, tostring(err.address), tostring(err.port), tostring(err.message)))
@@ -154,8 +158,8 @@ function M.run(script, args, opts)
       end
       local delay = backoff(slot, w)
       if not everReady and slot.fails >= maxStartFails then
-        log(('worker %d (pid %d, slot %d) exited with %s before it was ready; no worker has ever started after %d attempts, giving up'):format(
-          w.id, w.process.pid, slotNo, how, slot.fails))
+        log(('worker %d (pid %d, slot %d) exited with %s before it was ready; no worker has ever '
+          .. 'started after %d attempts, giving up'):format(w.id, w.process.pid, slotNo, how, slot.fails))
         slot.worker = nil
         M.giveUp()
         return

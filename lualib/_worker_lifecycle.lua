@@ -42,11 +42,14 @@ return function(cluster)
       worker.exitedAfterDisconnect = true
     end
     local timeout = timeoutMs()
+    -- A little after the master's own kill timer (it counts from when it asked), so that a
+    -- master that kills (-w, cluster.reload) reports the kill; this bound is for masters
+    -- that never kill.
     local deadline = setTimeout(function()
       process._writeErr(('lcluster: worker %s did not finish stopping (%s) within %d ms; exiting\n'):format(
         tostring(worker.id), reason, timeout))
       process.exit(1)
-    end, timeout)
+    end, timeout + 500)
     deadline:unref()
 
     local left = 1 -- the servers, plus one per 'shutdown' listener
@@ -114,17 +117,21 @@ return function(cluster)
 
   -- SIGTERM / SIGINT straight to the worker (not from the master: its worker:kill() still
   -- kills, runtime/signal.c), with no listener of the script's own: drain instead of dying
-  -- (the default action would fail every request in flight). A second one while draining
-  -- ends the worker at once, as the default action would have.
+  -- (the default action would fail every request in flight). A second signal ends the
+  -- worker at once, as the default action would have.
   local parent = core.ppid()
+  local signalled = false
   local function onSignal(num)
     local name = num == core.signals.SIGINT and 'SIGINT' or 'SIGTERM'
     if process.listenerCount(name) > 0 then
       return
     end
-    if running then
+    if signalled then
       process.exit(128 + num)
     end
+    -- A signal while the worker already stops for another reason (the master's stop, sent to
+    -- every process at once) is part of the same stop.
+    signalled = true
     shutdown('signal', 0, true, name)
   end
   core.drain_signals(onSignal, parent)
