@@ -15,13 +15,14 @@
 // Stalled workers. A worker whose loop is stuck (a handler in `while true do end`, a
 // SIGSTOPped process) takes no fds and acks nothing; its window would keep taking new
 // connections that hang. So each target keeps one timestamp: the loop time when it last made
-// progress (its oldest unacknowledged hand-off was sent, or it last acknowledged). A target
-// with hand-offs unacknowledged for more than STALL_MS is not chosen while another worker can
-// take the connection (when every worker is stalled, the rule is off: the windows and the
-// kernel backlog wait as before). Its first ack makes it a candidate again. The first time a
-// target is skipped, cb('stalled', id) tells Lua (the built-in master logs it). Hot-path cost:
-// one store per connection when the window was empty, one per ack frame, and one compare per
-// candidate in choose().
+// progress (its oldest unacknowledged hand-off was sent, or it last acknowledged). At most
+// every SCAN_MS (checked when a connection is being placed), a scan flags the targets with
+// hand-offs unacknowledged for more than STALL_MS; a flagged target is not chosen while a
+// healthy worker exists (when every worker is stalled, nothing is flagged: the windows and the
+// kernel backlog wait as before). Its next ack clears the flag. A newly flagged target is
+// reported once with cb('stalled', id) (the built-in master logs it). Hot-path cost: a loop-time
+// read and compare per choice, one flag test per candidate, one store per connection handed
+// to an empty window and per ack frame.
 //
 // Policies:
 //   rr      fewest in flight, ties rotate (so sequential connections visit every worker);
@@ -60,6 +61,7 @@
 #define WAIT_CAP 1024 // sticky: connections queued on one busy worker before accept pauses
 #define SLACK 32      // in-flight difference still treated as a tie (rr, least)
 #define STALL_MS 1000 // unacknowledged for longer: skip the worker while others can take it
+#define SCAN_MS 50    // how often (at most) choose() looks for stalled workers
 
 enum { POLICY_RR, POLICY_LEAST, POLICY_STICKY };
 
@@ -69,7 +71,8 @@ typedef struct {
   lc_ipc_t *ch; // valid while the userdata says it is open (checked on each use)
   uint32_t key; // stable key for sticky hashing (the worker's slot, else its id)
   int suspended;
-  int stalled;      // 1: skipped for a stall, not reported yet; 2: reported
+  int stalled;      // flagged by the last scan: not chosen (see "Stalled workers")
+  int reported;     // cb('stalled') was called for this stall
   uint64_t since;   // loop time of the last progress (see "Stalled workers")
   long load;        // open connections the worker reported (least)
   uint64_t sent;    // connections handed to this worker
@@ -97,7 +100,9 @@ typedef struct lc_rr {
   unsigned rotate;
   int *pending; // accepted while no worker could take them, oldest first
   int phead, npending;
-  int stall_report;   // some target has stalled == 1
+  int stall_report;   // some target is stalled and not reported yet
+  uint64_t now;       // loop time of the last choice
+  uint64_t scanned;   // loop time of the last stall scan
   struct lc_rr *next; // every open rr, for the ack hook
 } lc_rr_t;
 
@@ -116,18 +121,31 @@ static lc_ipc_t *target_channel(lua_State *L, target_t *t) {
 }
 
 static int usable(lua_State *L, target_t *t) {
-  return !t->suspended && t->rcount < WINDOW && target_channel(L, t) != NULL;
+  return !t->suspended && !t->stalled && t->rcount < WINDOW && target_channel(L, t) != NULL;
 }
 
-// True when t has had hand-offs unacknowledged for more than STALL_MS (now: uv_now).
-static int stalled(const target_t *t, uint64_t now) {
-  return t->rcount > 0 && now - t->since > STALL_MS;
-}
-
-static void mark_stalled(lc_rr_t *self, target_t *t) {
-  if (t->stalled == 0) {
-    t->stalled = 1;
-    self->stall_report = 1;
+// Flags the targets whose hand-offs stayed unacknowledged for more than STALL_MS, unless no
+// healthy (live, unflagged) target would be left.
+static void scan_stalls(lc_rr_t *self, uint64_t now) {
+  self->scanned = now;
+  int healthy = 0, any = 0;
+  for (int i = 0; i < self->ntargets; i++) {
+    const target_t *t = &self->targets[i];
+    if (t->rcount > 0 && now - t->since > STALL_MS)
+      any = 1;
+    else if (!t->suspended)
+      healthy = 1;
+  }
+  if (!any && self->stall_report == 0) {
+    // The common case: nothing stalled. Clear flags left by an all-stalled state.
+    for (int i = 0; i < self->ntargets; i++)
+      self->targets[i].stalled = 0;
+    return;
+  }
+  for (int i = 0; i < self->ntargets; i++) {
+    target_t *t = &self->targets[i];
+    t->stalled = healthy && t->rcount > 0 && now - t->since > STALL_MS;
+    if (t->stalled && !t->reported) self->stall_report = 1;
   }
 }
 
@@ -165,25 +183,21 @@ static long target_load(const lc_rr_t *self, const target_t *t) {
 static int choose(lua_State *L, lc_rr_t *self, int fd, int exclude_id) {
   int best = -1;
   uint64_t now = uv_now(lc_loop);
+  self->now = now;
+  if (now - self->scanned >= SCAN_MS) scan_stalls(self, now);
   if (self->policy == POLICY_STICKY) {
     // A stalled worker's clients go to their next worker by the hash until it recovers.
     uint32_t a = addr_hash(fd), best_h = 0;
-    int skipped = -1;
     for (int i = 0; i < self->ntargets; i++) {
       target_t *t = &self->targets[i];
-      if (t->id == exclude_id || t->suspended || target_channel(L, t) == NULL) continue;
-      if (stalled(t, now)) {
-        skipped = i;
+      if (t->id == exclude_id || t->suspended || t->stalled || target_channel(L, t) == NULL)
         continue;
-      }
       uint32_t h = mix(a, t->key);
       if (best < 0 || h > best_h) {
         best = i;
         best_h = h;
       }
     }
-    if (best < 0) return skipped; // only stalled workers: as before the rule
-    if (skipped >= 0) mark_stalled(self, &self->targets[skipped]);
     return best; // may be full: the caller queues on the worker (sticky never re-routes)
   }
   // The least loaded usable worker; workers within SLACK hand-offs in flight of it count as
@@ -191,41 +205,17 @@ static int choose(lua_State *L, lc_rr_t *self, int fd, int exclude_id) {
   // that falls behind (its acks lag) is skipped until it catches up.
   int n = self->ntargets;
   long min_load = -1;
-  int any_stalled = 0, all_stalled = 1;
   for (int i = 0; i < n; i++) {
     target_t *t = &self->targets[i];
-    if (t->id == exclude_id) continue;
-    // Before the window check: a stalled worker's window is often full by now.
-    if (stalled(t, now)) {
-      any_stalled = 1;
-      continue;
-    }
-    // A healthy worker, even with a full window, keeps the rule on: the connection waits
-    // for its acks rather than going to a stalled one.
-    if (!t->suspended) all_stalled = 0;
-    if (!usable(L, t)) continue;
+    if (t->id == exclude_id || !usable(L, t)) continue;
     long load = target_load(self, t);
     if (min_load < 0 || load < min_load) min_load = load;
-  }
-  // Only stalled workers are left: the rule is off (their windows wait, as before it).
-  int skip_stalled = any_stalled && !all_stalled;
-  if (skip_stalled) {
-    for (int i = 0; i < n; i++)
-      if (stalled(&self->targets[i], now)) mark_stalled(self, &self->targets[i]);
-  } else if (any_stalled) {
-    for (int i = 0; i < n; i++) {
-      target_t *t = &self->targets[i];
-      if (t->id == exclude_id || !usable(L, t)) continue;
-      long load = target_load(self, t);
-      if (min_load < 0 || load < min_load) min_load = load;
-    }
   }
   if (min_load < 0) return -1;
   for (int j = 0; j < n; j++) {
     int i = (int)((self->rotate + (unsigned)j) % (unsigned)n);
     target_t *t = &self->targets[i];
     if (t->id == exclude_id || !usable(L, t)) continue;
-    if (skip_stalled && stalled(t, now)) continue;
     if (target_load(self, t) <= min_load + SLACK) {
       best = i;
       break;
@@ -245,7 +235,7 @@ static void push_pending(lc_rr_t *self, int fd) {
 
 // Records fd as handed to t: in its ring (until acknowledged) and in this turn's batch.
 static void assign(lc_rr_t *self, target_t *t, int fd) {
-  if (t->rcount == 0) t->since = uv_now(lc_loop); // its oldest unacknowledged hand-off
+  if (t->rcount == 0) t->since = self->now; // its oldest unacknowledged hand-off (choose set now)
   t->ring[(t->rhead + t->rcount++) % WINDOW] = fd;
   t->batch[t->nbatch++] = fd;
   if (self->policy == POLICY_LEAST) t->load++;
@@ -323,6 +313,7 @@ static void flush_all(lua_State *L, lc_rr_t *self) {
     int moved = 0;
     for (int i = 0; i < self->ntargets; i++) {
       target_t *t = &self->targets[i];
+      if (t->nwait > 0) self->now = uv_now(lc_loop); // for assign's timestamp
       while (t->nwait > 0 && t->rcount < WINDOW && t->nbatch < LC_IPC_FRAME_MAX_FDS) {
         assign(self, t, wait_pop(t));
         moved = 1;
@@ -347,8 +338,8 @@ static void report_stalls(lua_State *L, lc_rr_t *self) {
   self->stall_report = 0;
   for (int i = 0; i < self->ntargets; i++) {
     target_t *t = &self->targets[i];
-    if (t->stalled != 1) continue;
-    t->stalled = 2;
+    if (!t->stalled || t->reported) continue;
+    t->reported = 1;
     if (lc_handle_push_cb(L, &self->h)) {
       lua_pushliteral(L, "stalled");
       lua_pushinteger(L, t->id);
@@ -437,7 +428,7 @@ static int ack_hook(lc_ipc_t *ch, const lc_ipc_frame_t *f, void *data) {
     t->rcount -= n;
     // Progress: the worker's loop turns again.
     t->since = uv_now(lc_loop);
-    t->stalled = 0;
+    t->stalled = t->reported = 0;
     flush_all(lc_L, self);
     break;
   }
