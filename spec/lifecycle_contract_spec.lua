@@ -329,6 +329,28 @@ describe('stuck workers', function()
     app:waitOutput('pid ' .. stuck .. ', slot %d%) exited with code 0', 5000, 'stderr')
   end)
 
+  it('a handler looping for ever under -w 2: 100 new connections answered, the worker SIGKILLed', function()
+    local port = lctest.freePort()
+    local app = lctest.spawn(APP, { port }, { flags = { '-w', '2', '--watchdog', '300', '--kill-timeout', '300' } })
+    readyPids(app, 2)
+    get(port, '/loop')
+    local stuck = tonumber(app:waitOutput('looping pid (%d+)'))
+    -- Those handed to the stuck worker before the master noticed are never touched by it:
+    -- the master keeps them until acknowledged and gives them to others once it is killed.
+    local reqs = {}
+    for i = 1, 100 do
+      reqs[i] = get(port, '/')
+    end
+    waitAll(reqs, 8000, '100 answers with a worker stuck for good')
+    for _, r in ipairs(reqs) do
+      assert.are.equal(200, r.status, r.err)
+      assert.is_nil(r.body:find('pid ' .. stuck .. ' ', 1, true))
+    end
+    app:waitOutput('pid ' .. stuck .. ', slot %d%) exited with signal SIGKILL', 5000, 'stderr')
+    assert.matches('(pid ' .. stuck .. ') has not answered', app.stderr, 1, true)
+    readyPids(app, 3)
+  end)
+
   it('the watchdog SIGKILLs a worker stuck for good (SIGSTOP) and a replacement serves', function()
     local port = lctest.freePort()
     local app = lctest.spawn(APP, { port }, { flags = { '-w', '1', '--watchdog', '200', '--kill-timeout', '300' } })
