@@ -135,8 +135,9 @@ function M.run(script, args, opts)
         .. 'sending them to other workers'):format(w.id, w.process.pid, slotNo))
     end)
     w:on('_listenError', function(err)
-      log(('worker %d (pid %d, slot %d) cannot listen on %s:%s: %s'):format(w.id, w.process.pid,
-        slotNo, tostring(err.address), tostring(err.port), tostring(err.message)))
+      local where = err.port and (tostring(err.address) .. ':' .. tostring(err.port)) or tostring(err.address)
+      log(('worker %d (pid %d, slot %d) cannot listen on %s: %s'):format(w.id, w.process.pid,
+        slotNo, where, tostring(err.message)))
     end)
     w:on('exit', function(code, signal)
       sd.changed()
