@@ -45,6 +45,9 @@ function M.run(script, args, opts)
   process.env.LCLUSTER_METRICS_MS = process.env.LCLUSTER_METRICS_MS or '1000'
   -- Workers drain for at most as long on an uncaught error (_worker_lifecycle).
   process.env.LCLUSTER_KILL_TIMEOUT = tostring(killTimeout)
+  -- Workers signalled with the master (systemd's KillMode=control-group) keep serving for
+  -- the drain delay too, before they stop accepting (_worker_lifecycle).
+  process.env.LCLUSTER_DRAIN_DELAY = drainDelay > 0 and tostring(drainDelay) or nil
   -- A worker must never take LCLUSTER_WORKERS as a request to be a master itself.
   process.env.LCLUSTER_WORKERS = nil
   -- Without --master nothing in this process listens for messages sent to 'master': the

@@ -132,7 +132,16 @@ return function(cluster)
     -- A signal while the worker already stops for another reason (the master's stop, sent to
     -- every process at once) is part of the same stop.
     signalled = true
-    shutdown('signal', 0, true, name)
+    -- Under `-w --drain-delay MS` the worker keeps serving that long first, as the master
+    -- does on its own stop, so load balancers take the host out before ports close.
+    local delay = tonumber(process.env.LCLUSTER_DRAIN_DELAY or '') or 0
+    if delay > 0 then
+      setTimeout(function()
+        shutdown('signal', 0, true, name)
+      end, delay)
+    else
+      shutdown('signal', 0, true, name)
+    end
   end
   core.drain_signals(onSignal, parent)
   -- A script's own listener takes the signal over (libuv installs its handler); once the
