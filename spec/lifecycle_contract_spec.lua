@@ -132,6 +132,20 @@ describe('the stop sequence', function()
     assert.is_nil(app.stderr:find('restarting', 1, true))
   end)
 
+  it('with --drain-delay, workers signalled with the master keep serving for the delay', function()
+    local port = lctest.freePort()
+    local app = lctest.spawn(APP, { port }, { flags = { '-w', '1', '--drain-delay', '1500' } })
+    local pid = readyPids(app, 1)[1]
+    core.kill(app.pid, core.signals.SIGTERM)
+    core.kill(pid, core.signals.SIGTERM)
+    app:waitOutput('draining for 1500 ms', 5000, 'stderr')
+    -- A new request during the delay is still served.
+    local r = get(port, '/')
+    waitAll({ r })
+    assert.are.equal(200, r.status, r.err)
+    assert.are.equal(0, app:waitExit(8000))
+  end)
+
   it('a worker SIGTERMed alone drains its requests, then the master replaces it', function()
     local port = lctest.freePort()
     local app = lctest.spawn(APP, { port }, { flags = { '-w', '1' } })
