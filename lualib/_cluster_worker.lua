@@ -139,8 +139,9 @@ return function(cluster)
     process.emit('disconnect')
     worker:emit('disconnect')
     if cluster._stopCode then
-      -- The end of the stop sequence (_worker_lifecycle): exit even if timers remain.
-      process.exit(cluster._stopCode)
+      -- The end of the stop sequence (_worker_lifecycle): exit even if timers remain, with
+      -- the status a 'disconnect' listener chose (process.exitCode) after a clean stop.
+      process.exit(cluster._stopStatus())
     elseif cluster._draining then
       -- The master went away while this worker drains: the sequence still finishes what is
       -- in flight (bounded by its deadline), then exits.
@@ -239,8 +240,15 @@ return function(cluster)
       closeChannel(true)
     else
       onDisconnected()
-      process.exit(cluster._stopCode or 0)
+      process.exit(cluster._stopStatus())
     end
+  end
+
+  -- The stop sequence's exit status: 1 after an uncaught error, else what a 'disconnect'
+  -- listener chose (process.exitCode), else 0.
+  function cluster._stopStatus()
+    local code = cluster._stopCode or 0
+    return code ~= 0 and code or process.exitCode or 0
   end
 
   local function closedError(fn)
