@@ -8,8 +8,8 @@
 --   hold PORT N SECONDS        N connections opened and held for SECONDS. Prints
 --                              "connected C of N".
 --   burst PORT N TIMEOUT_MS    N new connections, one GET each (Connection: close), at most
---                              16 at a time; prints "answered A of N" (200s within TIMEOUT_MS
---                              of each connection's start).
+--                              16 at a time; prints "answered A of N (first 100: F)" (200s
+--                              within TIMEOUT_MS of each connection's start).
 local net = require('net')
 local timer = require('timer')
 
@@ -94,10 +94,11 @@ elseif mode == 'hold' then
     finish(('connected %d of %d'):format(connected, n))
   end, limit * 1000)
 elseif mode == 'burst' then
-  local started, answered, ended = 0, 0, 0
+  local started, answered, ended, first = 0, 0, 0, 0
   local launch
   local function one()
     started = started + 1
+    local index = started
     local sock = net.connect({ port = port, host = '127.0.0.1' })
     local buf, done = '', false
     local function over(ok)
@@ -107,11 +108,14 @@ elseif mode == 'burst' then
       done = true
       if ok then
         answered = answered + 1
+        if index <= 100 then
+          first = first + 1
+        end
       end
       ended = ended + 1
       sock:destroy()
       if ended == n then
-        finish(('answered %d of %d'):format(answered, n))
+        finish(('answered %d of %d (first 100: %d)'):format(answered, n, first))
       end
       launch()
     end
