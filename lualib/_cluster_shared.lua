@@ -582,6 +582,39 @@ function M.primary(cluster)
     end
   end)
 
+  -- For `lcluster upgrade` (_upgrade.lua): the listening sockets of the shared keys, handed
+  -- to the new master ({key=, fd=}); Unix-socket paths are left out (closing the old rr
+  -- removes the file).
+  function cluster._sharedSockets()
+    local out = {}
+    for key, h in pairs(handles) do
+      local fd
+      if h.udp then
+        fd = h.udp:fileno()
+      elseif h.rr and type(h.address) ~= 'string' then
+        fd = h.rr:fileno()
+      end
+      if fd then
+        out[#out + 1] = { key = key, fd = fd }
+      end
+    end
+    table.sort(out, function(a, b)
+      return a.key < b.key
+    end)
+    return out
+  end
+
+  -- ... and, once the new master serves, no more accepts here: the rr sockets close (the
+  -- new master holds the same sockets, so the ports stay open); workers keep what they were
+  -- handed. 'none' and UDP keys stay: their workers read the sockets until they stop.
+  function cluster._stopAccepting()
+    for key, h in pairs(handles) do
+      if h.rr and h.balance ~= 'none' then
+        closeHandle(key)
+      end
+    end
+  end
+
   -- For specs and bench: hand-off counts per key.
   function cluster._handoffStats()
     local out = {}

@@ -383,6 +383,14 @@ function M.master(api, opts, cb)
       end
     end)
   end
+  -- The binary upgrade (_upgrade.lua): the reply comes once the new master is ready (or
+  -- is not); then, like stop, the exit event of this master.
+  function commands.upgrade(_, reply, conn)
+    if api.noUpgrade then
+      return { ok = false, error = 'ENOTSUP: upgrade needs the built-in master (lcluster -w N)' }
+    end
+    require('_upgrade').start(self, api, opts, reply, conn)
+  end
   commands.ping = function()
     return { ok = true, pid = process.pid }
   end
@@ -442,7 +450,8 @@ function M.master(api, opts, cb)
         pcall(c.write, c, cjson.encode({ event = 'exit', code = code or 0 }) .. '\n')
       end
     end
-    if self.server then
+    -- After an upgrade the file is the new master's.
+    if self.server and not self.handedOver then
       ffi.C.unlink(self.path)
     end
   end)
@@ -461,6 +470,8 @@ function M.master(api, opts, cb)
     end
     host = host:gsub('^%[(.*)%]$', '%1')
     local http = require('http')
+    -- A master started by `lcluster upgrade` gets the old one's metrics socket.
+    local inherited = require('_upgrade').inherit() and require('_upgrade').metricsHandle()
     local srv = http.createServer(function(req, res)
       local url = req.url:gsub('%?.*$', '')
       local status, body, ctype = 404, 'not found\n', 'text/plain'
@@ -485,10 +496,16 @@ function M.master(api, opts, cb)
     srv:on('error', function(err)
       done(('%s (--metrics %s)'):format(fmtError(err), opts.metrics))
     end)
-    srv:listen(tonumber(port), host, function()
+    local function listening()
       self.metricsServer = srv
       done()
-    end)
+    end
+    if inherited then
+      srv:once('listening', listening)
+      srv:_listenOnHandle(inherited)
+      return
+    end
+    srv:listen(tonumber(port), host, listening)
   end
 
   local function listenSocket(done)
@@ -497,6 +514,10 @@ function M.master(api, opts, cb)
       return done(err)
     end
     local srv = net.createServer(onConnection)
+    -- A master started by `lcluster upgrade` binds CONTROL.PID while the old master still
+    -- owns CONTROL, and renames it over CONTROL once ready (_upgrade.lua).
+    local upgrading = api.noUpgrade == nil and require('_upgrade').inherit()
+    local bindPath = upgrading and (path .. '.' .. process.pid) or path
     local function bind()
       -- The socket file is created 0600: no other user may connect, even for an instant.
       local old = ffi.C.umask(63 + 64) -- 0177
@@ -504,13 +525,20 @@ function M.master(api, opts, cb)
         ffi.C.umask(old)
         done(fmtError(e) .. ' (control socket ' .. path .. ')')
       end)
-      srv:listen({ path = path }, function()
+      srv:listen({ path = bindPath }, function()
         ffi.C.umask(old)
-        ffi.C.chmod(path, 384) -- 0600, whatever the umask was
+        ffi.C.chmod(bindPath, 384) -- 0600, whatever the umask was
+        self.boundPath = bindPath
         self.server = srv
         srv:on('error', function() end)
         done()
       end)
+    end
+    if upgrading then
+      self.path = bindPath
+      ffi.C.unlink(bindPath)
+      require('_upgrade').adopt(self, path, bindPath)
+      return bind()
     end
     -- A socket file already there: a live master answers (refuse to start twice); a dead
     -- one's file refuses the connection (unlink it and take the name).
@@ -626,6 +654,7 @@ function M.listen(cluster, opts, fn)
     replace = function(_, _, cb)
       cb('ENOTSUP: replace needs the built-in master')
     end,
+    noUpgrade = true,
   }
   local self
   self = M.master(api, { control = opts.control, metrics = opts.metrics }, function(err)
@@ -659,6 +688,7 @@ usage: lcluster status [NAME] [--json]
        lcluster reload [NAME]
        lcluster stop [NAME]
        lcluster scale [NAME] N|+N|-N
+       lcluster upgrade [NAME]
 options: --control PATH   the master's control socket (default $LCLUSTER_RUN_DIR/NAME.sock)
 ]]
 
@@ -801,8 +831,17 @@ function M.client(argv)
       sock:destroy()
     end
   end
+  local upgraded -- the ok reply of an upgrade
   local function onReply(r)
-    if r.event == 'exit' then
+    if r.event == 'exit' and upgraded then
+      if r.code == 0 then
+        core.write(1, ('%s: the old master (pid %d) exited\n'):format(name, upgraded.old))
+        return done(0)
+      end
+      core.write(2, ('lcluster: %s: the old master (pid %d) exited with status %s\n'):format(
+        name, upgraded.old, tostring(r.code)))
+      return done(1)
+    elseif r.event == 'exit' then
       if r.code == 0 then
         core.write(1, ('%s: stopped\n'):format(name))
         return done(0)
@@ -823,6 +862,10 @@ function M.client(argv)
     elseif cmd == 'scale' then
       core.write(1, ('%s: %d -> %d workers\n'):format(name, r.from, r.workers))
       return done(0)
+    elseif cmd == 'upgrade' then
+      upgraded = r
+      core.write(1, ('%s: upgraded: master pid %d (was %d, draining)\n'):format(name, r.pid, r.old))
+      -- then wait for the old master's exit, as stop does
     elseif cmd == 'stop' then
       core.write(1, ('%s: stopping (master pid %d)\n'):format(name, r.pid))
       -- then wait for the exit event, or EOF when the master has gone
@@ -873,7 +916,9 @@ function M.client(argv)
   end)
   sock:on('close', function()
     if not finished then
-      if cmd == 'stop' then
+      if upgraded then
+        return done(0)
+      elseif cmd == 'stop' then
         -- The master went away without a word (killed?): it is stopped all the same.
         core.write(1, ('%s: stopped\n'):format(name))
         return done(0)
@@ -886,6 +931,6 @@ function M.client(argv)
   return status
 end
 
-M.COMMANDS = { status = true, reload = true, stop = true, scale = true }
+M.COMMANDS = { status = true, reload = true, stop = true, scale = true, upgrade = true }
 
 return M

@@ -7,6 +7,7 @@ usage: lcluster [options] script.lua [args...]
        lcluster test [busted options] [paths...]   run busted specs inside the runtime
                                                    (lcluster test --help: its options)
        lcluster status [NAME] [--json] | reload [NAME] | stop [NAME] | scale [NAME] N|+N|-N
+       lcluster upgrade [NAME]     start a new master from the binary on disk, then stop this one
 
 options:
   -w, --workers N        run script.lua as the worker of a built-in master that forks N
@@ -266,6 +267,8 @@ local OPS_OPTIONS = {
 return function(argv)
   local i, n = 1, #argv
   local opts = {}
+  -- The command line as given: `lcluster upgrade` re-runs it (_upgrade.lua).
+  core.argv = argv
   if require('_control').COMMANDS[argv[1]] then
     setupGlobals()
     return require('_control').client(argv)

@@ -107,6 +107,18 @@ function M.notify(state)
   return true
 end
 
+-- The NOTIFY_SOCKET this process was given (nil without one): a master started by
+-- `lcluster upgrade` (_upgrade.lua) notifies the same socket.
+function M.notifySocket()
+  return notifyPath
+end
+
+-- No more notifications from this process (an upgraded master that drains: systemd follows
+-- the new one, whose pid it got as MAINPID=).
+function M.detach()
+  notifyPath = nil
+end
+
 function M.watchdogUsec()
   return watchdogUsec
 end
@@ -185,6 +197,10 @@ function M.master(api)
     if state == 'starting' and api.ready() >= api.total() then
       state = 'serving'
       ready = true
+      if M.onReady then
+        -- A master started by `lcluster upgrade` tells the old one (_upgrade.lua).
+        M.onReady()
+      end
       return M.notify('READY=1\n' .. status())
     end
     return M.notify(status())
