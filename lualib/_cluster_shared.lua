@@ -583,7 +583,7 @@ function M.primary(cluster)
   end)
 
   -- For `lcluster upgrade` (_upgrade.lua): the listening sockets of the shared keys, handed
-  -- to the new master ({key=, fd=}); Unix-socket paths are left out (closing the old rr
+  -- to the new master ({key=, fd=, address=, type=}); Unix-socket paths are left out (closing the old rr
   -- removes the file).
   function cluster._sharedSockets()
     local out = {}
@@ -595,7 +595,7 @@ function M.primary(cluster)
         fd = h.rr:fileno()
       end
       if fd then
-        out[#out + 1] = { key = key, fd = fd }
+        out[#out + 1] = { key = key, fd = fd, address = h.address, type = h.udp and 'dgram' or 'stream' }
       end
     end
     table.sort(out, function(a, b)

@@ -148,11 +148,16 @@ local function sockets(ops, cluster)
   local list = {}
   -- systemd's own first: a listen by name must find its name, and take() uses the first
   -- match (a shared key built on an inherited socket is the same socket under another fd).
+  local seen = {}
   for _, s in ipairs(require('_systemd').listeners()) do
     list[#list + 1] = { fd = s.fd, name = s.name }
+    seen[('%s %s %s'):format(s.type, tostring(s.address), tostring(s.port))] = true
   end
   for _, s in ipairs(cluster._sharedSockets and cluster._sharedSockets() or {}) do
-    list[#list + 1] = { fd = s.fd, name = fdName(s.key) }
+    local a = s.address or {}
+    if not seen[('%s %s %s'):format(s.type, tostring(a.address), tostring(a.port))] then
+      list[#list + 1] = { fd = s.fd, name = fdName(s.key) }
+    end
   end
   local ms = ops.metricsServer
   if ms and ms._handle then
