@@ -27,8 +27,10 @@ local function start(balance, n, extra)
   for k, v in pairs(extra and extra.env or {}) do
     c.env[k] = v
   end
-  c.app = lctest.spawn(dir .. '/app.lua', { c.port, c.uport, balance }, { flags = flags, env = c.env })
+  c.app = lctest.spawn(dir .. '/app.lua', { c.port, c.uport, balance }, { flags = flags, env = c.env,
+    binary = extra and extra.binary })
   c.app:waitOutput(('worker ready.*'):rep(n or 2), 8000)
+  c.app:waitOutput('started %d+ workers', 8000, 'both')
   return c
 end
 
@@ -284,6 +286,32 @@ describe('lcluster upgrade', function()
       c.newPid = nil
     end)
     finish(c)
+    assert(ok, err)
+  end)
+
+  it('runs the binary now at the path the old one started from (a replaced file)', function()
+    -- A copy of the binary, replaced by another file (a new inode: the old master's
+    -- /proc/self/exe now reads "PATH (deleted)") before the upgrade.
+    local bdir = lctest.tmpdir()
+    local bin = bdir .. '/lcluster'
+    assert.are.equal(0, os.execute(("cp '%s' '%s'"):format(lctest.binary, bin)))
+    local c = start('rr', 1, { binary = bin })
+    local ok, err = pcall(function()
+      assert.are.equal(0, os.execute(("cp '%s' '%s.new' && mv '%s.new' '%s'"):format(bin, bin, bin, bin)))
+      local function exe(pid)
+        local p = io.popen('readlink /proc/' .. pid .. '/exe')
+        local out = p:read('*l')
+        p:close()
+        return out
+      end
+      assert.are.equal(bin .. ' (deleted)', exe(c.app.pid))
+      local code, out, stderr = ctl(c, { 'upgrade' }, 15000)
+      assert.are.equal(0, code, stderr)
+      c.newPid = tonumber(out:match('master pid (%d+)'))
+      assert.are.equal(bin, exe(c.newPid))
+    end)
+    finish(c)
+    lctest.rmrf(bdir)
     assert(ok, err)
   end)
 
