@@ -20,7 +20,7 @@
 --     accepting on its rr sockets (connections already handed out are served), answers the
 --     client with the new pid, tells systemd MAINPID= and stops notifying, and stops
 --     gracefully as on `lcluster stop` (its workers finish in-flight requests).
---   * The new master, which checks every 20 ms, renames CONTROL.PID to CONTROL as soon as
+--   * The new master, which checks every 5 ms, renames CONTROL.PID to CONTROL as soon as
 --     CONTROL is gone (or the old master is). For those few ms a client finds no socket.
 --   * If the new master exits, or is not ready within the old master's ready timeout (it is
 --     then stopped: SIGTERM, SIGKILL after the kill timeout), the old master keeps serving
@@ -116,7 +116,7 @@ function M.adopt(ops, path, tmpPath)
       else
         ops.path = path
       end
-    end, 20)
+    end, 5)
     t:unref()
   end
 end
