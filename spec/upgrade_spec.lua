@@ -315,6 +315,35 @@ describe('lcluster upgrade', function()
     assert(ok, err)
   end)
 
+  it('passes a socket systemd gave the master on to the new one (socket activation)', function()
+    local SSA = '/usr/bin/systemd-socket-activate'
+    if not io.open(SSA, 'r') then
+      pending('systemd-socket-activate is not installed (Debian package systemd)')
+      return
+    end
+    local dir = lctest.tmpdir()
+    local c = { dir = dir, run = dir .. '/run', port = lctest.freePort(), uport = lctest.freePort() }
+    -- systemd-socket-activate binds the port and execs lcluster on the first connection.
+    c.app = lctest.spawn(nil, nil, { binary = SSA, flags = { '-E', 'LCLUSTER_RUN_DIR=' .. c.run,
+      '-l', '127.0.0.1:' .. c.port, lctest.binary, '-w', '2', FIX .. 'upgrade_app.lua', c.port, c.uport, 'rr' } })
+    local ok, err = pcall(function()
+      c.app:waitOutput('Listening on', 5000, 'stderr')
+      local loop = clientLoop(c.port, 2)
+      c.app:waitOutput(('worker ready.*'):rep(2), 8000)
+      local code, out, stderr = ctl(c, { 'upgrade' }, 15000)
+      assert.are.equal(0, code, stderr)
+      c.newPid = tonumber(out:match('master pid (%d+)'))
+      -- The inherited socket and the rr key on it are one socket: handed over once.
+      assert.is_truthy(c.app.stderr:find('with 2 listening sockets', 1, true), c.app.stderr)
+      loop.stop(c.newPid)
+      assert.are.same({}, loop.errors)
+      assert.is_true(loop.byMaster[c.app.pid] > 0)
+      assert.are.equal(c.newPid, status(c).pid)
+    end)
+    finish(c)
+    assert(ok, err)
+  end)
+
   it('keeps the old master serving when the new one exits at start', function()
     local c = start('rr')
     local ok, err = pcall(function()
