@@ -328,11 +328,12 @@ function M.start(ops, api, opts, reply, conn)
     local how = sig ~= 0 and ('signal ' .. tostring(core.signals[sig] or sig)) or ('code ' .. tostring(code))
     -- A new master killed before it could clean up leaves its temporary control socket.
     ffi.C.unlink(ops.path .. '.' .. tostring(pid))
-    if state == 'starting' then
-      fail(failReason or ('ECHILD: the new master (pid %d) exited with %s before it was ready'):format(pid, how))
-    elseif killer then
+    if killer then
       clearTimeout(killer)
       killer = nil
+    end
+    if state == 'starting' then
+      fail(failReason or ('ECHILD: the new master (pid %d) exited with %s before it was ready'):format(pid, how))
     end
   end)
   if not child then
@@ -341,7 +342,39 @@ function M.start(ops, api, opts, reply, conn)
   end
   pid = child:get_pid()
 
+  -- A stop of this master while the new one starts ends the upgrade: the new master is
+  -- stopped too (a stopped service must not come back as the new master).
+  local function abandon(reason)
+    if failReason then
+      return
+    end
+    clearInterval(poller)
+    poller = nil
+    failReason = reason
+    child:kill('sigterm')
+    killer = setTimeout(function()
+      killer = nil
+      if state ~= 'ready' and not child:is_closing() then
+        child:kill('sigkill')
+      end
+    end, killTimeout)
+  end
+  process.on('exit', function()
+    if state ~= 'ready' and not child:is_closing() then
+      child:kill('sigkill')
+    end
+    -- This master exits (a stop quicker than the next check) before the new one was ready.
+    fail(('ESTOPPING: the master stopped; the new master (pid %d) was killed'):format(pid))
+  end)
+
   poller = setInterval(function()
+    if api.state().stopping then
+      log(('upgrade: this master is stopping; stopping the new master (pid %d)'):format(pid))
+      local reason = ('ESTOPPING: the master began stopping; the new master (pid %d) was stopped'):format(pid)
+      abandon(reason)
+      -- This master may exit before the new one: answer now.
+      return fail(reason)
+    end
     while nfd do
       local msg = core.sd_recv(nfd)
       if not msg then
@@ -355,18 +388,9 @@ function M.start(ops, api, opts, reply, conn)
   deadline = setTimeout(function()
     deadline = nil
     -- Too late: a READY=1 from now on does not make this master stop.
-    clearInterval(poller)
-    poller = nil
-    failReason = ('ETIMEDOUT: the new master (pid %d) was not ready within %d ms (--ready-timeout); '
-      .. 'it was stopped'):format(pid, readyTimeout)
     log(('upgrade: the new master (pid %d) was not ready within %d ms; stopping it'):format(pid, readyTimeout))
-    child:kill('sigterm')
-    killer = setTimeout(function()
-      killer = nil
-      if state == 'starting' and not child:is_closing() then
-        child:kill('sigkill')
-      end
-    end, killTimeout)
+    abandon(('ETIMEDOUT: the new master (pid %d) was not ready within %d ms (--ready-timeout); '
+      .. 'it was stopped'):format(pid, readyTimeout))
   end, readyTimeout)
 end
 
