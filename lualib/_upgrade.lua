@@ -276,7 +276,7 @@ function M.start(ops, api, opts, reply, conn)
     state = 'failed'
     cleanup()
     ops.upgrading = false
-    log('upgrade failed: ' .. reason .. '; this master keeps serving')
+    log('upgrade failed: ' .. reason .. (reason:match('^ESTOPPING') and '' or '; this master keeps serving'))
     reply({ ok = false, error = reason })
   end
 
