@@ -30,10 +30,13 @@ target_compile_definitions(lc_llhttp PRIVATE LLHTTP_STRICT_MODE=1)
 target_compile_options(lc_llhttp PRIVATE -w -O2)
 set_target_properties(lc_llhttp PROPERTIES POSITION_INDEPENDENT_CODE ON)
 
+# TLS (runtime/tls.c): OpenSSL 3, linked from the system (Debian's security updates apply).
+find_package(OpenSSL 3 REQUIRED)
+
 find_package(Threads REQUIRED)
 
 add_library(lc_deps INTERFACE)
 target_include_directories(lc_deps INTERFACE ${LUAJIT_INCLUDE_DIR} ${UV_INCLUDE_DIR}
                                              ${LLHTTP_INCLUDE_DIR} ${LUV_INCLUDE_DIR})
 target_link_libraries(lc_deps INTERFACE ${CJSON_LIBRARY} ${LUV_LIBRARY} ${LUAJIT_LIBRARY} ${UV_LIBRARY}
-                                        lc_llhttp Threads::Threads ${CMAKE_DL_LIBS} m)
+                                        lc_llhttp OpenSSL::SSL OpenSSL::Crypto Threads::Threads ${CMAKE_DL_LIBS} m)

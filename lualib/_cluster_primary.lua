@@ -421,6 +421,8 @@ return function(cluster)
     if tonumber(s.killTimeout) then
       vars.LCLUSTER_KILL_TIMEOUT = tostring(tonumber(s.killTimeout))
     end
+    -- One TLS session-ticket key for the whole cluster, so a client resumes on any worker.
+    vars.LCLUSTER_TLS_TICKET_KEY = vars.LCLUSTER_TLS_TICKET_KEY or require('tls')._ticketKeyHex()
     local envList = {}
     for k, v in pairs(vars) do
       if v ~= false and v ~= nil then

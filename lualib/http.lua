@@ -14,6 +14,7 @@ local http_send = core.http_send
 local http_set_headers = core.http_set_headers
 local http_head_lines = core.http_head_lines
 local http_headers = core.http_headers
+local http_attach = core.http_attach
 local tnew = require('table.new')
 local ffi = require('ffi')
 local Emitter = events.Emitter
@@ -876,6 +877,14 @@ local function onParserEvent(self, ev, a, b, c, d, e, f, g, h)
   end
 end
 
+-- A TLS socket's handle is a Lua table (tls.lua) that feeds its plaintext to a parser itself.
+local function attach(handle, mode, cb, limits, ctx)
+  if type(handle) == 'table' then
+    return handle:http_attach(mode, cb, limits, ctx)
+  end
+  return http_attach(handle, mode, cb, limits, ctx)
+end
+
 -- The parser limits of a server's connections: one table, rebuilt when a limit changed.
 local function parserLimits(server)
   local o = server._limits
@@ -925,7 +934,7 @@ function Conn.new(server, socket)
   self.server, self.socket, self.handle, self.queue = server, socket, handle, tnew(2, 0)
   self.idleSince = now()
   setmetatable(self, Conn)
-  self.parser = core.http_attach(handle, 'request', onParserEvent, parserLimits(server), self)
+  self.parser = attach(handle, 'request', onParserEvent, parserLimits(server), self)
   return self
 end
 
@@ -1467,7 +1476,8 @@ function ClientRequest:_init(options, fn)
   if fn then
     self:once('response', fn)
   end
-  local socket = net.connect({ port = self.port, host = self.host })
+  -- options.createConnection (Node's): https passes tls.connect with the TLS options.
+  local socket = (options.createConnection or net.connect)({ port = self.port, host = self.host })
   self.socket = socket
   self.connection = socket
   if options.timeout then
@@ -1475,7 +1485,7 @@ function ClientRequest:_init(options, fn)
   end
   socket:on('connect', function()
     -- The handle exists (and reads) from here on; nothing was read before this.
-    self._parser = core.http_attach(socket._handle, 'response', function(ev, a, b, c, d, e, f, g)
+    self._parser = attach(socket._handle, 'response', function(ev, a, b, c, d, e, f, g)
       self:_onParserEvent(ev, a, b, c, d, e, f, g)
     end, {})
     if self.method == 'HEAD' then

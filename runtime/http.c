@@ -1237,6 +1237,19 @@ static int send_parts(lua_State *L, lc_stream_t *s, uv_buf_t *bufs, int nbufs, i
   return 0;
 }
 
+// handle:write(bytes) for a Lua handle (TLS): one string, so it becomes one run of records.
+static int send_lua(lua_State *L, uv_buf_t *bufs, int nbufs) {
+  lua_getfield(L, 1, "write"); // [.., write]
+  lua_pushvalue(L, 1);         // [.., write, handle]
+  luaL_Buffer b;
+  luaL_buffinit(L, &b);
+  for (int i = 0; i < nbufs; i++)
+    luaL_addlstring(&b, bufs[i].base, bufs[i].len);
+  luaL_pushresult(&b); // [.., write, handle, bytes]
+  lua_call(L, 2, 3);   // [.., below|nil, err, code]
+  return 3;
+}
+
 // _core.http_send(stream, status|nil, reason|nil, headers|lines|nil, names|nil, flags,
 //                 length|nil, body|nil) -> belowHwm | nil, err, code | nil (stream closing)
 // With a status, writes the head: the status line, every headers[lname] = value (a list
@@ -1246,12 +1259,17 @@ static int send_parts(lua_State *L, lc_stream_t *s, uv_buf_t *bufs, int nbufs, i
 // framed as a chunk when flags has SEND_CHUNKED, then the last chunk with SEND_LAST.
 // Header names or values with CR, LF or NUL raise ERR_INVALID_CHAR (response splitting).
 static int http_send(lua_State *L) {
-  lc_handle_t **ud = lua_touserdata(L, 1);
-  if (ud != NULL && *ud != NULL && (*ud)->closing) {
-    lua_pushnil(L); // closing (destroyed): nothing is written, and no error to report
-    return 1;
+  // A table is a TLS socket's handle (lualib/tls.lua): the bytes go to its write method.
+  int to_lua = lua_istable(L, 1);
+  lc_stream_t *s = NULL;
+  if (!to_lua) {
+    lc_handle_t **ud = lua_touserdata(L, 1);
+    if (ud != NULL && *ud != NULL && (*ud)->closing) {
+      lua_pushnil(L); // closing (destroyed): nothing is written, and no error to report
+      return 1;
+    }
+    s = lc_stream_check(L, 1);
   }
-  lc_stream_t *s = lc_stream_check(L, 1);
   int flags = (int)luaL_optinteger(L, 6, 0);
   size_t blen = 0;
   const char *body = lua_isstring(L, 8) ? lua_tolstring(L, 8, &blen) : NULL;
@@ -1362,6 +1380,7 @@ static int http_send(lua_State *L) {
     if (flags & SEND_LAST) o += put(obuf + o, "0\r\n\r\n", 5);
     bufs[0] = uv_buf_init(obuf, (unsigned)o);
   }
+  if (to_lua) return send_lua(L, bufs, nbufs);
   int rc = send_parts(L, s, bufs, nbufs, body_idx);
   if (rc < 0) return lc_util_push_uverr(L, rc);
   int below = s->u.stream.write_queue_size < s->hwm;

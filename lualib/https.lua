@@ -1,0 +1,116 @@
+-- https.lua: HTTP over TLS (Node's `https`): http's server and client with a TLS socket
+-- where http uses a net socket. In a cluster the master hands the TCP connection to a
+-- worker as for any server; the worker runs the handshake (tls.lua).
+local http = require('http')
+local net = require('net')
+local tls = require('tls')
+
+local https = {}
+
+local tlsServerOptions = { key = true, cert = true, ca = true, requestCert = true, rejectUnauthorized = true,
+  SNICallback = true, ALPNProtocols = true, alpn = true, ticketKeys = true, sessionTimeout = true,
+  handshakeTimeout = true, ciphers = true, minVersion = true, maxVersion = true }
+
+local Server = setmetatable({}, { __index = http.Server })
+Server.__index = Server
+Server.super = http.Server
+
+function Server.new(options, fn)
+  local self = setmetatable({}, Server)
+  self:_init(options, fn)
+  return self
+end
+
+function Server:_init(options, fn)
+  if type(options) == 'function' or options == nil then
+    error('ERR_TLS_MISSING_KEY: https.createServer needs options with key and cert', 3)
+  end
+  tls._initServer(self, options)
+  local httpOpts = {}
+  for k, v in pairs(options) do
+    if not tlsServerOptions[k] then
+      httpOpts[k] = v
+    end
+  end
+  http.Server._init(self, httpOpts, fn)
+  self._plainHttp400 = true -- a plain HTTP request gets a plain 400 (tls.lua)
+end
+
+-- Accepted (or handed over) TCP connections become TLS sockets before http sees them.
+function Server:_newConnection(sock, tcp)
+  local h = tls._wrapAccepted(self, sock, tcp)
+  if h == nil then
+    return
+  end
+  return net.Server._newConnection(self, sock, h)
+end
+
+https.Server = Server
+
+-- https.createServer(options, fn(req, res)) -> server: http's server (same events, listen,
+-- close, timeouts) with tls.createServer's options (key, cert, ca, requestCert, ...).
+function https.createServer(options, fn)
+  return Server.new(options, fn)
+end
+
+local tlsClientOptions = { servername = true, ca = true, cert = true, key = true, rejectUnauthorized = true,
+  alpn = true, ALPNProtocols = true, session = true, minVersion = true, maxVersion = true, ciphers = true,
+  handshakeTimeout = true }
+
+local function parseUrl(url)
+  local scheme, rest = url:match('^(%a[%w+.-]*)://(.*)$')
+  if not scheme then
+    error('ERR_INVALID_URL: invalid URL: ' .. url, 3)
+  end
+  if scheme ~= 'https' then
+    error('ERR_INVALID_PROTOCOL: protocol "' .. scheme .. ':" not supported, expected "https:"', 3)
+  end
+  local authority, path = rest:match('^([^/?#]*)(.*)$')
+  path = path:gsub('#.*$', '')
+  if path == '' or path:sub(1, 1) == '?' then
+    path = '/' .. path
+  end
+  local host, port = authority:match('^%[(.+)%]:?(%d*)$')
+  if not host then
+    host, port = authority:match('^([^:]*):?(%d*)$')
+  end
+  return { hostname = host, port = tonumber(port) or 443, path = path }
+end
+
+-- https.request(url | options [, fn(res)]) -> ClientRequest: http.request's options plus
+-- tls.connect's (ca, cert, key, servername, rejectUnauthorized, alpn, ...). The server's
+-- certificate must name the host (or servername).
+function https.request(options, fn)
+  if type(options) == 'string' then
+    options = parseUrl(options)
+  elseif type(options) ~= 'table' then
+    error('ERR_INVALID_ARG_TYPE: options must be a URL or a table', 2)
+  end
+  local o, t = {}, {}
+  for k, v in pairs(options) do
+    if tlsClientOptions[k] then
+      t[k] = v
+    else
+      o[k] = v
+    end
+  end
+  o.port = o.port or 443
+  local name = options.hostname or options.host or 'localhost'
+  if t.servername == nil and net.isIP(name) == 0 then
+    t.servername = name
+  end
+  t.checkHost = t.servername or name
+  o.createConnection = function(c)
+    t.host, t.port = c.host, c.port
+    return tls.connect(t)
+  end
+  return http.request(o, fn)
+end
+
+function https.get(options, fn)
+  local req = https.request(options, fn)
+  req:finish()
+  return req
+end
+
+return https
