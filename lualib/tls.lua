@@ -173,6 +173,7 @@ function Handle:_onHandshake()
   local server = self.server
   if server then
     if server.requestCert and server.rejectUnauthorized and not sock.authorized then
+      self.done = false -- still a failed handshake: reported as 'tlsClientError'
       return self:_fail(info.verifyError, info.verifyMessage or 'client certificate rejected')
     end
     if not self.reading then
