@@ -556,8 +556,32 @@ static void push_out(lua_State *L, lc_tls_t *t) {
   (void)BIO_reset(t->out);
 }
 
-static void sink_buffer(void *ud, const char *data, size_t len) {
-  luaL_addlstring(ud, data, len);
+// Plaintext of one feed call, gathered in one buffer and pushed as one string: a 64 KB read
+// gives four 16 KB records, and a luaL_Buffer would copy them twice more.
+typedef struct {
+  char *p;
+  size_t len, cap;
+  int oom; // a chunk could not be kept: the connection must fail, not lose bytes silently
+} plain_t;
+
+static plain_t plain;
+
+static void sink_plain(void *ud, const char *data, size_t len) {
+  plain_t *b = ud;
+  if (b->len + len > b->cap) {
+    size_t cap = b->cap ? b->cap : 65536;
+    while (cap < b->len + len)
+      cap *= 2;
+    char *np = realloc(b->p, cap);
+    if (np == NULL) {
+      b->oom = 1;
+      return;
+    }
+    b->p = np;
+    b->cap = cap;
+  }
+  memcpy(b->p + b->len, data, len);
+  b->len += len;
 }
 
 // conn:feed(ciphertext) -> out|nil, plaintext|nil, flags, code|nil, message|nil
@@ -568,15 +592,26 @@ static int conn_feed(lua_State *L) {
   tls_conn_t *c = check_conn(L);
   size_t len;
   const char *data = luaL_checklstring(L, 2, &len);
-  luaL_Buffer b;
-  luaL_buffinit(L, &b);
-  int r = lc_tls_pump(&c->t, data, len, sink_buffer, &b);
-  luaL_pushresult(&b); // [.., plain]
-  push_out(L, &c->t);  // [.., plain, out]
-  lua_insert(L, -2);   // [.., out, plain]
-  if (lua_objlen(L, -1) == 0) {
-    lua_pop(L, 1);
+  plain.len = 0;
+  plain.oom = 0;
+  int r = lc_tls_pump(&c->t, data, len, sink_plain, &plain);
+  if (plain.oom) {
+    c->t.failed = 1;
+    snprintf(c->t.code, sizeof(c->t.code), "ENOMEM");
+    snprintf(c->t.message, sizeof(c->t.message), "out of memory for TLS plaintext");
+    r |= LC_TLS_ERROR;
+  }
+  push_out(L, &c->t); // [.., out]
+  if (plain.len > 0) {
+    lua_pushlstring(L, plain.p, plain.len);
+  } else {
     lua_pushnil(L);
+  } // [.., out, plain]
+  if (plain.cap > (1u << 20)) {
+    // A huge feed (Lua may pass any string) should not pin its buffer for the process's life.
+    free(plain.p);
+    plain.p = NULL;
+    plain.cap = 0;
   }
   lua_pushinteger(L, r);
   if (r & LC_TLS_ERROR) {
