@@ -102,6 +102,13 @@ function https.request(options, fn)
   t.checkHost = t.servername or name
   o.createConnection = function(c)
     t.host, t.port = c.host, c.port
+    -- Resume the last session with this server (tls.lua keeps one per key), as Node's
+    -- agent does; an explicit session or other trust settings get their own.
+    if t.session == nil then
+      local ca = type(t.ca) == 'table' and table.concat(t.ca, '\0') or t.ca
+      t._sessionKey = table.concat({ c.host, c.port, t.checkHost, tostring(t.rejectUnauthorized ~= false),
+        ca or '', t.cert or '', t.key or '' }, '\1')
+    end
     return tls.connect(t)
   end
   return http.request(o, fn)

@@ -309,12 +309,33 @@ function Handle:shutdown(emit)
   return self.tcp:shutdown(emit)
 end
 
+-- Client sessions kept for resumption by key (https: host, port and name), at most 100, as
+-- Node's https agent keeps them.
+local sessions, sessionCount = {}, 0
+
+local function keepSession(key, sess)
+  if sessions[key] == nil then
+    if sessionCount >= 100 then
+      sessions, sessionCount = {}, 0
+    end
+    sessionCount = sessionCount + 1
+  end
+  sessions[key] = sess
+end
+
 function Handle:close(fn)
   if self.closed then
     return
   end
   self.closed = true
   self:_stopTimer()
+  local o = self.sock._tlsOpts
+  if o and o.sessionKey and self.done and not self.failed then
+    local sess = self.conn:session()
+    if sess then
+      keepSession(o.sessionKey, sess)
+    end
+  end
   local p = self.parser
   if p then
     p:detach()
@@ -630,7 +651,8 @@ end
 local connectOptions = { host = true, port = true, servername = true, ca = true, cert = true, key = true,
   rejectUnauthorized = true, alpn = true, ALPNProtocols = true, session = true, minVersion = true,
   maxVersion = true, ciphers = true, timeout = true, handshakeTimeout = true, allowHalfOpen = true,
-  family = true, noDelay = true, keepAlive = true, keepAliveInitialDelay = true, checkHost = true }
+  family = true, noDelay = true, keepAlive = true, keepAliveInitialDelay = true, checkHost = true,
+  _sessionKey = true }
 
 -- tls.connect(options [, fn]) / tls.connect(port [, host] [, options] [, fn]) -> socket.
 -- fn listens to 'secureConnect'.
@@ -672,7 +694,8 @@ function tls.connect(a1, a2, a3, a4)
     host = host,
     checkName = checkName,
     rejectUnauthorized = options.rejectUnauthorized ~= false,
-    session = options.session,
+    session = options.session or (options._sessionKey and sessions[options._sessionKey]),
+    sessionKey = options._sessionKey,
     handshakeTimeout = options.handshakeTimeout or HANDSHAKE_TIMEOUT,
   }
   if fn then

@@ -485,7 +485,8 @@ describe('https', function()
   it('https.get calls an https server with http client interface and TLS options', function()
     local srv = lctest.track(https.createServer({ key = pem.serverKey, cert = pem.server }, function(req, res)
       res:setHeader('Content-Type', 'text/plain')
-      res:finish('hello ' .. req.url .. ' ' .. tostring(req.socket.encrypted))
+      res:finish('hello ' .. req.url .. ' ' .. tostring(req.socket.encrypted) .. ' '
+        .. tostring(req.socket:isSessionReused()))
     end))
     local up = false
     srv:listen(0, '127.0.0.1', function()
@@ -495,22 +496,33 @@ describe('https', function()
       return up
     end, 2000, 'https server')
     local port = srv:address().port
-    local body, status, err
-    https.get({ hostname = 'localhost', port = port, path = '/x', ca = pem.ca }, function(res)
-      status = res.statusCode
-      local parts = {}
-      res:on('data', function(d)
-        parts[#parts + 1] = d
+    local function get()
+      local body, status
+      https.get({ hostname = 'localhost', port = port, path = '/x', ca = pem.ca }, function(res)
+        status = res.statusCode
+        local parts = {}
+        res:on('data', function(d)
+          parts[#parts + 1] = d
+        end)
+        res:on('end', function()
+          body = table.concat(parts)
+        end)
       end)
-      res:on('end', function()
-        body = table.concat(parts)
-      end)
-    end)
-    waitFor(function()
-      return body
-    end, 5000, 'the https response')
+      waitFor(function()
+        return body
+      end, 5000, 'the https response')
+      return status, body
+    end
+    local status, body = get()
     assert.are.equal(200, status)
-    assert.are.equal('hello /x true', body)
+    assert.are.equal('hello /x true false', body)
+    -- The next request to the same server resumes the session (kept as Node's agent does).
+    waitFor(function()
+      return srv._connections == 0
+    end, 2000, 'the first connection to close')
+    status, body = get()
+    assert.are.equal('hello /x true true', body)
+    local err
     -- The same call without the CA fails with the verification code, as an 'error'.
     local req = https.get('https://localhost:' .. port .. '/')
     req:on('error', function(e)
