@@ -521,6 +521,7 @@ describe('https', function()
       return srv._connections == 0
     end, 2000, 'the first connection to close')
     status, body = get()
+    assert.are.equal(200, status)
     assert.are.equal('hello /x true true', body)
     local err
     -- The same call without the CA fails with the verification code, as an 'error'.
