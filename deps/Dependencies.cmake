@@ -30,7 +30,10 @@ target_compile_definitions(lc_llhttp PRIVATE LLHTTP_STRICT_MODE=1)
 target_compile_options(lc_llhttp PRIVATE -w -O2)
 set_target_properties(lc_llhttp PROPERTIES POSITION_INDEPENDENT_CODE ON)
 
-# TLS (runtime/tls.c): OpenSSL 3, linked from the system (Debian's security updates apply).
+# TLS (runtime/tls.c): OpenSSL 3 from libssl-dev, linked statically like the rest: the
+# shared libcrypto costs every process (master and each worker) a few ms of symbol binding
+# at start-up (Debian links it with -z now), whether it uses TLS or not.
+set(OPENSSL_USE_STATIC_LIBS TRUE)
 find_package(OpenSSL 3 REQUIRED)
 
 find_package(Threads REQUIRED)
