@@ -25,6 +25,15 @@ function Server:_init(options, fn)
   if type(options) == 'function' or options == nil then
     error('ERR_TLS_MISSING_KEY: https.createServer needs options with key and cert', 3)
   end
+  if options.ALPNProtocols == nil and options.alpn == nil then
+    -- As Node's https server: say 'http/1.1' to clients that ask (curl offers h2 first).
+    local o = {}
+    for k, v in pairs(options) do
+      o[k] = v
+    end
+    o.ALPNProtocols = { 'http/1.1' }
+    options = o
+  end
   tls._initServer(self, options)
   local httpOpts = {}
   for k, v in pairs(options) do
@@ -96,6 +105,23 @@ function https.request(options, fn)
   end
   o.port = o.port or 443
   local name = options.hostname or options.host or 'localhost'
+  local hasHost = false
+  for k in pairs(o.headers or {}) do
+    if type(k) == 'string' and k:lower() == 'host' then
+      hasHost = true
+    end
+  end
+  if not hasHost then
+    -- The name the client asked for (http would write the address it connects to), and no
+    -- port when it is https's own.
+    local headers = {}
+    for k, v in pairs(o.headers or {}) do
+      headers[k] = v
+    end
+    local h = name:find(':', 1, true) and ('[' .. name .. ']') or name
+    headers.Host = tonumber(o.port) == 443 and h or (h .. ':' .. o.port)
+    o.headers = headers
+  end
   if t.servername == nil and net.isIP(name) == 0 then
     t.servername = name
   end

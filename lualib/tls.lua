@@ -134,6 +134,7 @@ function Handle:_feed(cipher)
       self.sock:_onData(plain)
     end
   end
+  -- A listener may have destroyed the socket while it read the plaintext.
   if flags ~= 0 and band(flags, F_CLOSED) ~= 0 and not self.closed then
     self:_eof()
   end

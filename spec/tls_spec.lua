@@ -420,6 +420,7 @@ describe('https', function()
       local code, out, err = curl({ 'https://localhost:' .. port .. '/' })
       assert.are.equal(0, code, err)
       pids[out:match('^pid (%d+)')] = true
+      assert.matches('alpn http/1.1$', out) -- curl offers h2 and http/1.1; https says http/1.1
     end
     local n = 0
     for _ in pairs(pids) do
@@ -486,7 +487,7 @@ describe('https', function()
     local srv = lctest.track(https.createServer({ key = pem.serverKey, cert = pem.server }, function(req, res)
       res:setHeader('Content-Type', 'text/plain')
       res:finish('hello ' .. req.url .. ' ' .. tostring(req.socket.encrypted) .. ' '
-        .. tostring(req.socket:isSessionReused()))
+        .. tostring(req.socket:isSessionReused()) .. ' ' .. req.headers.host .. ' ' .. tostring(req.socket.alpnProtocol))
     end))
     local up = false
     srv:listen(0, '127.0.0.1', function()
@@ -515,14 +516,14 @@ describe('https', function()
     end
     local status, body = get()
     assert.are.equal(200, status)
-    assert.are.equal('hello /x true false', body)
+    assert.are.equal('hello /x true false localhost:' .. port .. ' false', body)
     -- The next request to the same server resumes the session (kept as Node's agent does).
     waitFor(function()
       return srv._connections == 0
     end, 2000, 'the first connection to close')
     status, body = get()
     assert.are.equal(200, status)
-    assert.are.equal('hello /x true true', body)
+    assert.are.equal('hello /x true true localhost:' .. port .. ' false', body)
     local err
     -- The same call without the CA fails with the verification code, as an 'error'.
     local req = https.get('https://localhost:' .. port .. '/')
