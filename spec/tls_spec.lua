@@ -487,7 +487,8 @@ describe('https', function()
     local srv = lctest.track(https.createServer({ key = pem.serverKey, cert = pem.server }, function(req, res)
       res:setHeader('Content-Type', 'text/plain')
       res:finish('hello ' .. req.url .. ' ' .. tostring(req.socket.encrypted) .. ' '
-        .. tostring(req.socket:isSessionReused()) .. ' ' .. req.headers.host .. ' ' .. tostring(req.socket.alpnProtocol))
+        .. tostring(req.socket:isSessionReused()) .. ' ' .. req.headers.host .. ' '
+        .. tostring(req.socket.alpnProtocol))
     end))
     local up = false
     srv:listen(0, '127.0.0.1', function()
