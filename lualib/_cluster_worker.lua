@@ -18,7 +18,11 @@ return function(cluster)
   local masterPid = tonumber(process.env.LCLUSTER_MASTER_PID)
   -- The variables describe this process only: a program the worker starts must not take
   -- itself for a worker of our master.
-  for _, name in ipairs({ 'LCLUSTER_WORKER_ID', 'LCLUSTER_IPC_FD', 'LCLUSTER_MASTER_PID' }) do
+  -- The cluster's TLS session-ticket key (tls.lua) stays in memory, never in a child's
+  -- environment.
+  cluster._tlsTicketKey = process.env.LCLUSTER_TLS_TICKET_KEY or false
+  for _, name in ipairs({ 'LCLUSTER_WORKER_ID', 'LCLUSTER_IPC_FD', 'LCLUSTER_MASTER_PID',
+    'LCLUSTER_TLS_TICKET_KEY' }) do
     process.env[name] = nil
     core.setenv(name, nil)
   end

@@ -622,12 +622,14 @@ local function clientContext(o)
 end
 
 -- The session-ticket key of this cluster: the master puts one in every worker's
--- environment (LCLUSTER_TLS_TICKET_KEY, hex), so a ticket one worker issued resumes on any
+-- environment (LCLUSTER_TLS_TICKET_KEY, hex; _cluster_worker.lua takes it out at boot, so
+-- programs the worker starts never see it), so a ticket one worker issued resumes on any
 -- other; a process outside a cluster makes its own.
 local ticketKey
 function tls._ticketKey()
   if ticketKey == nil then
-    local hex = os.getenv('LCLUSTER_TLS_TICKET_KEY')
+    local cluster = package.loaded.cluster
+    local hex = cluster and cluster._tlsTicketKey
     if hex and #hex == 160 and hex:match('^%x+$') then
       ticketKey = hex:gsub('%x%x', function(x)
         return string.char(tonumber(x, 16))
