@@ -488,6 +488,10 @@ describe('https', function()
 
   it('https.get calls an https server with http client interface and TLS options', function()
     local srv = lctest.track(https.createServer({ key = pem.serverKey, cert = pem.server }, function(req, res)
+      if req.url == '/file' then
+        -- sendfile(2) cannot encrypt: the file is streamed through TLS.
+        return res:sendFile(dir .. '/ca.pem')
+      end
       res:setHeader('Content-Type', 'text/plain')
       res:finish('hello ' .. req.url .. ' ' .. tostring(req.socket.encrypted) .. ' '
         .. tostring(req.socket:isSessionReused()) .. ' ' .. req.headers.host .. ' '
@@ -501,9 +505,9 @@ describe('https', function()
       return up
     end, 2000, 'https server')
     local port = srv:address().port
-    local function get()
+    local function get(path)
       local body, status
-      https.get({ hostname = 'localhost', port = port, path = '/x', ca = pem.ca }, function(res)
+      https.get({ hostname = 'localhost', port = port, path = path or '/x', ca = pem.ca }, function(res)
         status = res.statusCode
         local parts = {}
         res:on('data', function(d)
@@ -528,6 +532,9 @@ describe('https', function()
     status, body = get()
     assert.are.equal(200, status)
     assert.are.equal('hello /x true true localhost:' .. port .. ' false', body)
+    status, body = get('/file')
+    assert.are.equal(200, status)
+    assert.are.equal(pem.ca, body)
     local err
     -- The same call without the CA fails with the verification code, as an 'error'.
     local req = https.get('https://localhost:' .. port .. '/')

@@ -148,8 +148,10 @@ return function(res, path, fn)
       end
       res:setHeader('Content-Length', tostring(st.size))
       local conn = res._conn
+      -- A TLS connection's handle is a Lua table (tls.lua): its bytes must be encrypted, so
+      -- the file is streamed through it.
       local plain = conn.active == res and not res._head and res.statusCode ~= 204 and res.statusCode ~= 304
-        and conn.handle and not conn.handle:is_closing()
+        and conn.handle and type(conn.handle) ~= 'table' and not conn.handle:is_closing()
       if not plain or st.size == 0 then
         if res._head or st.size == 0 then
           uv.fs_close(fd, function() end)
