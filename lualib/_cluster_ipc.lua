@@ -130,8 +130,8 @@ function M.unpackHandle(value, fds)
   return msg, fds and fds[1]
 end
 
--- Channel: owns a C channel and calls owner:_onFrame(kind, value, fds) for each frame in
--- order, owner:_onChannelEnd(err) once at EOF (err nil) or on an error (closing is the
+-- Channel: owns a C channel and calls owner:_onFrame(kind, value, fds, lost) for each frame
+-- in order (lost: how many fds the kernel dropped because this process was at its fd limit), owner:_onChannelEnd(err) once at EOF (err nil) or on an error (closing is the
 -- owner's job).
 local Channel = class()
 M.Channel = Channel
@@ -146,6 +146,11 @@ function Channel:_init(fd, owner)
       local i = pos
       pos = i + 3
       local kind, body, fds = batch[i], batch[i + 1], batch[i + 2]
+      local lost
+      if type(fds) == 'number' then
+        -- This process was at its fd limit: the kernel dropped the frame's fds.
+        lost, fds = fds, false
+      end
       local value
       if kind == KIND_STRING then
         kind, value = KIND_USER, body
@@ -172,7 +177,7 @@ function Channel:_init(fd, owner)
           or 'malformed frame: the body is not JSON'))
         return
       end
-      owner:_onFrame(kind, value, fds or nil)
+      owner:_onFrame(kind, value, fds or nil, lost)
       if self.closed then
         batch = nil
         return

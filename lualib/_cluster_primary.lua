@@ -197,10 +197,14 @@ return function(cluster)
     self:_closeChannel(err)
   end
 
-  function Worker:_onFrame(kind, value, fds)
+  function Worker:_onFrame(kind, value, fds, lost)
     if kind == ipc.KIND_USER then
       emitBoth(self, 'message', value)
     elseif kind == ipc.KIND_HANDLE then
+      if lost then
+        -- The master is at its fd limit: the message comes without its handle.
+        return emitBoth(self, 'message', value[2], nil)
+      end
       local msg, handle = ipc.unpackHandle(value, fds)
       emitBoth(self, 'message', msg, handle)
     else

@@ -266,7 +266,22 @@ function M.worker(cluster)
   -- Connections the master accepted: one frame carries up to 16 fds for one key. Each is
   -- adopted by the server, or refused (sent back) when this worker has no server for the key
   -- any more; either way the frame is acknowledged so the master can release its copies.
-  internal.newconn = function(msg, fds)
+  -- A frame whose fds the kernel dropped (`lost`: this worker is at its fd limit) is
+  -- acknowledged as lost, after the acks before it, so the master hands its own copies of
+  -- those connections to another worker instead of closing them.
+  internal.newconn = function(msg, fds, lost)
+    if lost then
+      local k = msg.k
+      if type(k) == 'number' then
+        local n = acks[k]
+        if n then
+          acks[k] = nil
+          sendInternal({ cmd = 'rrack', k = k, n = n })
+        end
+        sendInternal({ cmd = 'rrack', k = k, n = lost, lost = 1 })
+      end
+      return
+    end
     fds = fds or {}
     local server = servers[msg.key]
     local refused

@@ -180,15 +180,21 @@ return function(cluster)
     end
   end
 
-  function owner._onFrame(_, kind, value, fds)
+  function owner._onFrame(_, kind, value, fds, lost)
     if kind == ipc.KIND_USER then
       onUserMessage(value, nil)
     elseif kind == ipc.KIND_HANDLE then
-      onUserMessage(ipc.unpackHandle(value, fds))
+      if lost then
+        -- The handle could not be received (this worker is at its fd limit): the message
+        -- comes without it.
+        onUserMessage(value[2], nil)
+      else
+        onUserMessage(ipc.unpackHandle(value, fds))
+      end
     else
       local fn = type(value) == 'table' and internal[value.cmd]
       if fn then
-        fn(value, fds)
+        fn(value, fds, lost)
       else
         for _, f in ipairs(fds or {}) do
           core.ipc_closefd(f)

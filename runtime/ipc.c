@@ -4,7 +4,8 @@
 //
 // Lua: `_core.ipc_pair()` -> parent_fd, child_fd; `_core.ipc(fd, cb)` -> channel;
 // `_core.ipc_closefd(fd)`. Events go to cb as:
-//   cb('frames', list, n)  n frames read in one go; list = {kind, body, fds|false, ...}
+//   cb('frames', list, n)  n frames read in one go; list = {kind, body, fds|false, ...};
+//                          fds is a number when the kernel dropped that many (MSG_CTRUNC)
 //   cb('resume')           an error in a 'frames' call went to an uncaughtException listener;
 //                          the Lua side goes on with the frames it had not dispatched yet
 //   cb('end')              the peer closed the channel
@@ -353,13 +354,16 @@ size_t lc_ipc_queued(const lc_ipc_t *ch) {
 
 // ---- reading ----
 
-// Pushes one frame as three list entries: kind, body, fds (a list of integers) or false.
+// Pushes one frame as three list entries: kind, body, fds (a list of integers, or the number
+// of fds the kernel dropped, see lc_ipc_frame_lose_fds) or false.
 static void push_frame(lua_State *L, const lc_ipc_frame_t *f, int list, int *n) {
   lua_pushinteger(L, f->kind);
   lua_rawseti(L, list, ++*n);
   lua_pushlstring(L, f->body, f->len);
   lua_rawseti(L, list, ++*n);
-  if (f->nfds > 0) {
+  if (f->lost_fds > 0) {
+    lua_pushinteger(L, f->lost_fds); // a number, not a list: that many fds were dropped
+  } else if (f->nfds > 0) {
     lua_createtable(L, f->nfds, 0);
     for (int i = 0; i < f->nfds; i++) {
       lua_pushinteger(L, f->fds[i]);
@@ -421,13 +425,16 @@ static void do_read(lc_ipc_t *ch) {
         }
       }
     }
-    if (msg.msg_flags & MSG_CTRUNC) {
+    int truncated = (msg.msg_flags & MSG_CTRUNC) != 0;
+    if (truncated) {
+      // This process is at its fd limit: the kernel dropped some of a frame's fds. The
+      // frame is delivered without them (lost_fds), the channel stays in step and open.
       for (int i = 0; i < nfds; i++)
         close_fd(fds[i]);
-      frame_err = LC_IPC_FRAME_ETOOMANYFDS;
-      break;
+      nfds = 0;
     }
-    if (lc_ipc_frame_commit(&ch->dec, (size_t)r, fds, nfds, close_fd) != 0) {
+    if (lc_ipc_frame_commit(&ch->dec, (size_t)r, fds, nfds, close_fd) != 0 ||
+        (truncated && lc_ipc_frame_lose_fds(&ch->dec, (size_t)r) != 0)) {
       frame_err = ch->dec.err;
       break;
     }

@@ -37,8 +37,9 @@ void lc_ipc_frame_free(lc_ipc_frame_decoder_t *d, void (*close_fd)(int fd)) {
 
 // Reads the header at buf[start] (the caller checked 8 bytes are there). Returns 0 or an
 // error; *total is the frame's size with its header.
-static int parse_header(const lc_ipc_frame_decoder_t *d, size_t *total, int *kind, int *nfds) {
-  const unsigned char *h = (const unsigned char *)d->buf + d->start;
+static int parse_header_at(const lc_ipc_frame_decoder_t *d, size_t at, size_t *total, int *kind,
+                           int *nfds) {
+  const unsigned char *h = (const unsigned char *)d->buf + at;
   uint32_t len = (uint32_t)h[0] | (uint32_t)h[1] << 8 | (uint32_t)h[2] << 16 | (uint32_t)h[3] << 24;
   *kind = h[4];
   *nfds = h[5];
@@ -48,6 +49,10 @@ static int parse_header(const lc_ipc_frame_decoder_t *d, size_t *total, int *kin
   if (*nfds > LC_IPC_FRAME_MAX_FDS) return LC_IPC_FRAME_ETOOMANYFDS;
   *total = (size_t)len + LC_IPC_FRAME_HEADER;
   return 0;
+}
+
+static int parse_header(const lc_ipc_frame_decoder_t *d, size_t *total, int *kind, int *nfds) {
+  return parse_header_at(d, d->start, total, kind, nfds);
 }
 
 int lc_ipc_frame_space(lc_ipc_frame_decoder_t *d, char **p, size_t *len) {
@@ -106,6 +111,37 @@ int lc_ipc_frame_commit(lc_ipc_frame_decoder_t *d, size_t n, const int *fds, int
   return d->err;
 }
 
+int lc_ipc_frame_lose_fds(lc_ipc_frame_decoder_t *d, size_t n) {
+  if (d->err != 0) return d->err;
+  size_t from = d->end - n < d->start ? d->start : d->end - n;
+  size_t pos = d->start, found = 0;
+  int have = 0;
+  // Walks the frames in the buffer (start is always at a frame boundary).
+  while (pos < d->end) {
+    if (d->end - pos < LC_IPC_FRAME_HEADER) {
+      // A header cut short by the read: its frame is the only one that can own the fds.
+      if (pos >= from) {
+        found = pos;
+        have = 1;
+      }
+      break;
+    }
+    size_t total;
+    int kind, nfds;
+    if (parse_header_at(d, pos, &total, &kind, &nfds) != 0) break; // next() reports it
+    if (pos >= from && nfds > 0) {
+      found = pos;
+      have = 1;
+    }
+    pos += total;
+  }
+  if (!have || d->nlost == (int)(sizeof(d->lost) / sizeof(d->lost[0])) ||
+      (d->nlost > 0 && d->lost[d->nlost - 1] >= found - d->start))
+    return d->err = LC_IPC_FRAME_ESTRAYFDS;
+  d->lost[d->nlost++] = found - d->start;
+  return 0;
+}
+
 int lc_ipc_frame_next(lc_ipc_frame_decoder_t *d, lc_ipc_frame_t *f) {
   if (d->err != 0) return d->err;
   size_t unread = d->end - d->start;
@@ -118,6 +154,8 @@ int lc_ipc_frame_next(lc_ipc_frame_decoder_t *d, lc_ipc_frame_t *f) {
   int kind, nfds;
   int rc = parse_header(d, &total, &kind, &nfds);
   if (rc != 0) return d->err = rc;
+  int lost = d->nlost > 0 && d->lost[0] == 0;
+  if (lost) nfds = 0; // its fds were dropped on the way in: none of the queued ones are its
   if (unread < total) {
     // Every fd queued now came with this frame (the next frame's bytes, and fds, come after
     // all of this one's), so more than it announced is a malformed stream.
@@ -134,6 +172,14 @@ int lc_ipc_frame_next(lc_ipc_frame_decoder_t *d, lc_ipc_frame_t *f) {
   f->len = (uint32_t)(total - LC_IPC_FRAME_HEADER);
   f->kind = (uint8_t)kind;
   f->nfds = (uint8_t)nfds;
+  f->lost_fds = 0;
+  if (lost) {
+    f->lost_fds = ((const unsigned char *)d->buf)[d->start + 5];
+    d->nlost--;
+    memmove(d->lost, d->lost + 1, sizeof(d->lost[0]) * (size_t)d->nlost);
+  }
+  for (int i = 0; i < d->nlost; i++)
+    d->lost[i] -= total;
   d->start += total;
   return LC_IPC_FRAME_OK;
 }

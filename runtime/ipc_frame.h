@@ -9,6 +9,12 @@
 // A frame's fds travel as SCM_RIGHTS with the sendmsg that carries its first byte, so they
 // reach the receiver no later than the header. The decoder queues received fds in arrival
 // order and hands each complete frame exactly the number its header names.
+//
+// A receiver at its own fd limit gets a frame's bytes but not (all of) its fds: the kernel
+// sets MSG_CTRUNC and drops what did not fit. The channel closes whatever fds did arrive and
+// calls lc_ipc_frame_lose_fds; that frame is then delivered with nfds = 0 and lost_fds set,
+// so the stream stays in step and the owner can tell the sender (the master's hand-off takes
+// such connections back).
 #pragma once
 
 #include <stddef.h>
@@ -51,6 +57,7 @@ typedef struct {
   uint32_t len;
   uint8_t kind;
   uint8_t nfds;
+  uint8_t lost_fds; // fds the header announced that the kernel dropped (nfds is then 0)
   int fds[LC_IPC_FRAME_MAX_FDS];
 } lc_ipc_frame_t;
 
@@ -62,6 +69,8 @@ typedef struct {
   size_t cap, start, end; // unread bytes are buf[start, end)
   int fdq[4 * LC_IPC_FRAME_MAX_FDS];
   size_t fdhead, fdcount; // a ring over fdq
+  size_t lost[4];         // offsets from `start` of frames whose fds were dropped
+  int nlost;
   int err;
 } lc_ipc_frame_decoder_t;
 
@@ -79,6 +88,12 @@ int lc_ipc_frame_space(lc_ipc_frame_decoder_t *d, char **p, size_t *len);
 /// fit are passed to close_fd when it is not NULL).
 int lc_ipc_frame_commit(lc_ipc_frame_decoder_t *d, size_t n, const int *fds, int nfds,
                         void (*close_fd)(int fd));
+/// After committing the n bytes of a read whose fds the kernel truncated (MSG_CTRUNC; the
+/// channel closed those that arrived and committed none): marks the frame they belonged to,
+/// the last one announcing fds whose header starts in those n bytes (a sender's fds ride
+/// with the first byte of their frame, and the kernel ends a read after a message carrying
+/// fds). Returns 0 or an error when no frame can own them (sticky, as for the others).
+int lc_ipc_frame_lose_fds(lc_ipc_frame_decoder_t *d, size_t n);
 /// Decodes the next complete frame into *f: LC_IPC_FRAME_OK, LC_IPC_FRAME_MORE when more
 /// bytes are needed, or a negative error.
 int lc_ipc_frame_next(lc_ipc_frame_decoder_t *d, lc_ipc_frame_t *f);

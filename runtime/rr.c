@@ -39,8 +39,17 @@
 // `rr:add(id, channel [, key])`, `rr:suspend(id)` (the worker closed its server: send it no
 // more), `rr:remove(id)` (its channel is gone: unacknowledged connections go to others),
 // `rr:load(id, n)`, `rr:dispatch(fd [, exclude_id])`, `rr:stats()`, close([fn]).
-// cb('error', msg, code) when accept fails for a reason other than running dry.
+// cb('error', msg, code) when accept fails for a reason other than running dry (at most once
+// a second per rr; see pause_accepting).
 // `_core.rr_listen_fd(fd, backlog, cb)` takes a socket that is already bound (from systemd).
+//
+// Running out of descriptors. On EMFILE/ENFILE the kernel backlog would keep the listening
+// socket readable forever, so a level-triggered poll would spin. We close a spare descriptor
+// kept for this (reserve_fd), accept and close what is waiting (those clients get a prompt
+// close, not a hang in a backlog nobody reads), reopen the spare, and stop accepting for
+// BACKOFF_MS; a process-wide timer resumes. A hand-off whose send fails (say the channel
+// cannot duplicate fds to queue them at EMFILE) makes that worker rest for BACKOFF_MS, never
+// suspends it: its connections go to others meanwhile and it gets new ones afterwards.
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -58,10 +67,13 @@
 #define WINDOW 64 // unacknowledged hand-offs per worker
 #define MAX_TARGETS 256
 #define MAX_PENDING 4096
-#define WAIT_CAP 1024 // sticky: connections queued on one busy worker before accept pauses
-#define SLACK 32      // in-flight difference still treated as a tie (rr, least)
-#define STALL_MS 1000 // unacknowledged for longer: skip the worker while others can take it
-#define SCAN_MS 50    // how often (at most) choose() looks for stalled workers
+#define WAIT_CAP 1024  // sticky: connections queued on one busy worker before accept pauses
+#define SLACK 32       // in-flight difference still treated as a tie (rr, least)
+#define STALL_MS 1000  // unacknowledged for longer: skip the worker while others can take it
+#define SCAN_MS 50     // how often (at most) choose() looks for stalled workers
+#define BACKOFF_MS 100 // accept paused after an accept error; a worker rests after a failed send
+#define REPORT_MS 1000 // accept errors reported at most this often per rr
+#define SHED_MAX 1024  // connections closed per EMFILE before accept pauses
 
 enum { POLICY_RR, POLICY_LEAST, POLICY_STICKY };
 
@@ -71,12 +83,13 @@ typedef struct {
   lc_ipc_t *ch; // valid while the userdata says it is open (checked on each use)
   uint32_t key; // stable key for sticky hashing (the worker's slot, else its id)
   int suspended;
-  int stalled;      // flagged by the last scan: not chosen (see "Stalled workers")
-  int reported;     // cb('stalled') was called for this stall
-  uint64_t since;   // loop time of the last progress (see "Stalled workers")
-  long load;        // open connections the worker reported (least)
-  uint64_t sent;    // connections handed to this worker
-  int ring[WINDOW]; // our copies of unacknowledged hand-offs, oldest first
+  int stalled;         // flagged by the last scan: not chosen (see "Stalled workers")
+  int reported;        // cb('stalled') was called for this stall
+  uint64_t since;      // loop time of the last progress (see "Stalled workers")
+  uint64_t rest_until; // loop time (ms) before which a worker whose send failed gets nothing
+  long load;           // open connections the worker reported (least)
+  uint64_t sent;       // connections handed to this worker
+  int ring[WINDOW];    // our copies of unacknowledged hand-offs, oldest first
   int rhead, rcount;
   int batch[LC_IPC_FRAME_MAX_FDS]; // chosen this turn, not sent yet (also in the ring)
   int nbatch;
@@ -90,6 +103,10 @@ typedef struct lc_rr {
   int fd;
   int k; // process-unique id, carried by newconn and rrack messages
   int polling;
+  int paused; // an accept error: wait for the retry timer
+  uint64_t last_report;
+  unsigned long shed;        // connections closed at EMFILE since the last report
+  unsigned long lost_closed; // connections a worker could not receive and nobody could take
   int policy;
   int path_bound; // listen_path: unlink the file on close
   char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
@@ -108,9 +125,31 @@ typedef struct lc_rr {
 
 static lc_rr_t *all_rr;
 static int next_k = 1;
+static int reserve_fd = -1;    // spare descriptor, closed to make room at EMFILE
+static uv_timer_t retry_timer; // resumes paused accepts and rested workers (unreferenced)
+static int retry_timer_ready;
 
 static void flush_all(lua_State *L, lc_rr_t *self);
 static void update_polling(lc_rr_t *self);
+
+// Every paused rr accepts again and every rested worker is offered what waits for it.
+static void on_retry(uv_timer_t *timer) {
+  (void)timer;
+  for (lc_rr_t *self = all_rr; self != NULL; self = self->next) {
+    self->paused = 0;
+    flush_all(lc_L, self);
+  }
+}
+
+static void arm_retry(void) {
+  if (!retry_timer_ready) {
+    uv_timer_init(lc_loop, &retry_timer);
+    uv_unref((uv_handle_t *)&retry_timer);
+    retry_timer_ready = 1;
+  }
+  if (!uv_is_active((uv_handle_t *)&retry_timer))
+    uv_timer_start(&retry_timer, on_retry, BACKOFF_MS, 0);
+}
 
 static lc_ipc_t *target_channel(lua_State *L, target_t *t) {
   lua_rawgeti(L, LUA_REGISTRYINDEX, t->ch_ref);
@@ -120,8 +159,13 @@ static lc_ipc_t *target_channel(lua_State *L, target_t *t) {
   return (lc_ipc_t *)*ud;
 }
 
+static int resting(const target_t *t) {
+  return t->rest_until != 0 && t->rest_until > uv_now(lc_loop);
+}
+
 static int usable(lua_State *L, target_t *t) {
-  return !t->suspended && !t->stalled && t->rcount < WINDOW && target_channel(L, t) != NULL;
+  return !t->suspended && !t->stalled && t->rcount < WINDOW && !resting(t) &&
+         target_channel(L, t) != NULL;
 }
 
 // Flags the targets whose hand-offs stayed unacknowledged for more than STALL_MS, unless no
@@ -262,7 +306,7 @@ static int wait_pop(target_t *t) {
 // when it could do neither.
 static int give(lc_rr_t *self, int i, int fd) {
   target_t *t = &self->targets[i];
-  if (t->rcount < WINDOW && t->nwait == 0) {
+  if (t->rcount < WINDOW && t->nwait == 0 && !resting(t)) {
     assign(self, t, fd);
     return 1;
   }
@@ -298,8 +342,12 @@ static void flush_target(lua_State *L, lc_rr_t *self, target_t *t) {
                ? UV_EPIPE
                : lc_ipc_send(ch, LC_IPC_KIND_INTERNAL, self->body, self->body_len, t->batch, n, 0);
   if (rc < 0) {
-    t->suspended = 1;
+    // Its connections go back to the queue for others; the worker itself only rests (a
+    // closed channel is skipped anyway until rr:remove), so a passing shortage of fds or
+    // memory never stops it from getting connections for good.
     unsend(self, t, n);
+    t->rest_until = uv_now(lc_loop) + BACKOFF_MS;
+    arm_retry();
     return;
   }
   t->sent += (uint64_t)n;
@@ -314,7 +362,8 @@ static void flush_all(lua_State *L, lc_rr_t *self) {
     for (int i = 0; i < self->ntargets; i++) {
       target_t *t = &self->targets[i];
       if (t->nwait > 0) self->now = uv_now(lc_loop); // for assign's timestamp
-      while (t->nwait > 0 && t->rcount < WINDOW && t->nbatch < LC_IPC_FRAME_MAX_FDS) {
+      while (t->nwait > 0 && t->rcount < WINDOW && t->nbatch < LC_IPC_FRAME_MAX_FDS &&
+             !resting(t)) {
         assign(self, t, wait_pop(t));
         moved = 1;
       }
@@ -349,6 +398,49 @@ static void report_stalls(lua_State *L, lc_rr_t *self) {
   }
 }
 
+// An accept error other than running dry. At EMFILE/ENFILE: frees the spare descriptor,
+// accepts and closes what waits in the backlog, takes the spare back. Then accepting pauses
+// for BACKOFF_MS, and the error goes to Lua at most once per REPORT_MS.
+static void pause_accepting(lua_State *L, lc_rr_t *self, int sys_errno) {
+  if (sys_errno == EMFILE || sys_errno == ENFILE) {
+    if (reserve_fd >= 0) {
+      close(reserve_fd);
+      reserve_fd = -1;
+    }
+    for (int n = 0; n < SHED_MAX; n++) {
+      int fd = accept4(self->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+      if (fd < 0) {
+        if (errno == EINTR || errno == ECONNABORTED) continue;
+        break;
+      }
+      close(fd);
+      self->shed++;
+    }
+    reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+  }
+  self->paused = 1;
+  arm_retry();
+  uint64_t now = uv_now(lc_loop);
+  if (self->last_report != 0 && now - self->last_report < REPORT_MS) return;
+  self->last_report = now;
+  unsigned long shed = self->shed;
+  self->shed = 0;
+  int err = uv_translate_sys_error(sys_errno);
+  if (lc_handle_push_cb(L, &self->h)) {
+    lua_pushliteral(L, "error");
+    if (shed > 0) {
+      lua_pushfstring(L,
+                      "%s: accept failed: %s (closed %d waiting connections; retrying every %d ms)",
+                      uv_err_name(err), uv_strerror(err), (int)shed, BACKOFF_MS);
+    } else {
+      lua_pushfstring(L, "%s: accept failed: %s (retrying every %d ms)", uv_err_name(err),
+                      uv_strerror(err), BACKOFF_MS);
+    }
+    lua_pushstring(L, uv_err_name(err));
+    lc_pcall(L, 3, 0);
+  }
+}
+
 static void on_readable(uv_poll_t *p, int status, int events) {
   lc_rr_t *self = p->data;
   lua_State *L = lc_L;
@@ -359,14 +451,10 @@ static void on_readable(uv_poll_t *p, int status, int events) {
     if (fd < 0) {
       if (errno == EINTR || errno == ECONNABORTED) continue;
       if (errno != EAGAIN && errno != EWOULDBLOCK) {
-        int err = uv_translate_sys_error(errno);
+        int e = errno;
         flush_all(L, self);
-        if (lc_handle_push_cb(L, &self->h)) {
-          lua_pushliteral(L, "error");
-          lua_pushfstring(L, "%s: accept failed: %s", uv_err_name(err), uv_strerror(err));
-          lua_pushstring(L, uv_err_name(err));
-          lc_pcall(L, 3, 0);
-        }
+        if (!self->h.closing) pause_accepting(L, self, e);
+        if (!self->h.closing) update_polling(self);
         return;
       }
       break;
@@ -380,7 +468,7 @@ static void on_readable(uv_poll_t *p, int status, int events) {
 // Accepts while some worker can take a connection; otherwise the kernel backlog waits.
 static void update_polling(lc_rr_t *self) {
   if (self->h.closing || self->fd < 0) return;
-  int want = self->npending == 0 && self->ntargets > 0;
+  int want = self->npending == 0 && self->ntargets > 0 && !self->paused;
   if (want && !self->polling) {
     uv_poll_start(&self->poll, UV_READABLE, on_readable);
   } else if (!want && self->polling) {
@@ -417,18 +505,37 @@ static int ack_hook(lc_ipc_t *ch, const lc_ipc_frame_t *f, void *data) {
   while (self != NULL && self->k != k)
     self = self->next;
   if (self == NULL) return 1; // the rr closed meanwhile: nothing to release
+  // "lost": the worker is at its fd limit and the kernel dropped these fds on their way in.
+  int lost = strstr(buf, "\"lost\":") != NULL;
   for (int i = 0; i < self->ntargets; i++) {
     target_t *t = &self->targets[i];
     if (t->ch != ch) continue;
     if (n > t->rcount) n = t->rcount;
+    int back[WINDOW];
     for (int j = 0; j < n; j++) {
-      close(t->ring[t->rhead]);
+      back[j] = t->ring[t->rhead];
+      if (!lost) close(back[j]);
       t->rhead = (t->rhead + 1) % WINDOW;
     }
     t->rcount -= n;
     // Progress: the worker's loop turns again.
     t->since = uv_now(lc_loop);
     t->stalled = t->reported = 0;
+    if (lost) {
+      // Our copies go to another worker while this one rests; with nobody able to take
+      // them now they are closed (the client sees a prompt close, not a hang).
+      t->rest_until = uv_now(lc_loop) + BACKOFF_MS;
+      arm_retry();
+      for (int j = 0; j < n; j++) {
+        int to = choose(lc_L, self, back[j], t->id);
+        if (to < 0 || !give(self, to, back[j])) {
+          close(back[j]);
+          self->lost_closed++;
+        } else if (self->targets[to].nbatch == LC_IPC_FRAME_MAX_FDS) {
+          flush_all(lc_L, self);
+        }
+      }
+    }
     flush_all(lc_L, self);
     break;
   }
@@ -488,6 +595,8 @@ static int new_listening(lua_State *L, int fd, int backlog, int cb_idx, const ch
     if (path != NULL) unlink(path);
     return lc_util_push_uverr(L, err);
   }
+  // The spare descriptor for EMFILE (see pause_accepting), taken while fds are plentiful.
+  if (reserve_fd < 0) reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
   lc_rr_t *self = lc_handle_new(L, sizeof(*self), MT, cb_idx); // [rr]
   self->targets = calloc(MAX_TARGETS, sizeof(target_t));
   self->pending = malloc(MAX_PENDING * sizeof(int));
