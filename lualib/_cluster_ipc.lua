@@ -131,7 +131,8 @@ function M.unpackHandle(value, fds)
 end
 
 -- Channel: owns a C channel and calls owner:_onFrame(kind, value, fds, lost) for each frame
--- in order (lost: how many fds the kernel dropped because this process was at its fd limit), owner:_onChannelEnd(err) once at EOF (err nil) or on an error (closing is the
+-- in order (lost: how many fds the kernel dropped because this process was at its fd
+-- limit), owner:_onChannelEnd(err) once at EOF (err nil) or on an error (closing is the
 -- owner's job).
 local Channel = class()
 M.Channel = Channel
