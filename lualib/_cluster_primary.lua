@@ -19,6 +19,7 @@ return function(cluster)
   cluster.Worker = nil -- set below
 
   local ids = 0
+  local retryStart -- defined with cluster.fork
 
   -- Internal commands from workers: cmd -> function(worker, msg, fds). net adds its own
   -- (queryServer, ...) through cluster._internal.
@@ -270,6 +271,10 @@ return function(cluster)
   -- 'stop', 'scale', 'memory', 'watchdog'): its 'shutdown' listeners get the reason.
   function Worker:_stop(reason)
     self.exitedAfterDisconnect = true
+    if self._startTimer then
+      self:_abandonStart(0, nil)
+      return self
+    end
     if self._channel and not self._disconnecting then
       self._disconnecting = true
       self:_sendInternal({ cmd = 'disconnect', reason = reason })
@@ -289,6 +294,9 @@ return function(cluster)
       return
     end
     self.exitedAfterDisconnect = true
+    if self._startTimer then
+      return self:_abandonStart(nil, core.signals[num] or num)
+    end
     self:_closeChannel(nil)
     if self._proc then
       self._proc:kill(num)
@@ -375,7 +383,133 @@ return function(cluster)
     return process.cwd() .. '/' .. path
   end
 
-  -- cluster.fork([env]) -> worker. Raises when the process cannot be started.
+  -- Failures to start a worker that pass (out of fds, processes or memory): the start is
+  -- retried with backoff instead of raising, so a master at its limits never dies of one.
+  local TRANSIENT = { EMFILE = true, ENFILE = true, EAGAIN = true, ENOMEM = true }
+  local RETRY_FIRST, RETRY_CAP = 100, 5000
+
+  -- Creates the channel and spawns the worker's process: true, or nil, err, code.
+  local function startProcess(worker, s, argv, envList)
+    local pfd, cfd, ccode = core.ipc_pair()
+    if not pfd then
+      return nil, cfd, ccode
+    end
+    local stdio
+    if s.silent then
+      worker.process.stdout = Output.new()
+      worker.process.stderr = Output.new()
+      stdio = { 'ignore', worker.process.stdout._pipe, worker.process.stderr._pipe, cfd }
+    else
+      stdio = { 'inherit', 'inherit', 'inherit', cfd }
+    end
+    local proc, pid, code = core.spawn({
+      file = process.execPath,
+      args = argv,
+      env = envList,
+      cwd = s.cwd,
+      detached = s.detached,
+      uid = s.uid,
+      gid = s.gid,
+      stdio = stdio,
+    }, function(status, signum)
+      worker:_onExit(status, signum)
+    end)
+    core.ipc_closefd(cfd)
+    if not proc then
+      core.ipc_closefd(pfd)
+      if s.silent then
+        worker.process.stdout:_close()
+        worker.process.stderr:_close()
+      end
+      return nil, (code and pid) or ('cannot start a worker: ' .. tostring(pid)), code
+    end
+    worker._proc = proc
+    worker.process.pid = pid
+    worker.process.connected = true
+    -- As Node's ChildProcess: kill only sends the signal (exitedAfterDisconnect stays false,
+    -- so a master that respawns unwanted exits respawns this one); disconnect cuts the
+    -- channel and the worker, which did not ask for it, exits 0.
+    worker.process.kill = function(self, sig)
+      if self ~= worker.process then
+        error('ERR_INVALID_THIS: worker.process:kill: use a colon call (worker.process:kill(...))', 2)
+      end
+      sig = sig or 'SIGTERM'
+      local num = type(sig) == 'number' and sig or core.signals[sig]
+      if not num then
+        error('ERR_UNKNOWN_SIGNAL: unknown signal: ' .. tostring(sig), 2)
+      end
+      if not worker._proc then
+        return false
+      end
+      return worker._proc:kill(num) == true
+    end
+    worker.process.disconnect = function(self)
+      if self ~= worker.process then
+        error('ERR_INVALID_THIS: worker.process:disconnect: use a colon call (worker.process:disconnect())', 2)
+      end
+      worker:_closeChannel(nil)
+    end
+    worker._channel = ipc.Channel.new(pfd, worker)
+    -- A live worker's channel does not hold the loop: its process handle does.
+    worker._channel:setRef(false)
+    if s.silent then
+      worker.process.stdout._pipe:read_start()
+      worker.process.stderr._pipe:read_start()
+      if cluster._onSpawn then
+        cluster._onSpawn(worker) -- the built-in master's logs (_logs.lua)
+      end
+    end
+    timer.setImmediate(emitFork, worker)
+    return true
+  end
+
+  -- Retries a start that failed for want of fds, processes or memory, with backoff (logged
+  -- once per attempt). A start that fails for another reason, or a kill/disconnect while
+  -- waiting, ends the worker with 'exit'.
+  retryStart = function(worker, s, argv, envList, err)
+    local delay = RETRY_FIRST
+    local function attempt()
+      worker._startTimer = nil
+      local ok, e, code = startProcess(worker, s, argv, envList)
+      if ok then
+        return
+      end
+      if not TRANSIENT[code] then
+        writeErr(('lcluster: cannot start worker %d: %s\n'):format(worker.id, tostring(e)))
+        return worker:_abandonStart(1, nil)
+      end
+      delay = math.min(delay * 2, RETRY_CAP)
+      writeErr(('lcluster: cannot start worker %d: %s; retrying in %d ms\n'):format(worker.id,
+        tostring(e), delay))
+      worker._startTimer = timer.setTimeout(attempt, delay)
+    end
+    writeErr(('lcluster: cannot start worker %d: %s; retrying in %d ms\n'):format(worker.id,
+      tostring(err), delay))
+    worker._startTimer = timer.setTimeout(attempt, delay)
+  end
+
+  -- A worker whose start was still being retried is given up: 'exit'(code, signal).
+  function Worker:_abandonStart(code, signal)
+    if self._startTimer then
+      timer.clearTimeout(self._startTimer)
+      self._startTimer = nil
+    end
+    self._disconnected = true
+    self.process.exitCode = code
+    self.process.signalCode = signal
+    if self.exitedAfterDisconnect == nil then
+      self.exitedAfterDisconnect = false
+    end
+    self._exit = { code = code, signal = signal }
+    timer.setImmediate(function()
+      emitFork(self)
+      self:_emitExit()
+    end)
+  end
+
+  -- cluster.fork([env]) -> worker. Raises when the process cannot be started, except for a
+  -- lack of fds, processes or memory (EMFILE, ENFILE, EAGAIN, ENOMEM): then the start is
+  -- retried with backoff and 'fork' comes once the process exists.
   function cluster.fork(env)
     if env == cluster then
       error('ERR_INVALID_THIS: cluster:fork: use a dot call (cluster.fork(...))', 2)
@@ -443,80 +577,18 @@ return function(cluster)
       argv[#argv + 1] = tostring(a)
     end
 
-    local pfd, cfd = core.ipc_pair()
-    if not pfd then
-      error(cfd, 2)
-    end
-    local stdio
-    if s.silent then
-      worker.process.stdout = Output.new()
-      worker.process.stderr = Output.new()
-      stdio = { 'ignore', worker.process.stdout._pipe, worker.process.stderr._pipe, cfd }
-    else
-      stdio = { 'inherit', 'inherit', 'inherit', cfd }
-    end
-    local proc, pid, code = core.spawn({
-      file = process.execPath,
-      args = argv,
-      env = envList,
-      cwd = s.cwd,
-      detached = s.detached,
-      uid = s.uid,
-      gid = s.gid,
-      stdio = stdio,
-    }, function(status, signum)
-      worker:_onExit(status, signum)
-    end)
-    core.ipc_closefd(cfd)
-    if not proc then
-      core.ipc_closefd(pfd)
-      if s.silent then
-        worker.process.stdout:_close()
-        worker.process.stderr:_close()
-      end
-      error((code and pid) or ('cannot start a worker: ' .. tostring(pid)), 2)
-    end
-    worker._proc = proc
-    worker.process.pid = pid
-    worker.process.connected = true
-    -- As Node's ChildProcess: kill only sends the signal (exitedAfterDisconnect stays false,
-    -- so a master that respawns unwanted exits respawns this one); disconnect cuts the
-    -- channel and the worker, which did not ask for it, exits 0.
-    worker.process.kill = function(self, sig)
-      if self ~= worker.process then
-        error('ERR_INVALID_THIS: worker.process:kill: use a colon call (worker.process:kill(...))', 2)
-      end
-      sig = sig or 'SIGTERM'
-      local num = type(sig) == 'number' and sig or core.signals[sig]
-      if not num then
-        error('ERR_UNKNOWN_SIGNAL: unknown signal: ' .. tostring(sig), 2)
-      end
-      if not worker._proc then
-        return false
-      end
-      return worker._proc:kill(num) == true
-    end
-    worker.process.disconnect = function(self)
-      if self ~= worker.process then
-        error('ERR_INVALID_THIS: worker.process:disconnect: use a colon call (worker.process:disconnect())', 2)
-      end
-      worker:_closeChannel(nil)
-    end
-    worker._channel = ipc.Channel.new(pfd, worker)
-    -- A live worker's channel does not hold the loop: its process handle does.
-    worker._channel:setRef(false)
-    if s.silent then
-      worker.process.stdout._pipe:read_start()
-      worker.process.stderr._pipe:read_start()
-      if cluster._onSpawn then
-        cluster._onSpawn(worker) -- the built-in master's logs (_logs.lua)
-      end
-    end
     if not worker.isAgent then
       cluster.workers[worker.id] = worker
       cluster._watchdogAdd(worker)
     end
-    timer.setImmediate(emitFork, worker)
+    local ok, err, code = startProcess(worker, s, argv, envList)
+    if not ok then
+      if not TRANSIENT[code] then
+        cluster.workers[worker.id] = nil
+        error(err, 2)
+      end
+      retryStart(worker, s, argv, envList, err)
+    end
     return worker
   end
 

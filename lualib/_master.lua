@@ -147,11 +147,11 @@ function M.run(script, args, opts)
       local how = signal and ('signal ' .. signal) or ('code ' .. tostring(code))
       if slot.worker ~= w then
         -- A replaced worker, or a reload's replacement that never became ready.
-        log(('worker %d (pid %d, slot %d) exited with %s'):format(w.id, w.process.pid, slotNo, how))
+        log(('worker %d (pid %d, slot %d) exited with %s'):format(w.id, w.process.pid or 0, slotNo, how))
         return
       end
       if stopping or w.exitedAfterDisconnect then
-        log(('worker %d (pid %d, slot %d) exited with %s'):format(w.id, w.process.pid, slotNo, how))
+        log(('worker %d (pid %d, slot %d) exited with %s'):format(w.id, w.process.pid or 0, slotNo, how))
         slot.worker = nil
         return
       end
@@ -169,7 +169,7 @@ function M.run(script, args, opts)
         return
       end
       log(('worker %d (pid %d, slot %d) exited unexpectedly with %s%s; restarting in %d ms'):format(
-        w.id, w.process.pid, slotNo, how, w._ready and '' or ' before it was ready', delay))
+        w.id, w.process.pid or 0, slotNo, how, w._ready and '' or ' before it was ready', delay))
       slot.worker = nil
       schedule(slotNo, delay)
     end)
