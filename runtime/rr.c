@@ -131,14 +131,23 @@ static int retry_timer_ready;
 
 static void flush_all(lua_State *L, lc_rr_t *self);
 static void update_polling(lc_rr_t *self);
+static void arm_retry(void);
 
 // Every paused rr accepts again and every rested worker is offered what waits for it.
+// While connections still wait (their worker may rest longer than this timer ran) or an rr
+// with workers does not accept, it runs again: nothing else would offer them once no
+// acknowledgement is due.
 static void on_retry(uv_timer_t *timer) {
   (void)timer;
+  int again = 0;
   for (lc_rr_t *self = all_rr; self != NULL; self = self->next) {
     self->paused = 0;
     flush_all(lc_L, self);
+    if (self->npending > 0 || (!self->polling && self->ntargets > 0)) again = 1;
+    for (int i = 0; i < self->ntargets; i++)
+      if (self->targets[i].nwait > 0) again = 1;
   }
+  if (again) arm_retry();
 }
 
 static void arm_retry(void) {
@@ -473,6 +482,9 @@ static void update_polling(lc_rr_t *self) {
     uv_poll_start(&self->poll, UV_READABLE, on_readable);
   } else if (!want && self->polling) {
     uv_poll_stop(&self->poll);
+    // Whatever stopped accepting (a pause, connections queued for busy or resting workers),
+    // the retry timer looks again until accepting resumes, so nothing depends on one event.
+    arm_retry();
   }
   self->polling = want;
 }

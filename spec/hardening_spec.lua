@@ -1,0 +1,244 @@
+-- Hardening of the master and the IPC channel: running out of file descriptors (accept,
+-- hand-off, fork), IPC backpressure and IPC limits. Real processes under real limits
+-- (`ulimit -n` through sh, `prlimit --pid` on a running process), real loopback clients.
+local lctest = require('lctest')
+local core = require('_core')
+
+local FIX = 'spec/fixtures/'
+local waitFor = lctest.waitFor
+
+local function readFile(path)
+  local f = io.open(path, 'r')
+  if not f then
+    return nil
+  end
+  local s = f:read('*a')
+  f:close()
+  return s
+end
+
+-- CPU time (clock ticks: utime + stime) pid has used.
+local function cpuTicks(pid)
+  local stat = readFile('/proc/' .. pid .. '/stat') or ''
+  local rest = stat:match('^%d+ %b() (.*)$') or ''
+  local fields = {}
+  for f in rest:gmatch('%S+') do
+    fields[#fields + 1] = f
+  end
+  -- rest starts at field 3 (state): utime is field 14, stime field 15.
+  return (tonumber(fields[12]) or 0) + (tonumber(fields[13]) or 0)
+end
+
+local function fdCount(pid)
+  local n = 0
+  local f = io.popen(('ls /proc/%d/fd 2>/dev/null'):format(pid))
+  for _ in f:lines() do
+    n = n + 1
+  end
+  f:close()
+  return n
+end
+
+local function prlimit(pid, nofile)
+  local ok = os.execute(('prlimit --pid %d --nofile=%d:%d'):format(pid, nofile, nofile))
+  assert(ok == 0 or ok == true, 'prlimit failed')
+end
+
+local function count(text, pattern)
+  local n = 0
+  for _ in text:gmatch(pattern) do
+    n = n + 1
+  end
+  return n
+end
+
+-- A client that records the first line the server sends (the worker's pid) and whether the
+-- server closed; ping() asks a held connection for another line.
+local function client(port)
+  local r = { done = false, text = '' }
+  local h
+  h = core.tcp(function(ev, a)
+    if ev == 'connect' then
+      if a then
+        r.done, r.err = true, a
+        return h:close()
+      end
+      h:read_start()
+    elseif ev == 'data' then
+      r.text = r.text .. a
+      r.pid = r.pid or tonumber(r.text:match('^(%d+)\n'))
+    elseif ev == 'end' or ev == 'error' then
+      r.done = true
+      if not h:is_closing() then
+        h:close()
+      end
+    end
+  end)
+  r.handle = h
+  assert(h:connect('127.0.0.1', port))
+  function r.close()
+    if not h:is_closing() then
+      h:close()
+    end
+  end
+  function r.ping()
+    h:write('ping\n')
+  end
+  return r
+end
+
+local function closeAll(list)
+  for _, r in ipairs(list) do
+    r.close()
+  end
+end
+
+-- Starts the two-worker fixture, under `ulimit -n nofile` when given; returns the child, the
+-- port and {pid = true} of its workers.
+local function startCluster(nofile)
+  local port = lctest.freePort()
+  local c
+  if nofile then
+    c = lctest.spawn('-c', { ('ulimit -n %d; exec %s %shard_accept.lua %d'):format(nofile,
+      lctest.binary, FIX, port) }, { binary = '/bin/sh' })
+  else
+    c = lctest.spawn(FIX .. 'hard_accept.lua', { port })
+  end
+  c:waitOutput('ready %d+', 10000)
+  local workers = {}
+  for pid in c.stdout:gmatch('worker %d+ (%d+)') do
+    workers[tonumber(pid)] = true
+  end
+  return c, port, workers
+end
+
+describe('fd exhaustion', function()
+  after_each(function()
+    lctest.cleanup()
+  end)
+
+  it('the master sheds connections at EMFILE, logs at most once a second, stays idle and serves again', function()
+    local c, port, workers = startCluster(64)
+    local held = {}
+    for i = 1, 200 do
+      held[i] = client(port)
+    end
+    -- Every client is served (pid) or closed promptly: none waits in a backlog.
+    waitFor(function()
+      for _, r in ipairs(held) do
+        if not r.pid and not r.done then
+          return false
+        end
+      end
+      return true
+    end, 15000, 'every client to be served or closed')
+    local served = 0
+    for _, r in ipairs(held) do
+      if r.pid then
+        served = served + 1
+      end
+    end
+    assert.is_true(served > 20, 'only ' .. served .. ' clients served')
+    assert.is_true(served < 200, 'no client hit the fd limit')
+
+    -- Two seconds of exhaustion with new clients arriving all the time.
+    local before = cpuTicks(c.pid)
+    local logBefore = count(c.stderr .. c.stdout, 'EMFILE')
+    local extra = {}
+    for _ = 1, 20 do
+      for _ = 1, 5 do
+        extra[#extra + 1] = client(port)
+      end
+      lctest.turn(100)
+    end
+    local ticks = cpuTicks(c.pid) - before
+    local logLines = count(c.stderr .. c.stdout, 'EMFILE') - logBefore
+    -- A spinning accept loop burns the whole 2 s (200 ticks); a paused one almost nothing.
+    assert.is_true(ticks < 60, ('master used %d ticks of CPU in 2 s at EMFILE'):format(ticks))
+    assert.is_true(logLines <= 4, ('%d EMFILE lines in 2 s:\n%s'):format(logLines, c.stderr))
+    assert.is_true(lctest.isAlive(c.pid), 'the master died')
+    assert.are.equal(0, count(c.stdout, 'exit %d'), 'a worker exited:\n' .. c.stdout)
+
+    -- The clients go away: the cluster serves again by itself.
+    closeAll(held)
+    closeAll(extra)
+    local again = {}
+    waitFor(function()
+      local r = again[#again]
+      if r and r.pid then
+        return true
+      end
+      if r == nil or r.done then
+        again[#again + 1] = client(port)
+      end
+      return false
+    end, 10000, "a new connection to be served after the clients left\n" .. c.stdout .. c.stderr:sub(-3000))
+    assert.is_truthy(workers[again[#again].pid])
+    closeAll(again)
+  end)
+
+  it('a worker at its fd limit keeps its channel and connections; the other worker serves', function()
+    local c, port, workers = startCluster()
+    local pids = {}
+    for pid in pairs(workers) do
+      pids[#pids + 1] = pid
+    end
+    -- A few connections held by each worker before the limit.
+    local early = {}
+    for i = 1, 8 do
+      early[i] = client(port)
+    end
+    waitFor(function()
+      for _, r in ipairs(early) do
+        if not r.pid then
+          return false
+        end
+      end
+      return true
+    end, 10000, 'the early clients to be served')
+    local limited = early[1].pid
+    local other = limited == pids[1] and pids[2] or pids[1]
+    prlimit(limited, fdCount(limited) + 3)
+
+    local flood = {}
+    for i = 1, 60 do
+      flood[i] = client(port)
+    end
+    waitFor(function()
+      for _, r in ipairs(flood) do
+        if not r.pid and not r.done then
+          return false
+        end
+      end
+      return true
+    end, 15000, 'every flood client to be served or closed')
+    local byOther, byLimited = 0, 0
+    for _, r in ipairs(flood) do
+      if r.pid == other then
+        byOther = byOther + 1
+      elseif r.pid == limited then
+        byLimited = byLimited + 1
+      end
+    end
+    assert.is_true(byLimited <= 6, byLimited .. ' served by the worker at its limit')
+    assert.are.equal(60 - byLimited, byOther, 'connections lost instead of going to the other worker')
+    -- The limited worker is still there, with its channel and its connections.
+    assert.is_true(lctest.isAlive(limited))
+    assert.are.equal(0, count(c.stdout, 'exit %d'), 'a worker exited:\n' .. c.stdout)
+    for _, r in ipairs(early) do
+      if r.pid == limited then
+        r.ping()
+      end
+    end
+    waitFor(function()
+      for _, r in ipairs(early) do
+        if r.pid == limited and not r.text:find('pong') then
+          return false
+        end
+      end
+      return true
+    end, 5000, 'the limited worker to answer its old connections')
+    closeAll(early)
+    closeAll(flood)
+  end)
+end)
