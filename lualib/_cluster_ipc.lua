@@ -14,17 +14,45 @@ local M = {}
 -- A string message travels as its raw bytes (KIND_STRING): no JSON escaping or parsing.
 M.KIND_USER, M.KIND_INTERNAL, M.KIND_HANDLE, M.KIND_STRING = 1, 2, 3, 4
 
-local enc = cjson.new()
-enc.encode_number_precision(14) -- the most this lua-cjson allows (17 would round-trip doubles)
-enc.encode_invalid_numbers(false)
-enc.encode_keep_buffer(true)
-local encode = enc.encode
-local decode = require('cjson.safe').new().decode
+-- Limits (docs/api.md): a message's encoded size (the frame body limit) and its nesting.
+-- Internal messages wrap a user's message a level or two deeper, so the encoder for them and
+-- the decoder allow a few levels more than users may send.
+M.MAX_BYTES = core.ipc_max_body
+M.MAX_DEPTH = 1000
+-- Above this, send returns false: the caller waits for 'drain' (Node's process.send
+-- contract; the message itself is queued, never lost).
+M.HIGH_WATER = 1024 * 1024
+-- The encoders keep their buffer between messages (fewer allocations), except after one
+-- larger than this, which would otherwise stay allocated for the life of the process.
+local SHRINK_AT = 1024 * 1024
+
+local function newEncoder(depth)
+  local e = cjson.new()
+  e.encode_number_precision(14) -- the most this lua-cjson allows (17 would round-trip doubles)
+  e.encode_invalid_numbers(false)
+  e.encode_max_depth(depth)
+  e.encode_keep_buffer(true)
+  local raw = e.encode
+  return function(v)
+    local s = raw(v)
+    if #s > SHRINK_AT then
+      -- Toggling the setting frees the buffer (lua-cjson re-creates it empty).
+      e.encode_keep_buffer(false)
+      e.encode_keep_buffer(true)
+    end
+    return s
+  end
+end
+local encodeUser = newEncoder(M.MAX_DEPTH)
+local encode = newEncoder(M.MAX_DEPTH + 8)
+local dec = require('cjson.safe').new()
+dec.decode_max_depth(M.MAX_DEPTH + 8)
+local decode = dec.decode
 local null = cjson.null
 
 -- The first thing in v that JSON cannot carry, as a sentence naming where it is; nil when
 -- nothing specific is found.
-local function explain(v, path, seen)
+local function explain(v, path, seen, depth)
   local t = type(v)
   if v == null then
     return nil
@@ -37,6 +65,9 @@ local function explain(v, path, seen)
       return path .. ' is ' .. (v > 0 and 'inf' or '-inf')
     end
   elseif t == 'table' then
+    if depth > M.MAX_DEPTH then
+      return ('msg is nested deeper than %d levels (the limit)'):format(M.MAX_DEPTH)
+    end
     if seen[v] then
       return path .. ' is a cycle (a table that contains itself)'
     end
@@ -47,7 +78,7 @@ local function explain(v, path, seen)
         return ('%s has a %s key'):format(path, kt)
       end
       local why = explain(x, kt == 'number' and ('%s[%s]'):format(path, tostring(k))
-        or (path .. '.' .. k), seen)
+        or (path .. '.' .. k), seen, depth + 1)
       if why then
         return why
       end
@@ -57,16 +88,26 @@ local function explain(v, path, seen)
   return nil
 end
 
--- Encodes a message or raises ERR_INVALID_ARG_TYPE naming the problem (at `level`).
+-- Raises ERR_IPC_MESSAGE_TOO_LARGE (at `level`) when an encoded message is over the limit.
+function M.checkSize(body, level)
+  if #body > M.MAX_BYTES then
+    error(('ERR_IPC_MESSAGE_TOO_LARGE: the message is %d bytes encoded, over the limit of %d bytes')
+      :format(#body, M.MAX_BYTES), level + 1)
+  end
+end
+
+-- Encodes a message or raises ERR_INVALID_ARG_TYPE naming the problem (at `level`), or
+-- ERR_IPC_MESSAGE_TOO_LARGE.
 function M.encode(msg, level)
   if msg == nil then
     error('ERR_MISSING_ARGS: the message to send is nil', level)
   end
-  local ok, s = pcall(encode, msg)
+  local ok, s = pcall(encodeUser, msg)
   if ok then
+    M.checkSize(s, level)
     return s
   end
-  local why = explain(msg, 'msg', {})
+  local why = explain(msg, 'msg', {}, 1)
     or ('msg cannot be encoded as JSON (' .. tostring(s):gsub('^.-:%d+: ', '') .. ')')
   error('ERR_INVALID_ARG_TYPE: cannot send the message: ' .. why, level)
 end
@@ -92,6 +133,7 @@ function M.pack(msg, handle, level)
   level = (level or 2) + 1
   if handle == nil then
     if type(msg) == 'string' then
+      M.checkSize(msg, level)
       return M.KIND_STRING, msg, nil
     end
     return M.KIND_USER, M.encode(msg, level + 1), nil
@@ -112,7 +154,10 @@ function M.pack(msg, handle, level)
   if not desc then
     error('ERR_INVALID_HANDLE_TYPE: this handle type cannot be sent', level)
   end
-  return M.KIND_HANDLE, M.encode({ desc, msg }, level + 1), fds
+  M.encode(msg, level + 1) -- the user's part within the limits
+  local body = encode({ desc, msg })
+  M.checkSize(body, level)
+  return M.KIND_HANDLE, body, fds
 end
 
 -- The receiving side of M.pack: msg, handle (fds a list of integers).
@@ -194,6 +239,10 @@ function Channel:_init(fd, owner)
       if batch then
         dispatch()
       end
+    elseif ev == 'drain' then
+      if owner._onDrain then
+        owner:_onDrain()
+      end
     elseif ev == 'end' then
       owner:_onChannelEnd(nil)
     elseif ev == 'error' then
@@ -213,6 +262,23 @@ function Channel:send(kind, body, fds)
     return nil, 'EPIPE: the channel is closed', 'EPIPE'
   end
   return self._ch:send(kind, body, fds)
+end
+
+-- Sends a user message: true, false when the queue is over the high-water mark (the message
+-- is queued; the owner's _onDrain runs once the queue is written), or nil, err when closed.
+function Channel:sendUser(kind, body, fds)
+  if self.closed then
+    return nil, 'EPIPE: the channel is closed', 'EPIPE'
+  end
+  local ok, queued = self._ch:send(kind, body, fds)
+  if not ok then
+    return nil, queued
+  end
+  if queued > M.HIGH_WATER then
+    self._ch:want_drain()
+    return false
+  end
+  return true
 end
 
 function Channel:sendInternal(msg, fds)

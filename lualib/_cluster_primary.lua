@@ -129,8 +129,9 @@ return function(cluster)
   end
 
   -- worker:send(msg [, handle] [, fn]) -> boolean. Values JSON cannot carry raise here,
-  -- before anything is written. fn(err) runs once the message is handed to the kernel or
-  -- queued in order behind earlier ones.
+  -- before anything is written. false: the channel is closed, or its queue is over the
+  -- high-water mark (the message is queued; wait for the worker's 'drain'). fn(err) runs
+  -- once the message is handed to the kernel or queued in order behind earlier ones.
   function Worker:send(msg, handle, fn)
     if fn == nil and type(handle) == 'function' then
       handle, fn = nil, handle
@@ -140,14 +141,19 @@ return function(cluster)
     if not ch then
       return closedSend(self, fn)
     end
-    local ok = ch:send(kind, body, fds)
-    if not ok then
+    local ok = ch:sendUser(kind, body, fds)
+    if ok == nil then
       return closedSend(self, fn)
     end
     if fn then
       timer.setImmediate(fn, nil)
     end
-    return true
+    return ok
+  end
+
+  -- The channel's queue went over the high-water mark (send returned false) and is written.
+  function Worker:_onDrain()
+    self:emit('drain')
   end
 
   -- Sends a runtime message ({cmd=...}); returns true or false (closed).

@@ -203,6 +203,10 @@ return function(cluster)
     end
   end
 
+  function owner._onDrain()
+    process.emit('drain')
+  end
+
   function owner._onChannelEnd(_, err)
     closeChannel(false, err)
   end
@@ -278,13 +282,18 @@ return function(cluster)
       handle, fn = nil, handle
     end
     local kind, body, fds = ipc.pack(msg, handle, 2)
-    if not channel or not channel:send(kind, body, fds) then
+    local ok
+    if channel then
+      ok = channel:sendUser(kind, body, fds)
+    end
+    if ok == nil then
       return closedError(fn)
     end
     if fn then
       timer.setImmediate(fn, nil)
     end
-    return true
+    -- false: queued over the high-water mark; process emits 'drain' once it is written.
+    return ok
   end
 
   -- process.disconnect(): closes the channel; the worker exits (as in Node, a disconnect the

@@ -8,11 +8,13 @@
 //                          fds is a number when the kernel dropped that many (MSG_CTRUNC)
 //   cb('resume')           an error in a 'frames' call went to an uncaughtException listener;
 //                          the Lua side goes on with the frames it had not dispatched yet
+//   cb('drain')            the queue is empty after ch:want_drain()
 //   cb('end')              the peer closed the channel
 //   cb('error', msg, code) a socket error or a malformed frame (code 'EPROTO'); reading
 //                          stops, the owner closes the channel
 // Methods: send(kind, body [, fds [, close_fds]]), pump(), finish(), flush_sync(ms),
-// queued(), ref(), unref(), close([fn]) and the shared handle methods.
+// queued(), want_drain(), ref(), unref(), close([fn]) and the shared handle methods.
+// `_core.ipc_max_body` is the largest frame body (the message size limit).
 #include "ipc.h"
 #include "metrics.h"
 
@@ -57,6 +59,7 @@ struct lc_ipc {
   int torn_down;  // fd closed, buffers freed
   int burst;      // sends since the last poll event
   int blocked;    // the socket said EAGAIN; wait for the poll to say it is writable
+  int want_drain; // the owner waits for cb('drain') once the queue is empty
   lc_ipc_frame_decoder_t dec;
   wreq_t *head, *tail;
   size_t queued;
@@ -210,7 +213,10 @@ static int flush_writes(lc_ipc_t *ch) {
 
 static void update_poll(lc_ipc_t *ch) {
   if (ch->h.closing) return;
-  int ev = (ch->reading ? UV_READABLE | UV_DISCONNECT : 0) | (ch->head != NULL ? UV_WRITABLE : 0);
+  // A drain the owner waits for is announced from the poll, even when a send emptied the
+  // queue itself (a socket with room is writable at once).
+  int ev = (ch->reading ? UV_READABLE | UV_DISCONNECT : 0) |
+           (ch->head != NULL || ch->want_drain ? UV_WRITABLE : 0);
   if (ev != ch->events) {
     if (ev == 0) {
       uv_poll_stop(&ch->poll);
@@ -510,9 +516,20 @@ static void on_poll(uv_poll_t *p, int status, int events) {
   if (events & UV_WRITABLE) {
     ch->blocked = 0;
     int rc = flush_writes(ch);
+    if (rc == 0 && ch->head == NULL && ch->want_drain && !ch->finishing) {
+      ch->want_drain = 0;
+      update_poll(ch);
+      lua_State *L = lc_L;
+      if (lc_handle_push_cb(L, &ch->h)) {
+        lua_pushliteral(L, "drain");
+        lc_pcall(L, 1, 0);
+      }
+      if (ch->h.closing) return;
+    }
     if (rc < 0) {
       // The peer is gone (EPIPE): what is queued can never be delivered.
       drop_queue(ch);
+      ch->want_drain = 0;
       if (ch->finishing) {
         close_channel(ch);
         return;
@@ -587,7 +604,7 @@ static int ipc_new(lua_State *L) {
   return 1;
 }
 
-// ch:send(kind, body [, fds [, close_fds]]) -> true | nil, err, code
+// ch:send(kind, body [, fds [, close_fds]]) -> true, bytes queued | nil, err, code
 static int ipc_send(lua_State *L) {
   lc_ipc_t *ch = lc_ipc_check(L, 1);
   int kind = (int)luaL_checkinteger(L, 2);
@@ -608,7 +625,17 @@ static int ipc_send(lua_State *L) {
   int rc = lc_ipc_send(ch, kind, body, len, fds, nfds, lua_toboolean(L, 5));
   if (rc < 0) return lc_util_push_uverr(L, rc);
   lua_pushboolean(L, 1);
-  return 1;
+  lua_pushinteger(L, (lua_Integer)ch->queued);
+  return 2;
+}
+
+// ch:want_drain(): cb('drain') once every queued byte is written (backpressure: the owner
+// stops sending above a high-water mark and resumes on the drain).
+static int ipc_want_drain(lua_State *L) {
+  lc_ipc_t *ch = lc_ipc_check(L, 1);
+  ch->want_drain = 1;
+  update_poll(ch);
+  return 0;
 }
 
 // ch:pump(): reads and delivers what the socket holds now (used when the peer is known to
@@ -691,15 +718,11 @@ static int ipc_close(lua_State *L) {
 }
 
 void lc_ipc_open(lua_State *L) {
-  static const luaL_Reg methods[] = {{"send", ipc_send},
-                                     {"pump", ipc_pump},
-                                     {"finish", ipc_finish},
-                                     {"flush_sync", ipc_flush_sync},
-                                     {"queued", ipc_queued},
-                                     {"ref", ipc_ref},
-                                     {"unref", ipc_unref},
-                                     {"close", ipc_close},
-                                     {NULL, NULL}};
+  static const luaL_Reg methods[] = {{"send", ipc_send},     {"pump", ipc_pump},
+                                     {"finish", ipc_finish}, {"flush_sync", ipc_flush_sync},
+                                     {"queued", ipc_queued}, {"want_drain", ipc_want_drain},
+                                     {"ref", ipc_ref},       {"unref", ipc_unref},
+                                     {"close", ipc_close},   {NULL, NULL}};
   lc_handle_meta(L, MT, methods, NULL);
   lua_pushcfunction(L, ipc_new);
   lua_setfield(L, -2, "ipc");
@@ -707,4 +730,6 @@ void lc_ipc_open(lua_State *L) {
   lua_setfield(L, -2, "ipc_pair");
   lua_pushcfunction(L, ipc_closefd);
   lua_setfield(L, -2, "ipc_closefd");
+  lua_pushinteger(L, LC_IPC_FRAME_MAX_BODY);
+  lua_setfield(L, -2, "ipc_max_body");
 }
