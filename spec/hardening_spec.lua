@@ -242,3 +242,46 @@ describe('fd exhaustion', function()
     closeAll(flood)
   end)
 end)
+
+describe('IPC', function()
+  after_each(function()
+    lctest.cleanup()
+  end)
+
+  local function result(mode, ms, env)
+    local c = lctest.spawn(FIX .. 'hard_ipc.lua', { mode }, { env = env })
+    local json = c:waitOutput('result (%b{})', ms or 20000)
+    local code = c:waitExit(10000)
+    assert.are.equal(0, code, c.stderr)
+    return require('cjson').decode(json), c
+  end
+
+  it('process.send returns false above the high-water mark and emits drain; nothing is lost', function()
+    local r = result('flood', 60000)
+    assert.is_number(r.firstFalse, 'process.send never returned false')
+    -- Returned false early: well before 200,000 x 1 KB were queued.
+    assert.is_true(r.firstFalse < 100000, 'first false after ' .. tostring(r.firstFalse) .. ' sends')
+    assert.are.equal(r.falses, r.drains)
+    assert.are.equal(200000, r.received)
+    assert.are.equal(200000 * 1024, r.bytes)
+  end)
+
+  it('an over-size or over-deep message raises a named error and the channel stays usable', function()
+    local r, c = result('limits', 30000)
+    assert.matches('^ERR_IPC_MESSAGE_TOO_LARGE: the message is 268435457 bytes encoded, over the limit of 268435456 bytes', r.big)
+    assert.matches('ERR_INVALID_ARG_TYPE: .*nested deeper than 1000 levels', r.deep)
+    assert.is_true(r.limitSent)
+    assert.is_true(r.after)
+    assert.matches('deep 999', c.stdout) -- {deep = <999 levels>}: 1000 in all
+    -- The 1000-deep message and 'still working' both arrived.
+    assert.are.equal(2, r.received)
+  end)
+
+  it('the encoder does not keep the buffer of a large (32 MB) message', function()
+    -- ASan's quarantine would keep freed memory mapped; it is off for this measurement.
+    local r = result('shrink', 30000, { ASAN_OPTIONS = 'quarantine_size_mb=0:detect_leaks=0' })
+    local grown = (r.after - r.before) / 1048576
+    -- Kept, lua-cjson's buffer would be 32-64 MB (it grows by doubling).
+    assert.is_true(grown < 16, ('worker RSS grew by %.0f MB after one 32 MB message'):format(grown))
+  end)
+end)
