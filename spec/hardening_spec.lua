@@ -39,8 +39,9 @@ local function fdCount(pid)
   return n
 end
 
+-- Sets pid's soft limit on open files (the hard one stays, so it can be raised again).
 local function prlimit(pid, nofile)
-  local ok = os.execute(('prlimit --pid %d --nofile=%d:%d'):format(pid, nofile, nofile))
+  local ok = os.execute(('prlimit --pid %d --nofile=%d:'):format(pid, nofile))
   assert(ok == 0 or ok == true, 'prlimit failed')
 end
 
@@ -240,6 +241,39 @@ describe('fd exhaustion', function()
     end, 5000, 'the limited worker to answer its old connections')
     closeAll(early)
     closeAll(flood)
+  end)
+end)
+
+describe('fork failure', function()
+  after_each(function()
+    lctest.cleanup()
+  end)
+
+  it('a respawn that fails with EMFILE is retried with backoff and the master stays up', function()
+    local port = lctest.freePort()
+    local c = lctest.spawn(FIX .. 'hard_accept.lua', { port }, { flags = { '-w', '2' } })
+    c:waitOutput('started 2 workers', 10000, 'both')
+    local pids = waitFor(function()
+      local list = lctest.childPids(c.pid)
+      return #list == 2 and list
+    end, 10000, 'two workers')
+    -- Below what the master holds now: the socketpair for a replacement cannot be made.
+    prlimit(c.pid, fdCount(c.pid) - 1)
+    assert(core.kill(pids[1], core.signals.SIGKILL))
+    c:waitOutput('cannot start worker %d+: EMFILE[^\n]*retrying in %d+ ms', 10000, 'both')
+    c:waitOutput('cannot start worker %d+: EMFILE[^\n]*retrying in 400 ms', 10000, 'both')
+    assert.is_true(lctest.isAlive(c.pid), 'the master died')
+    -- Descriptors are back: the retry starts the replacement by itself.
+    prlimit(c.pid, 1024)
+    waitFor(function()
+      local list = lctest.childPids(c.pid)
+      return #list == 2 and list[1] ~= pids[1] and list[2] ~= pids[1]
+    end, 10000, 'the replacement worker')
+    local r = client(port)
+    waitFor(function()
+      return r.pid
+    end, 10000, 'the cluster to serve')
+    r.close()
   end)
 end)
 
