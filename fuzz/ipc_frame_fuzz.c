@@ -1,8 +1,9 @@
 // ipc_frame_fuzz.c: drives the IPC frame decoder (runtime/ipc_frame.c) as the channel does:
 // bytes arrive in reads of varying sizes, some reads bring fds, and complete frames are taken
-// after each read. The first two input bytes choose the read sizes and fd arrivals; the rest
-// is the stream. Checks that every frame lies inside the bytes received, that fds are handed
-// out exactly once and in order, and that the decoder never reads past what it was given.
+// after each read; some reads lose their fds (MSG_CTRUNC, lc_ipc_frame_lose_fds). The first
+// two input bytes choose the read sizes and fd arrivals; the rest is the stream. Checks that every
+// frame lies inside the bytes received, that fds are handed out exactly once and in order, and that
+// the decoder never reads past what it was given.
 #include <assert.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -43,15 +44,21 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     off += n;
     int fds[3];
     int nfds = (int)((seed >> 20) % 4 == 0 ? (seed >> 24) % 3 : 0);
+    // Some reads that bring fds are truncated (MSG_CTRUNC): none are committed and the
+    // decoder is told which frame lost them.
+    int truncated = nfds > 0 && (seed >> 28) % 4 == 0;
+    if (truncated) nfds = 0;
     for (int i = 0; i < nfds; i++)
       fds[i] = next_fd++;
     open_fds += nfds;
     err = lc_ipc_frame_commit(&d, n, fds, nfds, fake_close);
+    if (err == 0 && truncated) err = lc_ipc_frame_lose_fds(&d, n);
     lc_ipc_frame_t f;
     int rc;
     while (err == 0 && (rc = lc_ipc_frame_next(&d, &f)) == LC_IPC_FRAME_OK) {
       assert(f.kind >= LC_IPC_KIND_USER && f.kind <= LC_IPC_KIND_MAX);
       assert(f.nfds <= LC_IPC_FRAME_MAX_FDS);
+      assert(f.lost_fds == 0 || f.nfds == 0);
       assert(f.len <= LC_IPC_FRAME_MAX_BODY);
       consumed += LC_IPC_FRAME_HEADER + f.len;
       assert(consumed <= off);
