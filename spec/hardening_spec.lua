@@ -282,8 +282,8 @@ describe('IPC', function()
     lctest.cleanup()
   end)
 
-  local function result(mode, ms, env)
-    local c = lctest.spawn(FIX .. 'hard_ipc.lua', { mode }, { env = env })
+  local function result(mode, ms, env, extra)
+    local c = lctest.spawn(FIX .. 'hard_ipc.lua', { mode, extra }, { env = env })
     local json = c:waitOutput('result (%b{})', ms or 20000)
     local code = c:waitExit(10000)
     assert.are.equal(0, code, c.stderr)
@@ -291,7 +291,14 @@ describe('IPC', function()
   end
 
   it('process.send returns false above the high-water mark and emits drain; nothing is lost', function()
-    local r = result('flood', 60000)
+    -- The master stops reading until the worker saw false (it blocks opening this FIFO
+    -- until the worker opens it), so the queue must build up whatever the machine's speed.
+    local dir = lctest.tmpdir()
+    local fifo = dir .. '/saw-false'
+    assert(os.execute('mkfifo ' .. fifo) == 0)
+    local ok, r = pcall(result, 'flood', 60000, nil, fifo)
+    lctest.rmrf(dir)
+    assert(ok, r)
     assert.is_number(r.firstFalse, 'process.send never returned false')
     -- Returned false early: well before 200,000 x 1 KB were queued.
     assert.is_true(r.firstFalse < 100000, 'first false after ' .. tostring(r.firstFalse) .. ' sends')
@@ -317,6 +324,7 @@ describe('IPC', function()
     local r = result('shrink', 30000, { ASAN_OPTIONS = 'quarantine_size_mb=0:detect_leaks=0' })
     local grown = (r.after - r.before) / 1048576
     -- Kept, lua-cjson's buffer would be 32-64 MB (it grows by doubling).
-    assert.is_true(grown < 16, ('worker RSS grew by %.0f MB after one 32 MB message'):format(grown))
+    -- (Measured: about 40 MB without the fix, 56 under ASan; 0 with it, 20 under ASan.)
+    assert.is_true(grown < 30, ('worker RSS grew by %.0f MB after one 32 MB message'):format(grown))
   end)
 end)
