@@ -484,6 +484,8 @@ static void update_polling(lc_rr_t *self) {
     uv_poll_stop(&self->poll);
     // Whatever stopped accepting (a pause, connections queued for busy or resting workers),
     // the retry timer looks again until accepting resumes, so nothing depends on one event.
+    // (Seen: a connection accepted just after the timer ran, while every worker rested,
+    // waited in `pending` with nothing left to wake it.)
     arm_retry();
   }
   self->polling = want;
