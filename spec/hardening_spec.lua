@@ -178,6 +178,37 @@ describe('fd exhaustion', function()
     closeAll(again)
   end)
 
+  it('a master held at its fd limit sheds connections, logs once a second, stays idle, recovers', function()
+    local c, port = startCluster()
+    -- Nothing more can be opened in the master: every accept fails with EMFILE.
+    prlimit(c.pid, fdCount(c.pid))
+    local before = cpuTicks(c.pid)
+    local logBefore = count(c.stderr .. c.stdout, 'EMFILE')
+    local list = {}
+    for _ = 1, 25 do
+      for _ = 1, 4 do
+        list[#list + 1] = client(port)
+      end
+      lctest.turn(100)
+    end
+    local ticks = cpuTicks(c.pid) - before
+    local logLines = count(c.stderr .. c.stdout, 'EMFILE') - logBefore
+    -- Waiting clients were closed (the spare-fd trick), not left in the backlog.
+    assert.matches('closed %d+ waiting connections', c.stderr)
+    -- 2.5 s at EMFILE: a spinning accept loop burns all of it (250 ticks).
+    assert.is_true(ticks < 60, ('master used %d ticks of CPU in 2.5 s at EMFILE'):format(ticks))
+    assert.is_true(logLines >= 1 and logLines <= 4, ('%d EMFILE lines in 2.5 s:\n%s'):format(logLines,
+      c.stderr))
+    assert.is_true(lctest.isAlive(c.pid), 'the master died')
+    -- Descriptors again: accepting resumes by itself.
+    prlimit(c.pid, 1024)
+    local r = client(port)
+    waitFor(function()
+      return r.pid
+    end, 5000, 'the cluster to serve again')
+    r.close()
+  end)
+
   it('a worker at its fd limit keeps its channel and connections; the other worker serves', function()
     local c, port, workers = startCluster()
     local pids = {}
