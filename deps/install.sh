@@ -14,7 +14,7 @@ pkgs="$pkgs lua-luv-dev"
 pkgs="$pkgs libssl-dev openssl curl"
 for extra in "$@"; do
   case "$extra" in
-    bench) pkgs="$pkgs wrk nginx-light hyperfine nodejs" ;;
+    bench) pkgs="$pkgs wrk nginx-light hyperfine nodejs npm" ;;
     fuzz) pkgs="$pkgs clang libclang-rt-14-dev" ;;
     sanitize) pkgs="$pkgs libclang-rt-14-dev" ;;
     *) echo "install.sh: unknown extra '$extra' (bench, fuzz, sanitize)" >&2; exit 2 ;;
@@ -24,6 +24,7 @@ done
 missing=""
 for p in $pkgs; do
   if [ "$p" = nodejs ] && command -v node >/dev/null 2>&1; then continue; fi
+  if [ "$p" = npm ] && command -v npm >/dev/null 2>&1; then continue; fi
   status=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)
   case "$status" in
     *"install ok installed"*) ;;
@@ -40,3 +41,12 @@ if [ -n "$missing" ]; then
   apt-get update
   DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $missing
 fi
+
+# bench/deploy/run drives Node's cluster the PM2 way (`pm2 reload`): PM2 from npm into
+# bench/.pm2 (git-ignored), for the bench extra only; builds and tests never need it.
+for extra in "$@"; do
+  if [ "$extra" = bench ] && [ ! -x "$(dirname "$0")/../bench/.pm2/node_modules/.bin/pm2" ]; then
+    echo "deps/install.sh: npm install pm2 into bench/.pm2"
+    npm install --prefix "$(dirname "$0")/../bench/.pm2" --no-audit --no-fund pm2@7
+  fi
+done
