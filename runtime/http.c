@@ -1,4 +1,4 @@
-// http.c: HTTP/1.x parsing and response formatting for lualib/http.lua, on llhttp (Node's
+// http.c: HTTP/1.x parsing and response formatting for lualib/net/http.lua, on llhttp (Node's
 // parser, compiled in from Debian's node-llhttp sources: deps/Dependencies.cmake).
 //
 // `_core.http_attach(stream, mode, cb, opts)` sets the stream's C read hook so a
@@ -1259,7 +1259,7 @@ static int send_lua(lua_State *L, uv_buf_t *bufs, int nbufs) {
 // framed as a chunk when flags has SEND_CHUNKED, then the last chunk with SEND_LAST.
 // Header names or values with CR, LF or NUL raise ERR_INVALID_CHAR (response splitting).
 static int http_send(lua_State *L) {
-  // A table is a TLS socket's handle (lualib/tls.lua): the bytes go to its write method.
+  // A table is a TLS socket's handle (lualib/net/tls.lua): the bytes go to its write method.
   int to_lua = lua_istable(L, 1);
   lc_stream_t *s = NULL;
   if (!to_lua) {

@@ -18,7 +18,7 @@ typedef struct {
   uint64_t ipc_out;        // IPC frames sent (ipc.c)
 } lc_metrics_t;
 
-// The Lua side declares the same layout in lualib/_metrics.lua: keep them in step.
+// The Lua side declares the same layout in lualib/ops/_metrics.lua: keep them in step.
 extern lc_metrics_t lc_metrics;
 
 #endif

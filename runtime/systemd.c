@@ -2,7 +2,7 @@
 // protocols are small and stable (sd_notify(3), sd_listen_fds(3)): a datagram of
 // "KEY=VALUE\n" lines to the AF_UNIX socket named by $NOTIFY_SOCKET ('@' = abstract
 // namespace), and listening sockets inherited from fd 3 on. The policy (which variables,
-// when to send what, which listen takes which socket) is Lua: lualib/_systemd.lua.
+// when to send what, which listen takes which socket) is Lua: lualib/ops/_systemd.lua.
 //
 // Lua:
 //   _core.sd_notify(path, msg) -> true | nil, err, code     one datagram, no state kept

@@ -1,4 +1,4 @@
-// tls.c: TLS on OpenSSL over memory BIOs, for lualib/tls.lua. Nothing here touches a socket:
+// tls.c: TLS on OpenSSL over memory BIOs, for lualib/net/tls.lua. Nothing here touches a socket:
 // tls.lua reads ciphertext from the runtime's own TCP stream, feeds it in
 // (`conn:feed(bytes)` -> records to send, plaintext, what happened), and writes what comes
 // out, so the handshake and every record are driven by the event loop's read callbacks and

@@ -1,5 +1,5 @@
 -- User handle passing: worker:send(msg, handle) and process.send(msg, handle) with a net
--- socket, a net server or a dgram socket (lualib/_cluster_handles.lua), and seed 000's
+-- socket, a net server or a dgram socket (lualib/cluster/_cluster_handles.lua), and seed 000's
 -- hand-made round-robin (apps/manual_rr.lua). Real masters and workers, loopback clients.
 local lctest = require('lctest')
 local core = require('_core')

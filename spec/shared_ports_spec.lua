@@ -1,5 +1,5 @@
 -- Shared ports: servers and UDP sockets in workers share one port through the master
--- (lualib/_cluster_shared.lua, runtime/rr.c). Every case runs a real master with real workers
+-- (lualib/cluster/_cluster_shared.lua, runtime/rr.c). Every case runs a real master with real workers
 -- (spec/fixtures/shared_*.lua) and real loopback clients in this process; who holds which
 -- socket is read from /proc.
 local lctest = require('lctest')

@@ -9,6 +9,8 @@
 -- over the stream's high-water mark, then 'drain'), half-close and timeouts are net's own.
 -- http.lua serves and calls over a TLS socket unchanged: Handle:http_attach feeds the
 -- plaintext to a C parser, and _core.http_send writes through Handle:write.
+-- Size: just over 800 lines: the Handle, the client and the server share the context cache
+-- and the certificate helpers as locals.
 --
 -- Nothing blocks: the handshake advances in the stream's read callbacks; a handshake that
 -- stalls ends after handshakeTimeout (120 s by default, as Node).

@@ -7,6 +7,8 @@
 -- is {"cmd":"status"|"reload"|"stop"|"scale","n":..}; each gets one reply {"ok":true,...} or
 -- {"ok":false,"error":"CODE: message"}; after a stop the master also sends
 -- {"event":"exit","code":N} as it exits.
+-- Size: over 800 lines on purpose: both ends of one protocol (the master's socket and the
+-- `lcluster status|reload|stop|scale|upgrade` client) stay in one file so they change together.
 local ffi = require('ffi')
 local core = require('_core')
 local cjson = require('cjson')
