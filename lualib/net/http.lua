@@ -694,7 +694,7 @@ function ServerResponse:_sendHead(body, last)
       self._keepAlive = false
     end
   else
-    if conn.server._closing or conn.ending then
+    if conn.server._closing or conn.socket._readEnded then
       self._keepAlive = false
     end
     flags = flags + (self._keepAlive and F.KEEPALIVE or F.CLOSE)
@@ -905,9 +905,13 @@ local function parserLimits(server)
   return o
 end
 
--- One constructor with every field (false rather than nil), so a connection costs one
--- allocation and no rehash: this runs once per connection. Constant values only in the
--- constructor, variable ones stored after (see IncomingMessage.new).
+-- One constructor with every field of the common path (false rather than nil), so a
+-- connection costs one allocation and no rehash: this runs once per connection. Constant
+-- values only in the constructor, variable ones stored after (see IncomingMessage.new).
+-- At most 16 keys: LuaJIT sizes a table's hash part to a power of two, and every idle
+-- keep-alive connection holds this table, so a 17th key doubles it (+384 bytes). Fields of
+-- rare paths (upgradeReq, pendingError, stopPipe, stopUser) are nil until used; the grace
+-- deadline lives in graceConns and "the client ended" is socket._readEnded.
 function Conn.new(server, socket)
   local handle = socket._handle
   local self = {
@@ -924,16 +928,11 @@ function Conn.new(server, socket)
     served = false,
     ending = false,
     closing = false,
-    upgradeReq = false,
-    pendingError = false,
-    graceUntil = false, -- while in the closing grace (see graceAdd)
     slot = 0, -- index in server._conns
     -- Why the socket is not read now (see BODY_HWM): the body's unread bytes, responses
     -- queued, the write queue, req:pause().
     stopBody = false,
-    stopPipe = false,
     stopWrite = false,
-    stopUser = false,
   }
   self.server, self.socket, self.handle, self.queue = server, socket, handle, tnew(2, 0)
   self.idleSince = now()
@@ -994,7 +993,7 @@ end
 -- Starts or stops reading the socket: `field` (one of the stop* reasons) is set to `on`;
 -- reading goes on only when no reason holds.
 function Conn:_setStop(field, on)
-  if self[field] == on then
+  if (self[field] or false) == on then
     return
   end
   self[field] = on
@@ -1037,7 +1036,7 @@ function Conn:_responseDone(res)
     nextRes:_activate()
   elseif self.pendingError then
     self:_sendError(self.pendingError)
-  elseif self.ending or self.server._closing then
+  elseif self.socket._readEnded or self.server._closing then
     self:_closeAfterFlush()
   elseif not self.req then
     self.idleSince = now()
@@ -1053,22 +1052,22 @@ function Conn:_checkDrain()
 end
 
 -- Connections half-closed by us and waiting for the client to close its side: conn ->
--- true, checked by one timer for the whole process (no timer per connection).
+-- the loop time it is destroyed at, checked by one timer for the whole process (no timer
+-- per connection).
 local GRACE_MS = 2000
 local graceConns, nGrace, graceTimer = {}, 0, nil
 
 local function graceSweep()
   local t = now()
-  for conn in pairs(graceConns) do
-    if t >= conn.graceUntil then
+  for conn, deadline in pairs(graceConns) do
+    if t >= deadline then
       conn.socket:destroy()
     end
   end
 end
 
 local function graceAdd(conn)
-  conn.graceUntil = now() + GRACE_MS
-  graceConns[conn] = true
+  graceConns[conn] = now() + GRACE_MS
   nGrace = nGrace + 1
   if graceTimer == nil then
     graceTimer = core.timer(graceSweep)
@@ -1080,7 +1079,6 @@ local function graceAdd(conn)
 end
 
 local function graceRemove(conn)
-  conn.graceUntil = false
   graceConns[conn] = nil
   nGrace = nGrace - 1
   if nGrace == 0 then
@@ -1104,7 +1102,6 @@ end
 
 -- Socket events (net's owner hooks, called before the socket's own listeners).
 function Conn:_sockEnd()
-  self.ending = true
   if self.closing then
     return
   end
@@ -1120,7 +1117,7 @@ end
 
 function Conn:_sockFinish()
   local socket = self.socket
-  if self.closing and not self.graceUntil and not socket._readEnded then
+  if self.closing and not graceConns[self] and not socket._readEnded then
     graceAdd(self)
   end
 end
@@ -1140,7 +1137,7 @@ function Conn:_sockError(err)
 end
 
 function Conn:_sockClose()
-  if self.graceUntil then
+  if graceConns[self] then
     graceRemove(self)
   end
   self.server:_removeConn(self)
@@ -1184,7 +1181,7 @@ end
 
 function Conn:_onUpgrade(rest)
   local req = self.upgradeReq
-  self.upgradeReq = false
+  self.upgradeReq = nil
   self.parser:detach()
   self.server:_removeConn(self)
   if req and self.server:listenerCount('upgrade') > 0 then

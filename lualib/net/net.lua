@@ -186,6 +186,9 @@ end
 -- Constant values only in the constructor, variable ones stored after: the embedded bytecode
 -- (string.dump) keeps only a template's constant-valued keys, so `{ k = variable }` would add
 -- k as a new key (growing, even rehashing, the table) instead of filling a slot.
+-- At most 16 keys: the hash part is a power of two and every idle connection holds this
+-- table, so a 17th key would double it (+384 bytes); _pendingBytes (writes queued while a
+-- client connects) is nil until used.
 local function newSocket(handle, allowHalfOpen, server)
   local self = {
     connecting = false,
@@ -202,7 +205,6 @@ local function newSocket(handle, allowHalfOpen, server)
     _paused = false,
     _server = false,
     _owner = false,
-    _pendingBytes = false,
     _bytesRead = false,
     _bytesWritten = false,
   }
