@@ -1,0 +1,74 @@
+-- app.lua: the lcluster side of bench/realistic/run, 2 workers behind the built-in balancer.
+--   lcluster bench/realistic/app.lua PORT WORKERS FILE64K
+-- Routes (the same in node_app.js):
+--   POST /json  parse the JSON body with cjson, answer a 1 KB JSON object
+--   GET /64k    a 64 KB body from memory
+--   GET /file   FILE64K with res:sendFile (sendfile(2))
+--   anything else: hello world (the idle-connection and 20-header rows)
+-- keepAliveTimeout is off so idle connections stay open while the bench measures them.
+-- Prints "ready N" once N workers listen.
+local cluster = require('cluster')
+local http = require('http')
+
+local port = tonumber(arg[1]) or 8000
+local workers = tonumber(arg[2]) or 2
+local file = arg[3]
+
+if cluster.isMaster then
+  local listening = 0
+  cluster.on('listening', function()
+    listening = listening + 1
+    if listening == workers then
+      print('ready ' .. workers)
+      io.stdout:flush()
+    end
+  end)
+  for _ = 1, workers do
+    cluster.fork()
+  end
+  local function stop()
+    for _, worker in pairs(cluster.workers) do
+      worker:kill()
+    end
+    process.exit(0)
+  end
+  process.on('SIGINT', stop)
+  process.on('SIGTERM', stop)
+  return
+end
+
+local cjson = require('cjson')
+local concat = table.concat
+local BIG = string.rep('x', 65536)
+local items = {}
+for i = 1, 12 do
+  items[i] = { id = i, name = 'item-' .. i, price = i * 1.25, tags = { 'a', 'b', 'c' }, active = true }
+end
+
+local server = http.createServer(function(req, res)
+  local url = req.url
+  if url == '/json' then
+    local parts, n = {}, 0
+    req:on('data', function(chunk)
+      n = n + 1
+      parts[n] = chunk
+    end)
+    req:on('end', function()
+      local body = cjson.decode(concat(parts))
+      local out = cjson.encode({ ok = true, n = #body.items, user = body.user, items = items })
+      res:writeHead(200, { ['Content-Type'] = 'application/json', ['Content-Length'] = #out })
+      res:finish(out)
+    end)
+  elseif url == '/64k' then
+    res:writeHead(200, { ['Content-Type'] = 'application/octet-stream', ['Content-Length'] = 65536 })
+    res:finish(BIG)
+  elseif url == '/file' then
+    res:setHeader('Content-Type', 'application/octet-stream')
+    res:sendFile(file)
+  else
+    res:writeHead(200, { ['Content-Type'] = 'text/plain' })
+    res:finish('hello world\n')
+  end
+end)
+server.keepAliveTimeout = 0
+server:listen({ port = port, host = '127.0.0.1' })

@@ -1,0 +1,23 @@
+-- headers20.lua: wrk script for the 20-header row: GET / with 20 request headers (with Host).
+-- luacheck: globals wrk
+wrk.path = '/'
+local h = wrk.headers
+h['User-Agent'] = 'Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0 Safari/537.36'
+h['Accept'] = 'text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8'
+h['Accept-Language'] = 'en-US,en;q=0.9'
+h['Accept-Encoding'] = 'gzip, deflate, br'
+h['Cache-Control'] = 'no-cache'
+h['Pragma'] = 'no-cache'
+h['Cookie'] = 'session=abcdef0123456789; theme=dark; lang=en'
+h['Referer'] = 'https://example.com/some/page'
+h['X-Request-Id'] = '4f6d2c1e-9a8b-4c7d-8e6f-1a2b3c4d5e6f'
+h['X-Forwarded-For'] = '203.0.113.7'
+h['X-Forwarded-Proto'] = 'https'
+h['X-Real-Ip'] = '203.0.113.7'
+h['Sec-Fetch-Dest'] = 'document'
+h['Sec-Fetch-Mode'] = 'navigate'
+h['Sec-Fetch-Site'] = 'same-origin'
+h['Upgrade-Insecure-Requests'] = '1'
+h['Dnt'] = '1'
+h['If-None-Match'] = '"abc123"'
+h['Authorization'] = 'Bearer eyJhbGciOiJIUzI1NiJ9.e30.abc'
