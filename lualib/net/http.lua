@@ -926,7 +926,6 @@ function Conn.new(server, socket)
     idleSince = false,
     parser = false,
     served = false,
-    ending = false,
     closing = false,
     slot = 0, -- index in server._conns
     -- Why the socket is not read now (see BODY_HWM): the body's unread bytes, responses
