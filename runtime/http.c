@@ -158,20 +158,26 @@ static void scratch_release(http_conn_t *c) {
   }
 }
 
-static int buf_append(http_conn_t *c, const char *at, size_t n, int lower) {
+// Makes room for n more bytes in c->buf: a spare buffer first, else a larger allocation.
+// Out of line so that buf_append stays small enough to inline into the span callbacks.
+static __attribute__((noinline)) int buf_grow(http_conn_t *c, size_t n) {
   if (c->cap == 0 && nspare_bufs > 0) {
     c->buf = spare_bufs[--nspare_bufs];
     c->cap = BUF_FIRST;
+    if (c->len + n <= c->cap) return 0;
   }
-  if (c->len + n > c->cap) {
-    size_t cap = c->cap ? c->cap : BUF_FIRST;
-    while (cap < c->len + n)
-      cap *= 2;
-    char *nb = realloc(c->buf, cap);
-    if (nb == NULL) return -1;
-    c->buf = nb;
-    c->cap = cap;
-  }
+  size_t cap = c->cap ? c->cap : BUF_FIRST;
+  while (cap < c->len + n)
+    cap *= 2;
+  char *nb = realloc(c->buf, cap);
+  if (nb == NULL) return -1;
+  c->buf = nb;
+  c->cap = cap;
+  return 0;
+}
+
+static int buf_append(http_conn_t *c, const char *at, size_t n, int lower) {
+  if (c->len + n > c->cap && buf_grow(c, n)) return -1;
   char *d = c->buf + c->len;
   if (at == NULL) {
     // reserve: the caller fills the n bytes
@@ -232,16 +238,17 @@ static int on_header_field(llhttp_t *p, const char *at, size_t n) {
       c->dropped++; // Node drops headers over maxHeadersCount rather than failing
       return 0;
     }
-    if (c->hdrs_cap == 0 && nspare_hdrs > 0) {
-      c->hdrs = spare_hdrs[--nspare_hdrs];
-      c->hdrs_cap = HDRS_FIRST;
-    }
     if (c->nhdrs == c->hdrs_cap) {
-      uint32_t cap = c->hdrs_cap ? c->hdrs_cap * 2 : HDRS_FIRST;
-      hdr_t *nh = realloc(c->hdrs, cap * sizeof(*nh));
-      if (nh == NULL) return HPE_USER;
-      c->hdrs = nh;
-      c->hdrs_cap = cap;
+      if (c->hdrs_cap == 0 && nspare_hdrs > 0) {
+        c->hdrs = spare_hdrs[--nspare_hdrs];
+        c->hdrs_cap = HDRS_FIRST;
+      } else {
+        uint32_t cap = c->hdrs_cap ? c->hdrs_cap * 2 : HDRS_FIRST;
+        hdr_t *nh = realloc(c->hdrs, cap * sizeof(*nh));
+        if (nh == NULL) return HPE_USER;
+        c->hdrs = nh;
+        c->hdrs_cap = cap;
+      }
     }
     hdr_t *h = &c->hdrs[c->nhdrs++];
     h->name_off = (uint32_t)c->len;
@@ -657,7 +664,7 @@ static void conn_feed_msgs(lua_State *L, http_conn_t *c, const char *data, size_
 
 static void conn_feed(lua_State *L, http_conn_t *c, const char *data, size_t len) {
   conn_feed_msgs(L, c, data, len);
-  if (!c->in_message && !c->head_pending) scratch_release(c);
+  if (!c->in_message && !c->head_pending && (c->buf != NULL || c->hdrs != NULL)) scratch_release(c);
 }
 
 // The stream's read hook: bytes go to the parser; EOF and errors to the stream's callback.
