@@ -910,8 +910,11 @@ end
 -- values only in the constructor, variable ones stored after (see IncomingMessage.new).
 -- At most 16 keys: LuaJIT sizes a table's hash part to a power of two, and every idle
 -- keep-alive connection holds this table, so a 17th key doubles it (+384 bytes). Fields of
--- rare paths (upgradeReq, pendingError, stopPipe, stopUser) are nil until used; the grace
--- deadline lives in graceConns and "the client ended" is socket._readEnded.
+-- rare paths (upgradeReq, stopUser) are nil until used, as long as no request reads them:
+-- a missing key costs a failed hash walk and a second lookup in the class on every read,
+-- so stopPipe and pendingError (read after every response) stay. "Served a request" is
+-- tail > 0, the grace deadline lives in graceConns and "the client ended" is
+-- socket._readEnded.
 function Conn.new(server, socket)
   local handle = socket._handle
   local self = {
@@ -925,13 +928,14 @@ function Conn.new(server, socket)
     req = false, -- the request whose body is arriving
     idleSince = false,
     parser = false,
-    served = false,
     closing = false,
     slot = 0, -- index in server._conns
     -- Why the socket is not read now (see BODY_HWM): the body's unread bytes, responses
     -- queued, the write queue, req:pause().
     stopBody = false,
+    stopPipe = false,
     stopWrite = false,
+    pendingError = false,
   }
   self.server, self.socket, self.handle, self.queue = server, socket, handle, tnew(2, 0)
   self.idleSince = now()
@@ -942,7 +946,6 @@ end
 
 function Conn:_onHead(method, url, version, raw, keepAlive, upgrade, complete, hasExpect)
   local server = self.server
-  self.served = true
   local req = IncomingMessage._newRequest(self.socket, method, url, version, raw)
   if upgrade then
     self.upgradeReq = req
@@ -1386,7 +1389,7 @@ function Server:closeIdleConnections(spareMs)
     local conn = conns[i]
     local inMessage = conn and conn.parser:state()
     if conn and not conn.active and not inMessage then
-      local spare = spareMs and (not conn.served or (conn.idleSince and t - conn.idleSince < spareMs))
+      local spare = spareMs and (conn.tail == 0 or (conn.idleSince and t - conn.idleSince < spareMs))
       if not spare then
         conn:destroy()
       end
