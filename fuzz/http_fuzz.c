@@ -13,7 +13,6 @@
 
 lua_State *lc_L;
 uv_loop_t *lc_loop;
-lc_metrics_t lc_metrics; // metrics.c is not linked: http.c only counts into it
 
 int lc_pcall(lua_State *L, int nargs, int nresults) {
   if (lua_pcall(L, nargs, nresults, 0) != 0) {
