@@ -5,18 +5,56 @@
 -- emits 'drain' when the queue is written.
 local class = require('_class')
 local events = require('events')
+local stream = require('_stream')
 
 return function(fs, util)
   local uv, fsError, checkPath = util.uv, util.fsError, util.checkPath
 
-  local function optsOf(opts, level)
+  -- createReadStream/createWriteStream's (path, opts) checks; errors point at their caller.
+  local function streamOpts(path, opts)
     if opts == nil or type(opts) == 'string' then
-      return {}
+      opts = {}
+    elseif type(opts) ~= 'table' then
+      error('ERR_INVALID_ARG_TYPE: the "options" argument must be a table, got ' .. type(opts), 3)
     end
-    if type(opts) ~= 'table' then
-      error('ERR_INVALID_ARG_TYPE: the "options" argument must be a table, got ' .. type(opts), level + 1)
+    if not opts.fd then
+      checkPath(path, 'path', 3)
     end
     return opts
+  end
+
+  -- Takes the stream's fd (nil once closed) and returns the closer for stream.closed.
+  local function closeFd(self)
+    local fd = self.fd
+    self.fd = nil
+    if fd then
+      return function(done)
+        uv.fs_close(fd, function()
+          done()
+        end)
+      end
+    end
+  end
+
+  -- Opens path for a stream unless opts.fd is given; then 'open'(fd), 'ready' and start(self).
+  local function openFor(self, path, opts, flags, start)
+    if opts.fd then
+      self.fd = opts.fd
+      return
+    end
+    uv.fs_open(path, opts.flags or flags, opts.mode or 438, function(err, fd)
+      if err then
+        return self:destroy(fsError(err, 'fs_open', path))
+      end
+      if self.destroyed then
+        uv.fs_close(fd, function() end)
+        return
+      end
+      self.fd = fd
+      self:emit('open', fd)
+      self:emit('ready')
+      start(self)
+    end)
   end
 
   ---------------------------------------------------------------------------------------------
@@ -36,32 +74,10 @@ return function(fs, util)
     self._reading = false
     self.destroyed = false
     self.readableEnded = false
-    self:on('newListener', function(ev)
-      if ev == 'data' and self._paused and not self._explicitPause then
-        setImmediate(function()
-          if not self._explicitPause then
-            self:resume()
-          end
-        end)
-      end
+    stream.autoFlow(self)
+    openFor(self, path, opts, 'r', function()
+      self:_read()
     end)
-    if opts.fd then
-      self.fd = opts.fd
-    else
-      uv.fs_open(path, opts.flags or 'r', opts.mode or 438, function(err, fd)
-        if err then
-          return self:destroy(fsError(err, 'fs_open', path))
-        end
-        if self.destroyed then
-          uv.fs_close(fd, function() end)
-          return
-        end
-        self.fd = fd
-        self:emit('open', fd)
-        self:emit('ready')
-        self:_read()
-      end)
-    end
   end
 
   function ReadStream:_read()
@@ -123,21 +139,7 @@ return function(fs, util)
       return self
     end
     self.destroyed = true
-    local fd = self.fd
-    self.fd = nil
-    local function done()
-      if err then
-        self:emit('error', err)
-      end
-      self:emit('close')
-    end
-    if fd then
-      uv.fs_close(fd, function()
-        done()
-      end)
-    else
-      setImmediate(done)
-    end
+    stream.closed(self, err, closeFd(self))
     return self
   end
   ReadStream.close = ReadStream.destroy
@@ -145,43 +147,12 @@ return function(fs, util)
   -- pipe(dest [, {['end']=false}]) -> dest. dest needs write(chunk) -> boolean, 'drain', and
   -- finish() (or end()); a destination that emits 'close' before the end stops the read.
   function ReadStream:pipe(dest, opts)
-    if type(dest) ~= 'table' or type(dest.write) ~= 'function' then
-      error('ERR_INVALID_ARG_TYPE: pipe needs a writable destination', 2)
-    end
-    local waiting = false
-    self:on('data', function(chunk)
-      if dest:write(chunk) == false and not waiting then
-        waiting = true
-        self:pause()
-        dest:once('drain', function()
-          waiting = false
-          self:resume()
-        end)
-      end
-    end)
-    if not (opts and opts['end'] == false) then
-      self:once('end', function()
-        local fin = dest.finish or dest['end']
-        fin(dest)
-      end)
-    end
-    if dest.once then
-      dest:once('close', function()
-        if not self.readableEnded then
-          self:destroy()
-        end
-      end)
-    end
-    self:resume()
-    return dest
+    local d = stream.pipe(self, dest, opts, true)
+    return d
   end
 
   function fs.createReadStream(path, opts)
-    opts = optsOf(opts, 2)
-    if not opts.fd then
-      checkPath(path, 'path', 2)
-    end
-    return ReadStream.new(path, opts)
+    return ReadStream.new(path, streamOpts(path, opts))
   end
 
   ---------------------------------------------------------------------------------------------
@@ -205,23 +176,9 @@ return function(fs, util)
     self._ending = false
     self.destroyed = false
     self.writableFinished = false
-    if opts.fd then
-      self.fd = opts.fd
-    else
-      uv.fs_open(path, opts.flags or 'w', opts.mode or 438, function(err, fd)
-        if err then
-          return self:destroy(fsError(err, 'fs_open', path))
-        end
-        if self.destroyed then
-          uv.fs_close(fd, function() end)
-          return
-        end
-        self.fd = fd
-        self:emit('open', fd)
-        self:emit('ready')
-        self:_flush()
-      end)
-    end
+    openFor(self, path, opts, 'w', function()
+      self:_flush()
+    end)
   end
 
   function WriteStream:_flush()
@@ -268,14 +225,9 @@ return function(fs, util)
 
   function WriteStream:write(chunk, cb)
     if self._ending or self.destroyed then
-      local err = events.makeError('ERR_STREAM_WRITE_AFTER_END', 'write after end')
-      setImmediate(function()
-        if cb then
-          cb(err)
-        end
+      return stream.writeAfterEnd(cb, function(err)
         self:emit('error', err)
       end)
-      return false
     end
     if type(chunk) ~= 'string' then
       error('ERR_INVALID_ARG_TYPE: the "chunk" argument must be a string, got ' .. type(chunk), 2)
@@ -296,12 +248,7 @@ return function(fs, util)
   end
 
   function WriteStream:finish(chunk, cb)
-    if type(chunk) == 'function' then
-      chunk, cb = nil, chunk
-    end
-    if chunk ~= nil and chunk ~= '' then
-      self:write(chunk)
-    end
+    cb = stream.finishArgs(self, chunk, cb)
     if cb then
       self:once('finish', cb)
     end
@@ -332,30 +279,12 @@ return function(fs, util)
       return self
     end
     self.destroyed = true
-    local fd = self.fd
-    self.fd = nil
-    local function done()
-      if err then
-        self:emit('error', err)
-      end
-      self:emit('close')
-    end
-    if fd then
-      uv.fs_close(fd, function()
-        done()
-      end)
-    else
-      setImmediate(done)
-    end
+    stream.closed(self, err, closeFd(self))
     return self
   end
   WriteStream.close = WriteStream.destroy
 
   function fs.createWriteStream(path, opts)
-    opts = optsOf(opts, 2)
-    if not opts.fd then
-      checkPath(path, 'path', 2)
-    end
-    return WriteStream.new(path, opts)
+    return WriteStream.new(path, streamOpts(path, opts))
   end
 end

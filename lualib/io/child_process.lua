@@ -11,6 +11,7 @@ local uv = require('luv')
 local core = require('_core')
 local class = require('_class')
 local events = require('events')
+local stream = require('_stream')
 
 local M = {}
 
@@ -21,6 +22,11 @@ local CLUSTER_ENV = {
   LCLUSTER_WORKER_ID = true, LCLUSTER_IPC_FD = true, LCLUSTER_MASTER_PID = true, LCLUSTER_AGENT = true,
   LCLUSTER_WORKER_SLOT = true, LCLUSTER_WORKERS = true,
 }
+
+-- A luv error string ('EPIPE: broken pipe') as an error table with its code.
+local function uvError(msg)
+  return makeError(msg:match('^(%u+)') or 'EIO', msg)
+end
 
 local function argError(msg, level)
   error('ERR_INVALID_ARG_TYPE: ' .. msg, level + 1)
@@ -64,15 +70,7 @@ function Readable:_init(pipe, hwm)
   self._onRead = function(err, data)
     self:_read(err, data)
   end
-  self:on('newListener', function(ev)
-    if ev == 'data' and not self._flowing and not self._explicitPause then
-      setImmediate(function()
-        if not self._explicitPause and not self._flowing then
-          self:resume()
-        end
-      end)
-    end
-  end)
+  stream.autoFlow(self)
   -- Reading starts once the pipe is connected to the child (spawn calls _startReading).
 end
 
@@ -94,7 +92,7 @@ end
 
 function Readable:_read(err, data)
   if err then
-    return self:destroy(makeError(err:match('^(%u+)') or 'EIO', err))
+    return self:destroy(uvError(err))
   end
   if data == nil then
     self._eof = true
@@ -156,44 +154,16 @@ function Readable:destroy(err)
   self.destroyed = true
   self._reading = false
   local p = self._pipe
-  local function done()
-    if err then
-      self:emit('error', err)
-    end
-    self:emit('close')
-  end
-  if not p:is_closing() then
+  stream.closed(self, err, not p:is_closing() and function(done)
     p:close(done)
-  else
-    setImmediate(done)
-  end
+  end or nil)
   return self
 end
 
 -- pipe(dest [, {['end']=false}]) -> dest, pausing while dest:write() returns false.
 function Readable:pipe(dest, opts)
-  if type(dest) ~= 'table' or type(dest.write) ~= 'function' then
-    error('ERR_INVALID_ARG_TYPE: pipe needs a writable destination', 2)
-  end
-  local waiting = false
-  self:on('data', function(chunk)
-    if dest:write(chunk) == false and not waiting then
-      waiting = true
-      self:pause()
-      dest:once('drain', function()
-        waiting = false
-        self:resume()
-      end)
-    end
-  end)
-  if not (opts and opts['end'] == false) then
-    self:once('end', function()
-      local fin = dest.finish or dest['end']
-      fin(dest)
-    end)
-  end
-  self:resume()
-  return dest
+  local d = stream.pipe(self, dest, opts, false)
+  return d
 end
 
 -- Writable side of a pipe: write() -> boolean, 'drain', finish() (or ['end']), 'finish',
@@ -223,21 +193,16 @@ function Writable:write(data, cb)
   end
   local p = self._pipe
   if self.writableEnded or self.destroyed or p:is_closing() then
-    local err = makeError('ERR_STREAM_WRITE_AFTER_END', 'write after end')
-    setImmediate(function()
-      if cb then
-        cb(err)
-      end
+    return stream.writeAfterEnd(cb, function(err)
       self:_error(err)
     end)
-    return false
   end
   local _, werr = p:write(data, function(err)
     if cb then
-      cb(err and makeError(err:match('^(%u+)') or 'EIO', err) or nil)
+      cb(err and uvError(err) or nil)
     end
     if err then
-      return self:_error(makeError(err:match('^(%u+)') or 'EIO', err))
+      return self:_error(uvError(err))
     end
     if self._needDrain and p:get_write_queue_size() == 0 then
       self._needDrain = false
@@ -246,7 +211,7 @@ function Writable:write(data, cb)
   end)
   if werr then
     setImmediate(function()
-      self:_error(makeError(werr:match('^(%u+)') or 'EIO', werr))
+      self:_error(uvError(werr))
     end)
     return false
   end
@@ -258,12 +223,7 @@ function Writable:write(data, cb)
 end
 
 function Writable:finish(data, cb)
-  if type(data) == 'function' then
-    data, cb = nil, data
-  end
-  if data ~= nil and data ~= '' then
-    self:write(data)
-  end
+  cb = stream.finishArgs(self, data, cb)
   if self.writableEnded then
     return self
   end

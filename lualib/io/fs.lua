@@ -181,20 +181,13 @@ local function toStats(st)
   return s
 end
 
-function Stats:isFile()
-  return self.type == 'file'
-end
-function Stats:isDirectory()
-  return self.type == 'directory'
-end
-function Stats:isSymbolicLink()
-  return self.type == 'link'
-end
-function Stats:isFIFO()
-  return self.type == 'fifo'
-end
-function Stats:isSocket()
-  return self.type == 'socket'
+-- isFile(), isDirectory(), ...: each tests luv's type name.
+for method, typ in pairs({
+  isFile = 'file', isDirectory = 'directory', isSymbolicLink = 'link', isFIFO = 'fifo', isSocket = 'socket',
+}) do
+  Stats[method] = function(self)
+    return self.type == typ
+  end
 end
 
 ---------------------------------------------------------------------------------------------
