@@ -32,6 +32,13 @@ lctest: helpers for specs that drive real lcluster processes (local lctest = req
   lctest.track(obj), lctest.closeTracked([ms])
                                  servers and sockets opened in the spec: close what is
                                  left and wait for every 'close'
+  lctest.poll(fn, ms, what)      waitFor, waking every 20 ms: for conditions no event
+                                 announces (a file's content, another process's exit)
+  lctest.get(port [, path] [, {host=, headers=, onDone=fn(r)}]) -> r
+                                 one HTTP GET; r.done, r.status, r.body, r.err fill in later
+  lctest.getSync(port [, path] [, {host=, headers=, ms=}]) -> r
+                                 lctest.get, waited for
+  lctest.waitAll(list [, ms] [, what])  wait until every r in list is done
   lctest.freePort([host])  lctest.childPids(pid)  lctest.isAlive(pid)
   lctest.tmpdir()  lctest.rmrf(dir)  lctest.writeFile(path, text)
 Specs run inside the runtime: process, timers, net, http, dgram and cluster work with the
@@ -319,6 +326,69 @@ function M.closeTracked(ms)
     end
     return true
   end, ms or 3000, 'every tracked server and socket to close')
+end
+
+-- Runs the loop until cond() holds, waking it every 20 ms: for conditions that no event of
+-- this process announces (a file's content, another process's exit, /proc).
+function M.poll(cond, ms, what)
+  local t = setInterval(function() end, 20)
+  local ok, v = pcall(M.waitFor, cond, ms, what)
+  clearInterval(t)
+  if not ok then
+    error(v, 0)
+  end
+  return v
+end
+
+-- One HTTP GET to 127.0.0.1:port (opts: host=, headers=, onDone=fn(r)); returns a record
+-- {done, status, body, err} filled in when it completes (err: the error as a string).
+function M.get(port, path, opts)
+  opts = opts or {}
+  local r = { done = false }
+  local function finish()
+    r.done = true
+    if opts.onDone then
+      opts.onDone(r)
+    end
+  end
+  local req = require('http').get({ host = opts.host or '127.0.0.1', port = port, path = path or '/',
+    headers = opts.headers }, function(res)
+    local parts = {}
+    res:on('data', function(c)
+      parts[#parts + 1] = c
+    end)
+    res:on('end', function()
+      r.status, r.body = res.statusCode, table.concat(parts)
+      finish()
+    end)
+  end)
+  req:on('error', function(e)
+    r.err = tostring(e)
+    finish()
+  end)
+  return r
+end
+
+-- lctest.get and wait for it (opts.ms, default 5000): the record.
+function M.getSync(port, path, opts)
+  local r = M.get(port, path, opts)
+  M.waitFor(function()
+    return r.done
+  end, opts and opts.ms or 5000, 'GET ' .. (path or '/'))
+  return r
+end
+
+-- Waits until every record in list (lctest.get's) is done.
+function M.waitAll(list, ms, what)
+  M.waitFor(function()
+    for _, r in ipairs(list) do
+      if not r.done then
+        return false
+      end
+    end
+    return true
+  end, ms or 5000, what or 'every response')
+  return list
 end
 
 -- Writes a file (fixture generation in specs); returns its path.

@@ -4,7 +4,6 @@
 -- --master, a port in use, the watchdog and the hand-off skipping a stalled worker. Real
 -- processes, real signals, HTTP over loopback.
 local lctest = require('lctest')
-local http = require('http')
 local core = require('_core')
 
 local FIX = 'spec/fixtures/'
@@ -13,33 +12,10 @@ local AGENT = FIX .. 'life_contract_agent.lua'
 
 -- One GET (a new connection each); returns {done, status, body, err}, filled in later.
 local function get(port, path)
-  local r = { done = false }
-  local req = http.get({ host = '127.0.0.1', port = port, path = path or '/',
-    headers = { Connection = 'close' } }, function(res)
-    local parts = {}
-    res:on('data', function(c)
-      parts[#parts + 1] = c
-    end)
-    res:on('end', function()
-      r.status, r.body, r.done = res.statusCode, table.concat(parts), true
-    end)
-  end)
-  req:on('error', function(e)
-    r.err, r.done = tostring(e), true
-  end)
-  return r
+  return lctest.get(port, path, { headers = { Connection = 'close' } })
 end
 
-local function waitAll(list, ms, what)
-  lctest.waitFor(function()
-    for _, r in ipairs(list) do
-      if not r.done then
-        return false
-      end
-    end
-    return true
-  end, ms or 5000, what or 'every response')
-end
+local waitAll = lctest.waitAll
 
 local function count(text, pattern)
   local _, n = text:gsub(pattern, '')

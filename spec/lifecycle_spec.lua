@@ -2,35 +2,11 @@
 -- rolling reload without failed requests, graceful stop, kill timeout, graceful exit on
 -- uncaught errors. Real processes, real HTTP over loopback.
 local lctest = require('lctest')
-local http = require('http')
 
 local FIX = 'spec/fixtures/'
 
 -- One GET; returns a result table filled in when it completes: {done, status, body, err}.
-local function get(port, path)
-  local r = { done = false }
-  local req = http.get({ host = '127.0.0.1', port = port, path = path or '/' }, function(res)
-    local parts = {}
-    res:on('data', function(c)
-      parts[#parts + 1] = c
-    end)
-    res:on('end', function()
-      r.status, r.body, r.done = res.statusCode, table.concat(parts), true
-    end)
-  end)
-  req:on('error', function(e)
-    r.err, r.done = tostring(e), true
-  end)
-  return r
-end
-
-local function getSync(port, path, ms)
-  local r = get(port, path)
-  lctest.waitFor(function()
-    return r.done
-  end, ms or 5000, 'GET ' .. (path or '/'))
-  return r
-end
+local get, getSync = lctest.get, lctest.getSync
 
 -- Requests one after another on `loops` concurrent loops (every third asks for /slow, so
 -- requests are in flight whenever a worker is replaced) until stop() is called: counts

@@ -2,46 +2,15 @@
 -- GET /metrics /status /health, tagged worker logs (--log, --log-format, reopen on SIGUSR1)
 -- and --max-memory. Each case runs a real `lcluster -w` master in its own run folder.
 local lctest = require('lctest')
-local http = require('http')
 local net = require('net')
 local cjson = require('cjson')
 
 local FIX = 'spec/fixtures/'
 
-local function get(port, path)
-  local r = { done = false }
-  local req = http.get({ host = '127.0.0.1', port = port, path = path or '/' }, function(res)
-    local parts = {}
-    res:on('data', function(c)
-      parts[#parts + 1] = c
-    end)
-    res:on('end', function()
-      r.status, r.body, r.done = res.statusCode, table.concat(parts), true
-    end)
-  end)
-  req:on('error', function(e)
-    r.err, r.done = tostring(e), true
-  end)
-  return r
-end
+local get, getSync = lctest.get, lctest.getSync
 
-local function getSync(port, path, ms)
-  local r = get(port, path)
-  lctest.waitFor(function()
-    return r.done
-  end, ms or 5000, 'GET ' .. (path or '/'))
-  return r
-end
-
--- waitFor on a condition no event of this process signals (a file's content): a short
--- interval keeps the loop turning while it waits.
-local function poll(cond, ms, what)
-  local t = setInterval(function() end, 20)
-  local ok, v = pcall(lctest.waitFor, cond, ms, what)
-  clearInterval(t)
-  assert(ok, v)
-  return v
-end
+-- waitFor on a condition no event of this process signals (a file's content).
+local poll = lctest.poll
 
 local function shell(cmd)
   local p = io.popen(cmd)

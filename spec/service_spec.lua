@@ -4,7 +4,6 @@
 -- behind a real HAProxy during a rolling restart. Real processes and sockets throughout.
 local lctest = require('lctest')
 local core = require('_core')
-local http = require('http')
 
 local FIX = 'spec/fixtures/'
 local SSA = '/usr/bin/systemd-socket-activate'
@@ -15,42 +14,16 @@ end
 
 -- One GET; returns a result table filled in when it completes: {done, status, body, err}.
 local function get(port, path, host)
-  local r = { done = false }
-  local req = http.get({ host = host or '127.0.0.1', port = port, path = path or '/',
-    headers = { Connection = 'close' } }, function(res)
-    local parts = {}
-    res:on('data', function(c)
-      parts[#parts + 1] = c
-    end)
-    res:on('end', function()
-      r.status, r.body, r.done = res.statusCode, table.concat(parts), true
-    end)
-  end)
-  req:on('error', function(e)
-    r.err, r.done = tostring(e), true
-  end)
-  return r
+  return lctest.get(port, path, { host = host, headers = { Connection = 'close' } })
 end
 
 local function getSync(port, path, host, ms)
-  local r = get(port, path, host)
-  lctest.waitFor(function()
-    return r.done
-  end, ms or 5000, 'GET ' .. (path or '/'))
-  return r
+  return lctest.getSync(port, path, { host = host, headers = { Connection = 'close' }, ms = ms })
 end
 
 -- Runs the loop until cond() holds, waking every 20 ms: for conditions on things outside the
 -- loop (the notification socket, /proc) that no event announces.
-local function poll(cond, ms, what)
-  local t = setInterval(function() end, 20)
-  local ok, v = pcall(lctest.waitFor, cond, ms, what)
-  clearInterval(t)
-  if not ok then
-    error(v, 2)
-  end
-  return v
-end
+local poll = lctest.poll
 
 -- A NOTIFY_SOCKET receiver: a datagram socket bound at path ('@name': abstract namespace).
 local function receiver(path)

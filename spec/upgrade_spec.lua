@@ -2,7 +2,6 @@
 -- master from the binary on disk that inherits its listening sockets, and drains once the
 -- new one is ready. Real processes, sockets and a client loop running through the upgrade.
 local lctest = require('lctest')
-local http = require('http')
 local dgram = require('dgram')
 local cjson = require('cjson')
 local core = require('_core')
@@ -71,32 +70,15 @@ local function finish(c)
   lctest.rmrf(c.dir)
 end
 
--- waitFor on a condition no event of this process signals (another process's exit): a short
--- interval keeps the loop turning while it waits.
-local function poll(cond, ms, what)
-  local t = setInterval(function() end, 20)
-  local ok, v = pcall(lctest.waitFor, cond, ms, what)
-  clearInterval(t)
-  assert(ok, v)
-  return v
-end
+-- waitFor on a condition no event of this process signals (another process's exit).
+local poll = lctest.poll
 
 -- One GET with Connection: close (a new connection each time, so every request goes through
 -- an accept): calls cb(err, status, body).
 local function get(port, path, cb)
-  local req = http.get({ host = '127.0.0.1', port = port, path = path or '/',
-    headers = { Connection = 'close' } }, function(res)
-    local parts = {}
-    res:on('data', function(d)
-      parts[#parts + 1] = d
-    end)
-    res:on('end', function()
-      cb(nil, res.statusCode, table.concat(parts))
-    end)
-  end)
-  req:on('error', function(e)
-    cb(tostring(e))
-  end)
+  lctest.get(port, path, { headers = { Connection = 'close' }, onDone = function(r)
+    cb(r.err, r.status, r.body)
+  end })
 end
 
 -- `conc` loops of sequential GETs until stop() and each has seen the new master; counts
