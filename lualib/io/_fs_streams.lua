@@ -36,6 +36,17 @@ return function(fs, util)
     end
   end
 
+  -- destroy([err]) (also close) of both streams: closes the file; 'error'(err) when given,
+  -- then 'close'.
+  local function destroy(self, err)
+    if self.destroyed then
+      return self
+    end
+    self.destroyed = true
+    stream.closed(self, err, closeFd(self))
+    return self
+  end
+
   -- Opens path for a stream unless opts.fd is given; then 'open'(fd), 'ready' and start(self).
   local function openFor(self, path, opts, flags, start)
     if opts.fd then
@@ -133,16 +144,8 @@ return function(fs, util)
     return self._paused
   end
 
-  -- destroy([err]): closes the file; 'error'(err) when given, then 'close'.
-  function ReadStream:destroy(err)
-    if self.destroyed then
-      return self
-    end
-    self.destroyed = true
-    stream.closed(self, err, closeFd(self))
-    return self
-  end
-  ReadStream.close = ReadStream.destroy
+  ReadStream.destroy = destroy
+  ReadStream.close = destroy
 
   -- pipe(dest [, {['end']=false}]) -> dest. dest needs write(chunk) -> boolean, 'drain', and
   -- finish() (or end()); a destination that emits 'close' before the end stops the read.
@@ -274,15 +277,8 @@ return function(fs, util)
     end)
   end
 
-  function WriteStream:destroy(err)
-    if self.destroyed then
-      return self
-    end
-    self.destroyed = true
-    stream.closed(self, err, closeFd(self))
-    return self
-  end
-  WriteStream.close = WriteStream.destroy
+  WriteStream.destroy = destroy
+  WriteStream.close = destroy
 
   function fs.createWriteStream(path, opts)
     return WriteStream.new(path, streamOpts(path, opts))
