@@ -12,32 +12,9 @@ local timer = require('timer')
 local waitFor = lctest.waitFor
 local THIS_FILE = 'spec/errors_spec.lua'
 
--- Every public method an instance sees: {name = true}.
--- cls: the class, when the instance's metatable is not it (http's requests and responses
--- answer some fields from an __index function).
-local function publicMethods(obj, cls)
-  local names = {}
-  local c = cls or getmetatable(obj)
-  while c ~= nil do
-    for k, v in pairs(c) do
-      if type(k) == 'string' and type(v) == 'function' and k:sub(1, 1) ~= '_' and k ~= 'new' then
-        names[k] = true
-      end
-    end
-    c = rawget(c, 'super')
-  end
-  for k, v in pairs(obj) do
-    if type(k) == 'string' and type(v) == 'function' and k:sub(1, 1) ~= '_' then
-      names[k] = true
-    end
-  end
-  local list = {}
-  for k in pairs(names) do
-    list[#list + 1] = k
-  end
-  table.sort(list)
-  return list
-end
+-- Every public method an instance sees, sorted (cls: the class, when the instance's
+-- metatable is not it).
+local publicMethods = require('spec.fixtures.public_methods')
 
 -- Calls fn (no tail call, so the error's position is this file) and returns its error.
 local function errorOf(fn, ...)
