@@ -205,6 +205,26 @@ local function runTests(args)
   return ok and 0 or 1
 end
 
+-- An option taking a number, stored as opts[key]; one that is not a number or that
+-- rejects(num) gives '<flag> needs <needs>'.
+local function numberOption(flag, key, needs, rejects)
+  return function(opts, v)
+    local num = tonumber(v)
+    if not num or rejects(num) then
+      return flag .. ' needs ' .. needs .. ', got ' .. v
+    end
+    opts[key] = num
+  end
+end
+
+local function negative(num)
+  return num < 0
+end
+
+local function notPositive(num)
+  return num <= 0
+end
+
 -- The operations options of the built-in master: each stores its value in opts or returns
 -- an error message.
 local OPS_OPTIONS = {
@@ -218,13 +238,7 @@ local OPS_OPTIONS = {
     opts.control = v
   end,
   -- Service managers (_systemd.lua): keep serving this long after a graceful stop begins.
-  ['--drain-delay'] = function(opts, v)
-    local num = tonumber(v)
-    if not num or num < 0 then
-      return '--drain-delay needs a number of milliseconds, got ' .. v
-    end
-    opts.drainDelay = num
-  end,
+  ['--drain-delay'] = numberOption('--drain-delay', 'drainDelay', 'a number of milliseconds', negative),
   ['--metrics'] = function(opts, v)
     local port = tonumber(v:match('(%d+)$') or '')
     if not port or port > 65535 then
@@ -241,27 +255,11 @@ local OPS_OPTIONS = {
     end
     opts.logFormat = v
   end,
-  ['--max-restarts'] = function(opts, v)
-    local num = tonumber(v)
-    if not num or num < 0 or num % 1 ~= 0 then
-      return '--max-restarts needs a whole number, got ' .. v
-    end
-    opts.maxRestarts = num
-  end,
-  ['--restart-window'] = function(opts, v)
-    local num = tonumber(v)
-    if not num or num <= 0 then
-      return '--restart-window needs a number of seconds, got ' .. v
-    end
-    opts.restartWindow = num
-  end,
-  ['--max-memory'] = function(opts, v)
-    local mb = tonumber(v)
-    if not mb or mb <= 0 then
-      return '--max-memory needs a number of MB, got ' .. v
-    end
-    opts.maxMemory = mb
-  end,
+  ['--max-restarts'] = numberOption('--max-restarts', 'maxRestarts', 'a whole number', function(num)
+    return num < 0 or num % 1 ~= 0
+  end),
+  ['--restart-window'] = numberOption('--restart-window', 'restartWindow', 'a number of seconds', notPositive),
+  ['--max-memory'] = numberOption('--max-memory', 'maxMemory', 'a number of MB', notPositive),
 }
 
 return function(argv)

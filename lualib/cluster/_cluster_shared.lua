@@ -396,6 +396,21 @@ function M.primary(cluster)
     end
   end
 
+  -- h holding the UDP socket u once u:open or u:bind said ok; else u is closed (with the
+  -- inherited fd ifd, if any) and the error returned.
+  local function withUdp(h, u, ifd, ok, err, code)
+    if not ok then
+      u:close()
+      if ifd then
+        core.ipc_closefd(ifd)
+      end
+      return nil, err, code
+    end
+    h.udp = u
+    h.address = u:getsockname()
+    return h
+  end
+
   -- Binds what a key needs in the master: -> handle record, or nil, err, code.
   local function create(msg, balance)
     local h = { kind = msg.kind, balance = balance, workers = {}, members = {}, key = msg.key }
@@ -408,14 +423,7 @@ function M.primary(cluster)
     if ifd and msg.kind == 'udp' then
       local u = core.udp()
       local ok, err, code = u:open(ifd)
-      if not ok then
-        u:close()
-        core.ipc_closefd(ifd)
-        return nil, err, code
-      end
-      h.udp = u
-      h.address = u:getsockname()
-      return h
+      return withUdp(h, u, ifd, ok, err, code)
     end
     if ifd and balance == 'reuseport' then
       -- Each reuseport worker binds a socket of its own, which the inherited one (bound
@@ -430,13 +438,7 @@ function M.primary(cluster)
       local u = core.udp()
       local ok, err, code = u:bind(msg.host, msg.port, { reuseaddr = msg.reuseAddr,
         ipv6only = msg.ipv6Only })
-      if not ok then
-        u:close()
-        return nil, err, code
-      end
-      h.udp = u
-      h.address = u:getsockname()
-      return h
+      return withUdp(h, u, nil, ok, err, code)
     end
     if balance == 'reuseport' and not ifd then
       -- Reserve the port (a bound, never listening SO_REUSEPORT socket) so port 0 names one

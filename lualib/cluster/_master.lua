@@ -56,6 +56,20 @@ function M.run(script, args, opts)
   process.env.LCLUSTER_NO_MASTER = not opts.masterFile and '1' or nil
 
   local slots = {} -- slot -> { worker=, fails=, timer= }
+
+  -- Cancels the slot's pending respawn, if any.
+  local function clearSlotTimer(slot)
+    if slot.timer then
+      clearTimeout(slot.timer)
+      slot.timer = nil
+    end
+  end
+
+  local function clearSlotTimers()
+    for _, slot in pairs(slots) do
+      clearSlotTimer(slot)
+    end
+  end
   local stopping = false
   local reloading, reloadPending = false, false
   M.state = { draining = false } -- read by the operations code (/health)
@@ -217,10 +231,7 @@ function M.run(script, args, opts)
           -- The new worker takes the slot once it is ready; until then the old one holds it.
           -- A respawn the slot was waiting for is this fork now.
           local slot = slots[slotNo]
-          if slot.timer then
-            clearTimeout(slot.timer)
-            slot.timer = nil
-          end
+          clearSlotTimer(slot)
           local old = slot.worker
           local w = fork(slotNo)
           slot.worker = old
@@ -289,12 +300,7 @@ function M.run(script, args, opts)
   -- is served anyway) and exit 1, so a supervisor sees the failure.
   function M.giveUp()
     stopping = true
-    for _, slot in pairs(slots) do
-      if slot.timer then
-        clearTimeout(slot.timer)
-        slot.timer = nil
-      end
-    end
+    clearSlotTimers()
     killAll()
     process.exit(1)
   end
@@ -330,12 +336,7 @@ function M.run(script, args, opts)
       cluster._stopAgent()
     end
     log(('%s: stopping %d workers gracefully'):format(signal, n))
-    for _, slot in pairs(slots) do
-      if slot.timer then
-        clearTimeout(slot.timer)
-        slot.timer = nil
-      end
-    end
+    clearSlotTimers()
     local killed = false
     local function finish()
       local function done()
@@ -415,10 +416,7 @@ function M.run(script, args, opts)
     for slotNo = count + 1, old do
       local slot = slots[slotNo]
       slots[slotNo] = nil
-      if slot.timer then
-        clearTimeout(slot.timer)
-        slot.timer = nil
-      end
+      clearSlotTimer(slot)
       local w = slot.worker
       slot.worker = nil -- its exit is a removed slot's: no respawn
       if w and not w:isDead() then

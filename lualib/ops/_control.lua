@@ -77,6 +77,20 @@ end
 
 -- ---- the master side ----------------------------------------------------------------
 
+-- Calls fn(line) for each whole line of buf (while not stop()); returns what is left.
+local function eachLine(buf, fn, stop)
+  while not (stop and stop()) do
+    local nl = buf:find('\n', 1, true)
+    if not nl then
+      break
+    end
+    local line = buf:sub(1, nl - 1)
+    buf = buf:sub(nl + 1)
+    fn(line)
+  end
+  return buf
+end
+
 local function fmtError(err)
   if type(err) == 'table' then
     return tostring(err.code) .. ': ' .. tostring(err.message)
@@ -424,16 +438,9 @@ function M.master(api, opts, cb)
     local buf = ''
     conn:on('error', function() end)
     conn:on('data', function(d)
-      buf = buf .. d
-      while true do
-        local nl = buf:find('\n', 1, true)
-        if not nl then
-          break
-        end
-        local line = buf:sub(1, nl - 1)
-        buf = buf:sub(nl + 1)
+      buf = eachLine(buf .. d, function(line)
         handleLine(conn, line)
-      end
+      end)
       if #buf > MAX_REQUEST then
         buf = ''
         conn:write(cjson.encode({ ok = false, error = 'E2BIG: request line too long' }) .. '\n')
@@ -891,19 +898,14 @@ function M.client(argv)
     t:unref()
   end
   sock:on('data', function(d)
-    buf = buf .. d
-    while not finished do
-      local nl = buf:find('\n', 1, true)
-      if not nl then
-        break
-      end
-      local line = buf:sub(1, nl - 1)
-      buf = buf:sub(nl + 1)
+    buf = eachLine(buf .. d, function(line)
       local ok, r = pcall(cjson.decode, line)
       if ok and type(r) == 'table' then
         onReply(r)
       end
-    end
+    end, function()
+      return finished
+    end)
   end)
   sock:on('error', function(e)
     if finished then
