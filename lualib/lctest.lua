@@ -39,6 +39,9 @@ lctest: helpers for specs that drive real lcluster processes (local lctest = req
   lctest.getSync(port [, path] [, {host=, headers=, ms=}]) -> r
                                  lctest.get, waited for
   lctest.waitAll(list [, ms] [, what])  wait until every r in list is done
+  lctest.waitPids(child, pattern, n [, ms] [, what]) -> list, set
+                                 wait for n distinct pids (pattern's capture) in the child's
+                                 stdout: numbers in order seen, and a set of their strings
   lctest.freePort([host])  lctest.childPids(pid)  lctest.isAlive(pid)
   lctest.tmpdir()  lctest.rmrf(dir)  lctest.writeFile(path, text)
 Specs run inside the runtime: process, timers, net, http, dgram and cluster work with the
@@ -376,6 +379,24 @@ function M.getSync(port, path, opts)
     return r.done
   end, opts and opts.ms or 5000, 'GET ' .. (path or '/'))
   return r
+end
+
+-- Waits until the child's stdout shows n distinct pids, each the capture of pattern (as
+-- 'worker ready pid (%d+)'); returns them as a list of numbers in the order first seen and as
+-- a set {['pid'] = true}.
+function M.waitPids(child, pattern, n, ms, what)
+  local list, set
+  M.waitFor(function()
+    list, set = {}, {}
+    for pid in child.stdout:gmatch(pattern) do
+      if not set[pid] then
+        set[pid] = true
+        list[#list + 1] = tonumber(pid)
+      end
+    end
+    return #list >= n
+  end, ms or 5000, what or (n .. ' pids matching ' .. pattern))
+  return list, set
 end
 
 -- Waits until every record in list (lctest.get's) is done.

@@ -20,6 +20,10 @@ describe('docs', function()
     assert.truthy(c.stdout:find('usage: lcluster test', 1, true), c.stdout)
     assert.truthy(c.stdout:find('lctest.spawn(script, args', 1, true), c.stdout)
     assert.truthy(c.stdout:find('lctest.waitFor(fn, ms, what)', 1, true), c.stdout)
+    for _, helper in ipairs({ 'lctest.poll(fn, ms, what)', 'lctest.get(port', 'lctest.getSync(port',
+      'lctest.waitAll(list', 'lctest.waitPids(child, pattern, n' }) do
+      assert.truthy(c.stdout:find(helper, 1, true), helper .. ' is not in:\n' .. c.stdout)
+    end
     assert.truthy(c.stdout:find('Usage: lcluster test [OPTIONS]', 1, true), c.stdout)
     assert.truthy(c.stdout:find('--pattern', 1, true), c.stdout)
     assert.is_nil(c.stdout:find('_busted.lua', 1, true), c.stdout)

@@ -23,23 +23,7 @@ local function count(text, pattern)
 end
 
 local function readyPids(app, n)
-  local pids = {}
-  lctest.waitFor(function()
-    local c = 0
-    pids = {}
-    for pid in app.stdout:gmatch('worker ready pid (%d+)') do
-      if not pids[pid] then
-        pids[pid] = true
-        c = c + 1
-      end
-    end
-    return c >= n
-  end, 5000, n .. ' workers ready')
-  local list = {}
-  for pid in pairs(pids) do
-    list[#list + 1] = tonumber(pid)
-  end
-  return list
+  return (lctest.waitPids(app, 'worker ready pid (%d+)', n, 5000, n .. ' workers ready'))
 end
 
 describe('the stop sequence', function()

@@ -114,20 +114,8 @@ local function keepAliveLoop(port, conns)
 end
 
 local function readyPids(app, n)
-  local pids = {}
-  lctest.waitFor(function()
-    local count = 0
-    for pid in app.stdout:gmatch('worker ready pid (%d+)') do
-      if not pids[pid] then
-        pids[pid] = true
-      end
-    end
-    for _ in pairs(pids) do
-      count = count + 1
-    end
-    return count >= n
-  end, 5000, n .. ' workers ready')
-  return pids
+  local _, set = lctest.waitPids(app, 'worker ready pid (%d+)', n, 5000, n .. ' workers ready')
+  return set
 end
 
 describe('lcluster -w', function()
