@@ -10,41 +10,11 @@ local get, getSync = lctest.get, lctest.getSync
 
 -- Requests one after another on `loops` concurrent loops (every third asks for /slow, so
 -- requests are in flight whenever a worker is replaced) until stop() is called: counts
--- answers, errors, pids.
+-- answers and errors.
 local function loadLoop(port, loops)
-  loops = loops or 6
-  local st = { ok = 0, failed = 0, errors = {}, pids = {}, running = true, live = loops }
-  local function one(i)
-    if not st.running then
-      st.live = st.live - 1
-      st.stopped = st.live == 0
-      return
-    end
-    local r = get(port, i % 3 == 0 and '/slow' or '/')
-    local function check()
-      if not r.done then
-        return setImmediate(check)
-      end
-      if r.status == 200 then
-        st.ok = st.ok + 1
-      else
-        st.failed = st.failed + 1
-        st.errors[#st.errors + 1] = r.err or ('status ' .. tostring(r.status))
-      end
-      one(i)
-    end
-    check()
-  end
-  for i = 1, loops do
-    one(i)
-  end
-  function st.stop()
-    st.running = false
-    lctest.waitFor(function()
-      return st.stopped
-    end, 5000, 'the load loop to stop')
-  end
-  return st
+  return require('spec.helpers.load_loop')(loops or 6, function(i)
+    return get(port, i % 3 == 0 and '/slow' or '/')
+  end, 5000)
 end
 
 -- Keep-alive clients: each sends a request, waits for the answer, sends the next on the same

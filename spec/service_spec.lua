@@ -64,38 +64,11 @@ end
 -- Requests one after another on `loops` concurrent loops, each on a new connection, until
 -- stop(): counts answers and failures (an error or a status other than 200) and who served.
 local function loadLoop(port, host, loops)
-  local st = { ok = 0, failed = 0, errors = {}, bodies = {}, running = true, live = loops or 4 }
-  local function one(i)
-    if not st.running then
-      st.live = st.live - 1
-      return
-    end
-    local r = get(port, i % 2 == 0 and '/slow' or '/', host)
-    local function check()
-      if not r.done then
-        return setImmediate(check)
-      end
-      if r.status == 200 then
-        st.ok = st.ok + 1
-        st.bodies[r.body:match('%d+') or '?'] = true
-      else
-        st.failed = st.failed + 1
-        st.errors[#st.errors + 1] = r.err or ('status ' .. tostring(r.status))
-      end
-      one(i)
-    end
-    check()
-  end
-  for i = 1, st.live do
-    one(i)
-  end
-  function st.stop()
-    st.running = false
-    lctest.waitFor(function()
-      return st.live == 0
-    end, 10000, 'the load loop to stop')
-  end
-  return st
+  return require('spec.helpers.load_loop')(loops or 4, function(i)
+    return get(port, i % 2 == 0 and '/slow' or '/', host)
+  end, 10000, function(st, r)
+    st.bodies[r.body:match('%d+') or '?'] = true
+  end, { bodies = {} })
 end
 
 local function envFlags()
