@@ -124,18 +124,14 @@ local function runScript(script, args, opts)
   if opts.workers then
     -- The master checks what its workers will run: a script that cannot load is a usage
     -- error now, not a crash loop later.
-    if opts.agent then
-      local ok, aerr = loadfile(opts.agent)
-      if not ok then
-        core.write(2, 'lcluster: cannot load agent script ' .. opts.agent .. ': ' .. tostring(aerr) .. '\n')
-        return 2
-      end
-    end
-    if opts.masterFile then
-      local ok, merr = loadfile(opts.masterFile)
-      if not ok then
-        core.write(2, 'lcluster: cannot load --master ' .. opts.masterFile .. ': ' .. tostring(merr) .. '\n')
-        return 2
+    for _, c in ipairs({ { opts.agent, 'agent script' }, { opts.masterFile, '--master' } }) do
+      local file, what = c[1], c[2]
+      if file then
+        local ok, lerr = loadfile(file)
+        if not ok then
+          core.write(2, ('lcluster: cannot load %s %s: %s\n'):format(what, file, tostring(lerr)))
+          return 2
+        end
       end
     end
     return require('_master').run(script, args, opts)

@@ -66,14 +66,7 @@ local function fetchPath(path)
 end
 
 local function waitAll(list, ms, what)
-  waitFor(function()
-    for _, r in ipairs(list) do
-      if not r.done then
-        return false
-      end
-    end
-    return true
-  end, ms or 10000, what or 'every client to finish')
+  lctest.waitAll(list, ms or 10000, what or 'every client to finish')
   for i, r in ipairs(list) do
     assert(r.err == nil, ('client %d failed: %s'):format(i, tostring(r.err)))
   end
