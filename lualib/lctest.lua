@@ -39,6 +39,8 @@ lctest: helpers for specs that drive real lcluster processes (local lctest = req
   lctest.getSync(port [, path] [, {host=, headers=, ms=}]) -> r
                                  lctest.get, waited for
   lctest.waitAll(list [, ms] [, what])  wait until every r in list is done
+  lctest.capture(socket) -> r    what a net or tls socket receives: r.data, r.ended,
+                                 r.closed, r.err
   lctest.waitPids(child, pattern, n [, ms] [, what]) -> list, set
                                  wait for n distinct pids (pattern's capture) in the child's
                                  stdout: numbers in order seen, and a set of their strings
@@ -378,6 +380,25 @@ function M.getSync(port, path, opts)
   M.waitFor(function()
     return r.done
   end, opts and opts.ms or 5000, 'GET ' .. (path or '/'))
+  return r
+end
+
+-- Records what a stream socket (net or tls) receives: r.data (every byte so far), r.ended
+-- ('end' seen), r.closed ('close' seen), r.err (its 'error'), r.socket. Returns r.
+function M.capture(socket)
+  local r = { data = '', closed = false, socket = socket }
+  socket:on('data', function(d)
+    r.data = r.data .. d
+  end)
+  socket:on('error', function(e)
+    r.err = e
+  end)
+  socket:on('end', function()
+    r.ended = true
+  end)
+  socket:on('close', function()
+    r.closed = true
+  end)
   return r
 end
 

@@ -21,7 +21,7 @@ describe('docs', function()
     assert.truthy(c.stdout:find('lctest.spawn(script, args', 1, true), c.stdout)
     assert.truthy(c.stdout:find('lctest.waitFor(fn, ms, what)', 1, true), c.stdout)
     for _, helper in ipairs({ 'lctest.poll(fn, ms, what)', 'lctest.get(port', 'lctest.getSync(port',
-      'lctest.waitAll(list', 'lctest.waitPids(child, pattern, n' }) do
+      'lctest.waitAll(list', 'lctest.waitPids(child, pattern, n', 'lctest.capture(socket)' }) do
       assert.truthy(c.stdout:find(helper, 1, true), helper .. ' is not in:\n' .. c.stdout)
     end
     assert.truthy(c.stdout:find('Usage: lcluster test [OPTIONS]', 1, true), c.stdout)

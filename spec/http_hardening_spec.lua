@@ -14,19 +14,7 @@ local sockets, servers, intervals = {}, {}, {}
 -- A raw connection: r.data (all bytes read), r.ended, r.closed.
 local function raw(port, data)
   local s = net.connect(port, '127.0.0.1')
-  local r = { data = '', closed = false, socket = s }
-  s:on('data', function(d)
-    r.data = r.data .. d
-  end)
-  s:on('error', function(e)
-    r.err = e
-  end)
-  s:on('end', function()
-    r.ended = true
-  end)
-  s:on('close', function()
-    r.closed = true
-  end)
+  local r = lctest.capture(s)
   if data then
     s:write(data)
   end
