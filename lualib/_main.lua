@@ -258,12 +258,16 @@ local OPS_OPTIONS = {
   ['--max-memory'] = numberOption('--max-memory', 'maxMemory', 'a number of MB', notPositive),
 }
 
+local CONTROL_COMMANDS = { status = true, reload = true, stop = true, scale = true, upgrade = true }
+
 return function(argv)
   local i, n = 1, #argv
   local opts = {}
   -- The command line as given: `lcluster upgrade` re-runs it (_upgrade.lua).
   core.argv = argv
-  if require('_control').COMMANDS[argv[1]] then
+  -- The control commands (_control.lua's client), named here so that running a script
+  -- (every worker) does not load _control.lua, ~900 lines of heap, to learn it is not one.
+  if CONTROL_COMMANDS[argv[1]] then
     setupGlobals()
     return require('_control').client(argv)
   end

@@ -935,6 +935,4 @@ function M.client(argv)
   return status
 end
 
-M.COMMANDS = { status = true, reload = true, stop = true, scale = true, upgrade = true }
-
 return M
