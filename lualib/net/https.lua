@@ -45,14 +45,9 @@ function Server:_init(options, fn)
   self._plainHttp400 = true -- a plain HTTP request gets a plain 400 (tls.lua)
 end
 
--- Accepted (or handed over) TCP connections become TLS sockets before http sees them.
-function Server:_newConnection(sock, tcp)
-  local h = tls._wrapAccepted(self, sock, tcp)
-  if h == nil then
-    return
-  end
-  return net.Server._newConnection(self, sock, h)
-end
+-- Accepted (or handed over) TCP connections become TLS sockets before http sees them, as
+-- in a tls server.
+Server._newConnection = tls.Server._newConnection
 
 https.Server = Server
 
