@@ -21,7 +21,7 @@ demo: build
 
 # Formatting and lint, as CI checks them.
 check: deps
-	clang-format --dry-run --Werror runtime/*.c runtime/*.h $(wildcard fuzz/*.c)
+	clang-format --dry-run --Werror runtime/*.c runtime/*.h runtime/tlsmod/*.c $(wildcard fuzz/*.c)
 	luacheck -q lualib spec apps bench
 
 # The README's second command: build, check, and run the whole suite with our binary.

@@ -30,9 +30,10 @@ target_compile_definitions(lc_llhttp PRIVATE LLHTTP_STRICT_MODE=1)
 target_compile_options(lc_llhttp PRIVATE -w -O2)
 set_target_properties(lc_llhttp PROPERTIES POSITION_INDEPENDENT_CODE ON)
 
-# TLS (runtime/tls.c): OpenSSL 3 from libssl-dev, linked statically like the rest: the
-# shared libcrypto costs every process (master and each worker) a few ms of symbol binding
-# at start-up (Debian links it with -z now), whether it uses TLS or not.
+# TLS (runtime/tlsmod/tls.c): OpenSSL 3 from libssl-dev, linked statically into the TLS
+# module (CMakeLists.txt, target lctls), never into the binary itself: the shared libcrypto
+# costs every process a few ms of symbol binding at start-up (Debian links it with -z now),
+# and a static copy in the binary ~1 MB of RSS, whether the process uses TLS or not.
 set(OPENSSL_USE_STATIC_LIBS TRUE)
 find_package(OpenSSL 3 REQUIRED)
 
@@ -42,4 +43,4 @@ add_library(lc_deps INTERFACE)
 target_include_directories(lc_deps INTERFACE ${LUAJIT_INCLUDE_DIR} ${UV_INCLUDE_DIR}
                                              ${LLHTTP_INCLUDE_DIR} ${LUV_INCLUDE_DIR})
 target_link_libraries(lc_deps INTERFACE ${CJSON_LIBRARY} ${LUV_LIBRARY} ${LUAJIT_LIBRARY} ${UV_LIBRARY}
-                                        lc_llhttp OpenSSL::SSL OpenSSL::Crypto Threads::Threads ${CMAKE_DL_LIBS} m)
+                                        lc_llhttp Threads::Threads ${CMAKE_DL_LIBS} m)

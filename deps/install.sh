@@ -10,7 +10,7 @@ pkgs="build-essential cmake clang-format libluajit-5.1-dev luajit libuv1-dev lua
 pkgs="$pkgs systemd haproxy nginx-light python3-yaml"
 # require('luv') (lualib/io/): lua-luv's static library and headers.
 pkgs="$pkgs lua-luv-dev"
-# runtime/tls.c links OpenSSL 3; spec/tls_spec.lua runs the openssl command and curl.
+# runtime/tlsmod/tls.c links OpenSSL 3; spec/tls_spec.lua runs the openssl command and curl.
 pkgs="$pkgs libssl-dev openssl curl"
 for extra in "$@"; do
   case "$extra" in

@@ -1,4 +1,4 @@
-// tls_fuzz.c: libFuzzer harness over the TLS record pump of runtime/tls.c (lc_tls_pump,
+// tls_fuzz.c: libFuzzer harness over the TLS record pump of runtime/tlsmod/tls.c (lc_tls_pump,
 // lc_tls_write, lc_tls_take_out), the glue between the TCP stream and OpenSSL's memory BIOs.
 //
 // The input drives an in-process client and server (a throwaway P-256 certificate made at

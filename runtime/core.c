@@ -269,10 +269,10 @@ int lc_core_luaopen(lua_State *L) {
   // a compiled trace loads it, where core.now() would end the trace (a stitch).
   lua_pushlightuserdata(L, &lc_loop->time);
   lua_setfield(L, -2, "loop_time");
-  void (*opens[])(lua_State *) = {lc_timer_open,  lc_signal_open,  lc_check_open,   lc_process_open,
-                                  lc_stream_open, lc_tcp_open,     lc_pipe_open,    lc_udp_open,
-                                  lc_ipc_open,    lc_http_open,    lc_fs_open,      lc_dns_open,
-                                  lc_rr_open,     lc_systemd_open, lc_metrics_open, lc_tls_open};
+  void (*opens[])(lua_State *) = {
+      lc_timer_open, lc_signal_open,  lc_check_open,   lc_process_open, lc_stream_open, lc_tcp_open,
+      lc_pipe_open,  lc_udp_open,     lc_ipc_open,     lc_http_open,    lc_fs_open,     lc_dns_open,
+      lc_rr_open,    lc_systemd_open, lc_metrics_open, lc_tls_load_open};
   for (size_t i = 0; i < sizeof(opens) / sizeof(opens[0]); i++) {
     if (opens[i] != NULL) opens[i](L);
   }

@@ -157,7 +157,7 @@ LC_BINDING(lc_dns_open);
 LC_BINDING(lc_rr_open);
 LC_BINDING(lc_systemd_open);
 LC_BINDING(lc_metrics_open);
-LC_BINDING(lc_tls_open);
+LC_BINDING(lc_tls_load_open);
 #undef LC_BINDING
 
 /// Opens Debian's luv on lc_loop with its callbacks routed through lc_pcall (runtime/luv.c);

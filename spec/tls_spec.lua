@@ -389,6 +389,21 @@ describe('tls', function()
   end)
 end)
 
+describe('the TLS module', function()
+  after_each(lctest.cleanup)
+
+  it('is loaded only by a process that requires tls (OpenSSL costs the others nothing)', function()
+    local c = lctest.spawn(FIX .. 'tls_lazy.lua')
+    assert.equal(0, (c:waitExit(10000)))
+    assert.equal('before false\nafter true\n', c.stdout)
+    -- A master that forks, and its worker, never map it either.
+    local m = lctest.spawn(FIX .. 'tls_lazy.lua', { 'cluster' })
+    assert.equal(0, (m:waitExit(10000)))
+    assert.matches('worker false\n', m.stdout, 1, true)
+    assert.matches('master false\n', m.stdout, 1, true)
+  end)
+end)
+
 describe('https', function()
   setup(makeCerts)
   teardown(function()

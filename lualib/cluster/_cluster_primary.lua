@@ -12,6 +12,21 @@ local ipc = require('_cluster_ipc')
 
 local CHILD_FD = 3
 
+-- The cluster's TLS session-ticket key, 80 bytes as hex (tls.lua reads it as
+-- cluster._tlsTicketKey, in the master too), from the kernel's random source rather than
+-- OpenSSL: a master that never serves TLS must not load the TLS module to fork a worker.
+local function clusterTicketKey(cluster)
+  if not cluster._tlsTicketKey then
+    local f = assert(io.open('/dev/urandom', 'rb'))
+    local bytes = f:read(80)
+    f:close()
+    cluster._tlsTicketKey = bytes:gsub('.', function(c)
+      return ('%02x'):format(c:byte())
+    end)
+  end
+  return cluster._tlsTicketKey
+end
+
 return function(cluster)
   cluster.isMaster, cluster.isPrimary, cluster.isWorker = true, true, false
   cluster.workers = {}
@@ -566,7 +581,7 @@ return function(cluster)
       vars.LCLUSTER_KILL_TIMEOUT = tostring(tonumber(s.killTimeout))
     end
     -- One TLS session-ticket key for the whole cluster, so a client resumes on any worker.
-    vars.LCLUSTER_TLS_TICKET_KEY = vars.LCLUSTER_TLS_TICKET_KEY or require('tls')._ticketKeyHex()
+    vars.LCLUSTER_TLS_TICKET_KEY = vars.LCLUSTER_TLS_TICKET_KEY or clusterTicketKey(cluster)
     local envList = {}
     for k, v in pairs(vars) do
       if v ~= false and v ~= nil then

@@ -1,5 +1,5 @@
 -- tls.lua: TLS clients and servers (Node's `tls` in Lua's idiom) on OpenSSL memory BIOs
--- (runtime/tls.c) over the runtime's own TCP streams.
+-- (runtime/tlsmod/tls.c) over the runtime's own TCP streams.
 --
 -- A TLS socket is a net.Socket whose `_handle` is a Handle (below) instead of a C stream.
 -- The Handle owns the TCP stream and the TLS connection: ciphertext the stream reads is fed
@@ -15,6 +15,8 @@
 -- Nothing blocks: the handshake advances in the stream's read callbacks; a handshake that
 -- stalls ends after handshakeTimeout (120 s by default, as Node).
 local core = require('_core')
+-- The TLS bindings (runtime/tlsmod/tls.c), loaded on first require (runtime/tls_load.c).
+local tc = assert(core.tls_load())
 local events = require('events')
 local net = require('net')
 local timer = require('timer')
@@ -483,7 +485,7 @@ function TLSSocket:_onConnect(msg, code)
       return Socket._onConnect(self, msg, code)
     end
     local o = self._tlsOpts
-    local conn, err, ecode = core.tls_new(o.ctx, false, o.checkName)
+    local conn, err, ecode = tc.tls_new(o.ctx, false, o.checkName)
     if conn == nil then
       return self:destroy(makeError(ecode, err))
     end
@@ -583,7 +585,7 @@ local function makeContext(o, server, extra)
   if spec.alpn ~= nil and type(spec.alpn) ~= 'table' then
     error('ERR_INVALID_ARG_TYPE: ALPNProtocols must be a list of strings', 4)
   end
-  local ctx, err = core.tls_context(spec)
+  local ctx, err = tc.tls_context(spec)
   if ctx == nil then
     error(err, 4)
   end
@@ -637,7 +639,7 @@ function tls._ticketKey()
         return string.char(tonumber(x, 16))
       end)
     else
-      ticketKey = core.tls_random(80)
+      ticketKey = tc.tls_random(80)
     end
   end
   return ticketKey
@@ -750,7 +752,7 @@ end
 -- net reports it: the handshake starts at once, whatever the socket's pause state.
 function tls._wrapAccepted(server, sock, tcp)
   initTLSFields(sock)
-  local conn, err, code = core.tls_new(server._tlsCtx, true)
+  local conn, err, code = tc.tls_new(server._tlsCtx, true)
   if conn == nil then
     tcp:close()
     return nil, err, code

@@ -4,10 +4,14 @@
 // out, so the handshake and every record are driven by the event loop's read callbacks and
 // no call blocks (the design Node's TLSWrap and luvit's tls use).
 //
-// _core.tls_context(opts) -> ctx        an SSL_CTX (certificate, key, CA store, ALPN, ...)
-// _core.tls_new(ctx, server [, host])   -> conn, one connection; a client's host gives SNI
-//                                          and the name (or IP) its certificate must match
-// _core.tls_random(n) -> n random bytes  (the cluster's shared session-ticket key)
+// This file and a static OpenSSL make a shared object of their own (the lctls target), which
+// the binary embeds and opens the first time a script requires tls (runtime/tls_load.c), so
+// a process that never uses TLS maps, relocates and pages in none of OpenSSL.
+// lc_tls_module_open returns the module's table (tls.lua's `tc`):
+// tc.tls_context(opts) -> ctx        an SSL_CTX (certificate, key, CA store, ALPN, ...)
+// tc.tls_new(ctx, server [, host])   -> conn, one connection; a client's host gives SNI
+//                                       and the name (or IP) its certificate must match
+// tc.tls_random(n) -> n random bytes
 //
 // The pump itself (lc_tls_pump and friends, tls.h) has no Lua in it, so fuzz/tls_fuzz.c runs
 // the same code on arbitrary chunkings of a TLS byte stream.
@@ -882,7 +886,9 @@ static int tls_random(lua_State *L) {
   return 1;
 }
 
-void lc_tls_open(lua_State *L) {
+/// The module's one exported symbol (the rest is hidden): pushes the table of bindings.
+__attribute__((visibility("default"))) int lc_tls_module_open(lua_State *L);
+int lc_tls_module_open(lua_State *L) {
   static const luaL_Reg conn_methods[] = {
       {"feed", conn_feed},         {"write", conn_write},
       {"shutdown", conn_shutdown}, {"take", conn_take},
@@ -890,18 +896,20 @@ void lc_tls_open(lua_State *L) {
       {"sni_done", conn_sni_done}, {"peer_certificate", conn_peer_cert},
       {"session", conn_session},   {"set_session", conn_set_session},
       {"free", conn_free},         {NULL, NULL}};
-  luaL_newmetatable(L, CONN_MT); // [core, mt]
+  luaL_newmetatable(L, CONN_MT); // [mt]
   lua_newtable(L);
   luaL_register(L, NULL, conn_methods);
   lua_setfield(L, -2, "__index");
   lua_pushcfunction(L, conn_free);
   lua_setfield(L, -2, "__gc");
-  lua_pop(L, 1); // [core]
+  lua_pop(L, 1); // []
   luaL_newmetatable(L, CTX_MT);
   lua_pushcfunction(L, ctx_gc);
   lua_setfield(L, -2, "__gc");
-  lua_pop(L, 1); // [core]
+  lua_pop(L, 1); // []
   static const luaL_Reg fns[] = {
       {"tls_context", tls_context}, {"tls_new", tls_new}, {"tls_random", tls_random}, {NULL, NULL}};
-  luaL_register(L, NULL, fns);
+  lua_newtable(L);
+  luaL_register(L, NULL, fns); // [module]
+  return 1;
 }
