@@ -3,32 +3,14 @@
 -- CERTDIR holds server.key and server.pem. The master forks WORKERS workers (sharing one
 -- session-ticket key, so resumption works on every worker) and prints "ready N" once N
 -- 'listening' events arrived. SIGTERM / SIGINT stop the workers with the master.
-local cluster = require('cluster')
 local https = require('https')
 
 local port = tonumber(arg[1]) or 8443
 local workers = tonumber(arg[2]) or 2
 local dir = arg[3] or '.'
 
-if cluster.isMaster then
-  local listening = 0
-  cluster.on('listening', function()
-    listening = listening + 1
-    if listening == workers then
-      print('ready ' .. workers)
-    end
-  end)
-  for _ = 1, workers do
-    cluster.fork()
-  end
-  local function stop()
-    for _, worker in pairs(cluster.workers) do
-      worker:kill()
-    end
-    process.exit(0)
-  end
-  process.on('SIGINT', stop)
-  process.on('SIGTERM', stop)
+if require('bench_master')(workers) then
+  return
 else
   local function read(name)
     local f = assert(io.open(dir .. '/' .. name))

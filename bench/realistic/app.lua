@@ -7,33 +7,15 @@
 --   anything else: hello world (the idle-connection and 20-header rows)
 -- keepAliveTimeout is off so idle connections stay open while the bench measures them.
 -- Prints "ready N" once N workers listen.
-local cluster = require('cluster')
 local http = require('http')
 
 local port = tonumber(arg[1]) or 8000
 local workers = tonumber(arg[2]) or 2
 local file = arg[3]
 
-if cluster.isMaster then
-  local listening = 0
-  cluster.on('listening', function()
-    listening = listening + 1
-    if listening == workers then
-      print('ready ' .. workers)
-      io.stdout:flush()
-    end
-  end)
-  for _ = 1, workers do
-    cluster.fork()
-  end
-  local function stop()
-    for _, worker in pairs(cluster.workers) do
-      worker:kill()
-    end
-    process.exit(0)
-  end
-  process.on('SIGINT', stop)
-  process.on('SIGTERM', stop)
+-- The master (bench/apps/bench_master.lua, shared by the bench apps).
+package.path = (arg[0]:match('^(.*)/') or '.') .. '/../apps/?.lua;' .. package.path
+if require('bench_master')(workers) then
   return
 end
 
