@@ -54,12 +54,13 @@ end
 
 -- Globals every script sees: process, the timers, print that writes whole lines at once.
 local function setupGlobals()
-  -- GC pause 400 (LuaJIT's default 200): a cycle starts when the heap reaches 4x (not 2x)
-  -- what the last one left live, so marking the live heap happens a third as often per
-  -- byte allocated. A keep-alive hello-world request costs ~6% fewer instructions (10.7k ->
-  -- 10.1k, bench/http/ir) for ~1 MB more RSS per worker under load (4.3 -> 5.3 MB; Node's
-  -- workers take ~57 MB). 1000 saved little more (~10.0k) at 7.9 MB.
-  collectgarbage('setpause', 400)
+  -- GC pause: LuaJIT's default, 200 (a cycle starts when the heap reaches 2x what the last
+  -- one left live). The first session chose 400 (~6% fewer instructions per keep-alive
+  -- request, 10.7k -> 10.1k then) for ~1 MB more RSS per worker under load; since then a
+  -- worker keeps ~100 KB more live (the stop sequence, metrics, guards), which the pause
+  -- multiplies: at 400 a loaded worker reached 7.0 MB, at 200 5.4 MB (Node's: ~55 MB),
+  -- for 8.0k -> 8.5k instructions per request, with keep-alive still 1.8x Node's.
+  collectgarbage('setpause', 200)
   local process = require('process')
   _G.process = process
   local timer = require('timer')
