@@ -1420,14 +1420,16 @@ end
 
 local ClientRequest = class(Headers)
 
-local function parseUrl(url, level)
+-- Splits an absolute URL of `scheme` (https.lua passes 'https', 443) into request options.
+local function parseUrl(url, level, scheme, defaultPort)
   level = level or 3
-  local scheme, rest = url:match('^(%a[%w+.-]*)://(.*)$')
-  if not scheme then
+  scheme, defaultPort = scheme or 'http', defaultPort or 80
+  local given, rest = url:match('^(%a[%w+.-]*)://(.*)$')
+  if not given then
     error('ERR_INVALID_URL: invalid URL: ' .. url, level)
   end
-  if scheme ~= 'http' then
-    error('ERR_INVALID_PROTOCOL: protocol "' .. scheme .. ':" not supported, expected "http:"', level)
+  if given ~= scheme then
+    error(('ERR_INVALID_PROTOCOL: protocol "%s:" not supported, expected "%s:"'):format(given, scheme), level)
   end
   local authority, path = rest:match('^([^/?#]*)(.*)$')
   path = path:gsub('#.*$', '')
@@ -1438,8 +1440,9 @@ local function parseUrl(url, level)
   if not host then
     host, port = authority:match('^([^:]*):?(%d*)$')
   end
-  return { hostname = host, port = tonumber(port) or 80, path = path }
+  return { hostname = host, port = tonumber(port) or defaultPort, path = path }
 end
+M._parseUrl = parseUrl
 
 function ClientRequest:_init(options, fn)
   -- Errors are raised at level 4: _init <- new <- http.request / http.get <- the caller.

@@ -61,32 +61,12 @@ local tlsClientOptions = { servername = true, ca = true, cert = true, key = true
   alpn = true, ALPNProtocols = true, session = true, minVersion = true, maxVersion = true, ciphers = true,
   handshakeTimeout = true }
 
-local function parseUrl(url)
-  local scheme, rest = url:match('^(%a[%w+.-]*)://(.*)$')
-  if not scheme then
-    error('ERR_INVALID_URL: invalid URL: ' .. url, 3)
-  end
-  if scheme ~= 'https' then
-    error('ERR_INVALID_PROTOCOL: protocol "' .. scheme .. ':" not supported, expected "https:"', 3)
-  end
-  local authority, path = rest:match('^([^/?#]*)(.*)$')
-  path = path:gsub('#.*$', '')
-  if path == '' or path:sub(1, 1) == '?' then
-    path = '/' .. path
-  end
-  local host, port = authority:match('^%[(.+)%]:?(%d*)$')
-  if not host then
-    host, port = authority:match('^([^:]*):?(%d*)$')
-  end
-  return { hostname = host, port = tonumber(port) or 443, path = path }
-end
-
 -- https.request(url | options [, fn(res)]) -> ClientRequest: http.request's options plus
 -- tls.connect's (ca, cert, key, servername, rejectUnauthorized, alpn, ...). The server's
 -- certificate must name the host (or servername).
 function https.request(options, fn)
   if type(options) == 'string' then
-    options = parseUrl(options)
+    options = http._parseUrl(options, 3, 'https', 443)
   elseif type(options) ~= 'table' then
     error('ERR_INVALID_ARG_TYPE: options must be a URL or a table', 2)
   end
