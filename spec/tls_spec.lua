@@ -404,6 +404,22 @@ describe('the TLS module', function()
   end)
 end)
 
+describe('https URLs', function()
+  it('reports a bad URL or scheme at the caller of https.get and https.request', function()
+    for _, call in ipairs({ https.get, https.request }) do
+      for _, case in ipairs({ { 'http://x/', 'ERR_INVALID_PROTOCOL: protocol "http:" not supported, expected "https:"' },
+        { 'nope', 'ERR_INVALID_URL: invalid URL: nope' }, { 5, 'ERR_INVALID_ARG_TYPE' } }) do
+        local ok, err = pcall(function()
+          call(case[1])
+        end)
+        assert.is_false(ok)
+        assert.matches('^spec/tls_spec%.lua:%d+: ', err)
+        assert.matches(case[2], err, 1, true)
+      end
+    end
+  end)
+end)
+
 describe('https', function()
   setup(makeCerts)
   teardown(function()

@@ -63,12 +63,13 @@ local tlsClientOptions = { servername = true, ca = true, cert = true, key = true
 
 -- https.request(url | options [, fn(res)]) -> ClientRequest: http.request's options plus
 -- tls.connect's (ca, cert, key, servername, rejectUnauthorized, alpn, ...). The server's
--- certificate must name the host (or servername).
-function https.request(options, fn)
+-- certificate must name the host (or servername). Called by https.request and https.get
+-- (never as a tail call), so level 4 in parseUrl and 3 here are their caller's line.
+local function request(options, fn)
   if type(options) == 'string' then
-    options = http._parseUrl(options, 3, 'https', 443)
+    options = http._parseUrl(options, 4, 'https', 443)
   elseif type(options) ~= 'table' then
-    error('ERR_INVALID_ARG_TYPE: options must be a URL or a table', 2)
+    error('ERR_INVALID_ARG_TYPE: options must be a URL or a table', 3)
   end
   local o, t = {}, {}
   for k, v in pairs(options) do
@@ -115,8 +116,13 @@ function https.request(options, fn)
   return http.request(o, fn)
 end
 
+function https.request(options, fn)
+  local req = request(options, fn)
+  return req
+end
+
 function https.get(options, fn)
-  local req = https.request(options, fn)
+  local req = request(options, fn)
   req:finish()
   return req
 end
