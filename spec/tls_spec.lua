@@ -407,8 +407,11 @@ end)
 describe('https URLs', function()
   it('reports a bad URL or scheme at the caller of https.get and https.request', function()
     for _, call in ipairs({ https.get, https.request }) do
-      for _, case in ipairs({ { 'http://x/', 'ERR_INVALID_PROTOCOL: protocol "http:" not supported, expected "https:"' },
-        { 'nope', 'ERR_INVALID_URL: invalid URL: nope' }, { 5, 'ERR_INVALID_ARG_TYPE' } }) do
+      for _, case in ipairs({
+        { 'http://x/', 'ERR_INVALID_PROTOCOL: protocol "http:" not supported, expected "https:"' },
+        { 'nope', 'ERR_INVALID_URL: invalid URL: nope' },
+        { 5, 'ERR_INVALID_ARG_TYPE' },
+      }) do
         local ok, err = pcall(function()
           call(case[1])
         end)
