@@ -123,7 +123,9 @@ describe('child_process.spawn', function()
   end)
 
   it('returns false from stdin:write above highWaterMark and drains', function()
-    local c = cp.spawn('cat', {}, { stdio = { 'pipe', 'ignore', 'ignore' } })
+    -- The child starts reading only after a second: a `cat` that reads at once can keep up
+    -- with the writes on another core, and then write never has to queue.
+    local c = cp.spawn('sh', { '-c', 'sleep 1; exec cat' }, { stdio = { 'pipe', 'ignore', 'ignore' } })
     local chunk = ('x'):rep(65536)
     local writes = 0
     while c.stdin:write(chunk) do
