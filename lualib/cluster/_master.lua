@@ -18,6 +18,17 @@ end
 function M.run(script, args, opts)
   local cluster = require('cluster')
   local n = opts.workers
+  -- A master started by `lcluster upgrade` runs the old master's worker count, which
+  -- `lcluster scale` may have changed since the command line was written (PM2 keeps a scaled
+  -- count across `pm2 reload` too). The variable is the old master's (_upgrade.lua).
+  local carried = tonumber(process.env.LCLUSTER_UPGRADE_WORKERS or '')
+  process.env.LCLUSTER_UPGRADE_WORKERS = nil
+  require('_core').setenv('LCLUSTER_UPGRADE_WORKERS', nil)
+  if carried and process.env.LCLUSTER_UPGRADE and carried >= 1 and carried ~= n then
+    log(('upgrade: %d workers, as the old master had after scale (the command line says %d)')
+      :format(carried, n))
+    n = carried
+  end
   local killTimeout = opts.killTimeout or envNumber('LCLUSTER_KILL_TIMEOUT', 5000)
   local readyTimeout = opts.readyTimeout or envNumber('LCLUSTER_READY_TIMEOUT', 10000)
   -- A worker that dies before it is ready, or within this long of becoming ready, counts as

@@ -242,6 +242,8 @@ function M.start(ops, api, opts, reply, conn)
   end
   local env = childEnv(list)
   env[#env + 1] = ENV .. '=' .. process.pid .. ':' .. notifyPath
+  -- The count `lcluster scale` may have changed: the new master keeps it (_master.lua).
+  env[#env + 1] = 'LCLUSTER_UPGRADE_WORKERS=' .. api.count()
   local args = { '-c', 'LISTEN_PID=$$; export LISTEN_PID; exec "$0" "$@"', exe }
   for i = 1, #argv do
     args[#args + 1] = argv[i]
