@@ -5,7 +5,12 @@
 // Source addresses are 127.0.0.FIRST_ADDR .. 127.0.0.(FIRST_ADDR+NADDR-1) (default 2, 8), so
 // 100k connections do not run out of ephemeral ports on one address. At most 256 connects are
 // in flight at once (the server's backlog). Prints "held N" once every connection has its
-// response (or "failed K of N: reason" and exits 1), then "closed" on exit.
+// response (or "failed K of N: reason" and exits 1), then "closed lost=L" on exit (L: held
+// connections the server closed meanwhile).
+// Bounded: it gives up after DEADLINE_S, or $IDLE_DEADLINE seconds (connects the server never accepts or answers, say a
+// worker out of descriptors, end in "failed ...: timeout", not a hang), it fails at once when
+// its own descriptor limit cannot fit N, and it exits when its parent dies (PDEATHSIG), so a
+// killed bench leaves no holder, and no connection, behind.
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
@@ -16,10 +21,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
+
+#define DEADLINE_S 120
 
 typedef struct {
   int fd;
@@ -42,15 +50,28 @@ int main(int argc, char **argv) {
   }
   int port = atoi(argv[1]), n = atoi(argv[2]);
   int first = argc > 3 ? atoi(argv[3]) : 2, naddr = argc > 4 ? atoi(argv[4]) : 8;
+  if (n < 1 || port < 1 || port > 65535 || first < 1 || naddr < 1 || first + naddr > 255) {
+    fprintf(stderr, "idle_hold: bad arguments\n");
+    return 2;
+  }
+  signal(SIGTERM, on_term);
+  signal(SIGINT, on_term);
+  signal(SIGPIPE, SIG_IGN);
+  // The bench's shell is the parent: when it goes, so do we (and our connections).
+  pid_t parent = getppid();
+  prctl(PR_SET_PDEATHSIG, SIGTERM);
+  if (getppid() != parent) return 1;
   struct rlimit rl;
   getrlimit(RLIMIT_NOFILE, &rl);
   if (rl.rlim_cur < (rlim_t)n + 64 && rl.rlim_max > rl.rlim_cur) {
     rl.rlim_cur = rl.rlim_max;
     setrlimit(RLIMIT_NOFILE, &rl);
   }
-  signal(SIGTERM, on_term);
-  signal(SIGINT, on_term);
-  signal(SIGPIPE, SIG_IGN);
+  if (rl.rlim_cur < (rlim_t)n + 64) {
+    printf("failed %d of %d: needs %d descriptors, RLIMIT_NOFILE is %llu\n", n, n, n + 64,
+           (unsigned long long)rl.rlim_cur);
+    return 1;
+  }
   char req[128];
   int reqlen = snprintf(req, sizeof req, "GET / HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n\r\n", port);
   conn_t *cs = calloc((size_t)n, sizeof *cs);
@@ -58,7 +79,8 @@ int main(int argc, char **argv) {
   struct epoll_event evs[256];
   int opened = 0, inflight = 0, done = 0, failed = 0;
   const char *why = "";
-  time_t deadline = time(NULL) + 120;
+  const char *dl = getenv("IDLE_DEADLINE");
+  time_t deadline = time(NULL) + (dl != NULL && atoi(dl) > 0 ? atoi(dl) : DEADLINE_S);
   while (done + failed < n && !stop) {
     while (opened < n && inflight < 256) {
       conn_t *c = &cs[opened];
@@ -73,7 +95,14 @@ int main(int argc, char **argv) {
       src.sin_addr.s_addr = htonl(0x7f000000u | (uint32_t)(first + opened % naddr));
       int one = 1;
       setsockopt(c->fd, SOL_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof one);
-      bind(c->fd, (struct sockaddr *)&src, sizeof src);
+      if (bind(c->fd, (struct sockaddr *)&src, sizeof src) < 0) {
+        why = strerror(errno);
+        close(c->fd);
+        c->fd = -1;
+        failed++;
+        opened++;
+        continue;
+      }
       struct sockaddr_in dst = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
       dst.sin_addr.s_addr = htonl(0x7f000001u);
       c->need = -1;
@@ -91,7 +120,7 @@ int main(int argc, char **argv) {
       inflight++;
     }
     if (time(NULL) > deadline) {
-      why = "timeout";
+      why = "timeout (connect or response)";
       failed = n - done;
       break;
     }
