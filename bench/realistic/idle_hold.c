@@ -7,10 +7,10 @@
 // in flight at once (the server's backlog). Prints "held N" once every connection has its
 // response (or "failed K of N: reason" and exits 1), then "closed lost=L" on exit (L: held
 // connections the server closed meanwhile).
-// Bounded: it gives up after DEADLINE_S, or $IDLE_DEADLINE seconds (connects the server never accepts or answers, say a
-// worker out of descriptors, end in "failed ...: timeout", not a hang), it fails at once when
-// its own descriptor limit cannot fit N, and it exits when its parent dies (PDEATHSIG), so a
-// killed bench leaves no holder, and no connection, behind.
+// Bounded: it gives up after DEADLINE_S, or $IDLE_DEADLINE seconds (connects the server never
+// accepts or answers, say a worker out of descriptors, end in "failed ...: timeout", not a
+// hang), it fails at once when its own descriptor limit cannot fit N, and it exits when its
+// parent dies (PDEATHSIG), so a killed bench leaves no holder, and no connection, behind.
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
