@@ -28,7 +28,7 @@ lc_stream_t *lc_stream_check(lua_State *L, int idx) {
 }
 
 void lc_stream_init(lc_stream_t *s, int kind) {
-  s->kind = kind;
+  s->kind = (uint8_t)kind;
   s->hwm = 16 * 1024;
   s->h.uv = (uv_handle_t *)&s->u.stream;
   s->u.stream.data = s;
@@ -260,7 +260,8 @@ static int s_write_queue_size(lua_State *L) {
 
 static int s_set_hwm(lua_State *L) {
   lc_stream_t *s = lc_stream_check(L, 1);
-  s->hwm = (size_t)luaL_checkinteger(L, 2);
+  lua_Integer hwm = luaL_checkinteger(L, 2);
+  s->hwm = hwm < 0 ? 0 : hwm > (lua_Integer)UINT32_MAX ? UINT32_MAX : (uint32_t)hwm;
   return 0;
 }
 
