@@ -108,6 +108,7 @@ typedef struct http_conn {
   unsigned want_pause : 1;
   unsigned paused : 1;
   unsigned feeding : 1; // inside llhttp_execute: a resume now only cancels the pause request
+  unsigned served : 1;  // a head was delivered (http.lua: the connection served a request)
 } http_conn_t;
 
 static lc_stream_t *conn_stream(http_conn_t *c) {
@@ -470,6 +471,7 @@ static void push_cached(lua_State *L, int *ref, const char *s) {
 // Delivers the parsed head: cb("head", ...). Returns nonzero to stop parsing.
 static int deliver_head(lua_State *L, http_conn_t *c, int complete) {
   c->head_pending = 0;
+  c->served = 1;
   if (c->cb_ref == LUA_NOREF) return c->stop;
   // The callback and event go first, so the arguments need no moving (conn_emit's inserts):
   // this runs once per request.
@@ -850,13 +852,15 @@ static int conn_resume(lua_State *L) {
   return 0;
 }
 
-// conn:state() -> inMessage, headersDone, msgStartMs (loop time)
+// conn:state() -> inMessage, headersDone, msgStartMs (loop time), served (a head was
+// delivered)
 static int conn_state(lua_State *L) {
   http_conn_t *c = check_conn(L);
   lua_pushboolean(L, c->in_message);
   lua_pushboolean(L, c->headers_done);
   lua_pushnumber(L, c->m != NULL ? c->m->msg_start : 0);
-  return 3;
+  lua_pushboolean(L, c->served);
+  return 4;
 }
 
 // conn:expect_head(bool): response mode; the next response answers a HEAD request.
