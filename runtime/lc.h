@@ -62,6 +62,9 @@ typedef struct lc_handle {
 /// stack index `cb_idx` (may be 0 for none). The caller initialises the uv handle and sets
 /// `h->uv` before returning.
 void *lc_handle_new(lua_State *L, size_t size, const char *mt, int cb_idx);
+/// lc_handle_new with a userdata of `ud_size` bytes (at least a pointer): streams use an
+/// lc_stream_ud_t.
+void *lc_handle_new_ud(lua_State *L, size_t size, size_t ud_size, const char *mt, int cb_idx);
 /// Checks that argument `idx` is a handle of metatable `mt` that is not closing.
 void *lc_handle_check(lua_State *L, int idx, const char *mt);
 /// Like lc_handle_check but accepts closing handles.
@@ -109,6 +112,14 @@ typedef struct lc_stream {
     uv_tty_t tty;
   } u;
 } lc_stream_t;
+
+/// A stream's userdata: the handle (NULL once closed), then the byte counts, copied there
+/// when the handle closes so that bytes() still answers (net's bytesRead after a close).
+typedef struct {
+  lc_handle_t *h;
+  uint64_t bytes_read;
+  uint64_t bytes_written;
+} lc_stream_ud_t;
 
 /// Bytes to allocate for a stream whose handle is `u.member` (tcp, pipe, tty).
 #define LC_STREAM_SIZE(member) (offsetof(lc_stream_t, u) + sizeof(((lc_stream_t *)0)->u.member))

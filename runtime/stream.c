@@ -271,10 +271,21 @@ static int s_set_ctx(lua_State *L) {
   return 0;
 }
 
+// stream:bytes() -> read, written; a closed stream answers with its counts at the close.
 static int s_bytes(lua_State *L) {
-  lc_stream_t *s = lc_stream_check(L, 1);
-  lua_pushnumber(L, (lua_Number)s->bytes_read);
-  lua_pushnumber(L, (lua_Number)s->bytes_written);
+  lc_stream_ud_t *ud = lua_touserdata(L, 1);
+  if (ud == NULL || lua_objlen(L, 1) < sizeof(*ud)) return luaL_argerror(L, 1, "expected a stream");
+  uint64_t r = ud->bytes_read, w = ud->bytes_written;
+  if (ud->h != NULL) { // open or closing: the stream still counts
+    int t = ud->h->uv->type;
+    if (t != UV_TCP && t != UV_NAMED_PIPE && t != UV_TTY)
+      return luaL_argerror(L, 1, "expected a stream");
+    lc_stream_t *s = (lc_stream_t *)ud->h;
+    r = s->bytes_read;
+    w = s->bytes_written;
+  }
+  lua_pushnumber(L, (lua_Number)r);
+  lua_pushnumber(L, (lua_Number)w);
   return 2;
 }
 

@@ -18,8 +18,9 @@ static lc_stream_t *check_tcp(lua_State *L, int idx) {
 // _core.tcp([cb]) -> tcp. cb may be nil for a handle whose callback is set later
 // (set_callback), e.g. one wrapping a descriptor received from another process.
 static int tcp_new(lua_State *L) {
-  lua_settop(L, 1);                                              // [cb]
-  lc_stream_t *s = lc_handle_new(L, LC_STREAM_SIZE(tcp), MT, 1); // [cb, ud]
+  lua_settop(L, 1); // [cb]
+  lc_stream_t *s =
+      lc_handle_new_ud(L, LC_STREAM_SIZE(tcp), sizeof(lc_stream_ud_t), MT, 1); // [cb, ud]
   int rc = uv_tcp_init(lc_loop, &s->u.tcp);
   if (rc < 0) return luaL_error(L, "uv_tcp_init: %s", uv_strerror(rc));
   lc_stream_init(s, LC_STREAM_TCP);
@@ -71,8 +72,9 @@ static int tcp_bind(lua_State *L) {
 // as cb(ctx, event, ...) when ctx (a table) is given.
 static int tcp_accept(lua_State *L) {
   lc_stream_t *server = check_tcp(L, 1);
-  lua_settop(L, 3);                                              // [server, cb, ctx] (may be nil)
-  lc_stream_t *c = lc_handle_new(L, LC_STREAM_SIZE(tcp), MT, 2); // [.., client]
+  lua_settop(L, 3); // [server, cb, ctx] (may be nil)
+  lc_stream_t *c =
+      lc_handle_new_ud(L, LC_STREAM_SIZE(tcp), sizeof(lc_stream_ud_t), MT, 2); // [.., client]
   int rc = uv_tcp_init(lc_loop, &c->u.tcp);
   if (rc < 0) return luaL_error(L, "uv_tcp_init: %s", uv_strerror(rc));
   lc_stream_init(c, LC_STREAM_TCP);

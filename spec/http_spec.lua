@@ -550,6 +550,8 @@ describe('http server', function()
         sameSocket = req.socket == req.connection and res.socket == req.socket
           and res.connection == req.socket,
         sameHeaders = h1 == req.headers,
+        -- Node's server sockets: half-open (the response goes out after the client's end).
+        socketFields = { req.socket.allowHalfOpen, req.socket.pending, req.socket.destroyed },
         host = h1.host,
         defaults = { req.complete, req.aborted, res.statusCode, res.headersSent, res.finished,
           res.writableEnded, res.writableFinished, res.statusMessage },
@@ -568,6 +570,7 @@ describe('http server', function()
     assert.are.equal('gone', rs[1].body)
     assert.is_true(seen.sameSocket)
     assert.is_true(seen.sameHeaders)
+    assert.are.same({ true, false, false }, seen.socketFields)
     assert.are.equal('h', seen.host)
     assert.are.same({ true, false, 200, false, false, false, false, false }, seen.defaults)
     assert.is_true(seen.replaced)

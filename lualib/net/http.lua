@@ -933,6 +933,10 @@ function Conn.new(server, socket)
   return self
 end
 
+-- The socket's allowHalfOpen (net reads its owner's): the response goes out after the
+-- client's end.
+Conn.allowHalfOpen = true
+
 -- The connection's rarer state, made on first use and kept for the connection's life:
 -- closing; queue, the responses waiting behind the active one (pipelining); why the socket
 -- is not read now (see BODY_HWM): stopBody (the body's unread bytes), stopPipe (responses
@@ -1167,11 +1171,14 @@ function Conn:_sockDrain()
   self:_checkDrain()
 end
 
+-- The connection takes the socket's errors: one without a listener of the socket's own is
+-- not uncaught.
 function Conn:_sockError(err)
   local server = self.server
   if not self:_isClosing() and server:listenerCount('clientError') > 0 then
     server:emit('clientError', err, self.socket)
   end
+  return true
 end
 
 function Conn:_sockClose()
@@ -1180,6 +1187,11 @@ function Conn:_sockClose()
   end
   self.server:_removeConn(self)
   self:_onClose()
+end
+
+-- After the socket's 'close': the server, the socket's owner before us, counts it.
+function Conn:_sockClosed()
+  self.server:_connectionClosed()
 end
 
 function Conn:_sendError(status)
