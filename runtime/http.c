@@ -46,6 +46,8 @@ typedef struct {
 // A connection holds one only while a message is in progress or a read is being parsed:
 // between messages it goes back to a process-wide pool (see msg_release), with its buffers.
 typedef struct http_msg {
+  llhttp_t p; // set up afresh when the block is taken (llhttp_init): between keep-alive
+              // messages llhttp's state is its initial one
   // The message's url/status text and headers, copied into buf because the read buffer is
   // reused by the next read. Kept with the block in the pool when of the first size.
   char *buf;
@@ -80,16 +82,14 @@ typedef struct http_msg {
   size_t pend_len, pend_cap;
 } http_msg_t;
 
-// A parser: what an idle keep-alive connection holds (llhttp's state, the limits, the
-// references), ~150 bytes; the message state is in `m`, NULL between messages.
+// A parser: what an idle keep-alive connection holds (the stream, the limits, the
+// references), 56 bytes; llhttp's state and the message's are in `m`, NULL between messages.
 typedef struct http_conn {
-  llhttp_t p;
-  lc_handle_t **stream_ud; // the stream's userdata (kept by stream_ref); *stream_ud is NULL once
-                           // the stream is closed and freed
-  int stream_ref;
-  int self_ref; // keeps this userdata alive while attached
-  int cb_ref;
-  int ctx_ref; // http_attach's ctx: events go to cb(ctx, event, ...); LUA_NOREF for none
+  lc_stream_t *stream; // the attached stream: NULL before, and once detached or closed (the
+                       // stream tells its hook when it goes: conn_read with nread 0)
+  int self_ref;        // keeps this userdata alive while attached
+  int cb_ref;          // shared by every parser with a ctx (lc_util_ref_shared)
+  int ctx_ref;         // http_attach's ctx: events go to cb(ctx, event, ...); LUA_NOREF for none
   // Limits (0 = none).
   uint32_t max_header_size;
   uint32_t max_headers;
@@ -109,12 +109,10 @@ typedef struct http_conn {
   unsigned paused : 1;
   unsigned feeding : 1; // inside llhttp_execute: a resume now only cancels the pause request
   unsigned served : 1;  // a head was delivered (http.lua: the connection served a request)
+  // llhttp is at the start of a message (taken afresh, or after a keep-alive message), so
+  // the block may go back between messages (after a closing one llhttp refuses more data).
+  unsigned reusable : 1;
 } http_conn_t;
-
-static lc_stream_t *conn_stream(http_conn_t *c) {
-  if (c->stream_ud == NULL || *c->stream_ud == NULL || (*c->stream_ud)->closing) return NULL;
-  return (lc_stream_t *)*c->stream_ud;
-}
 
 // Calls cb(event, ...) with nargs values on the stack. Returns nonzero when parsing must stop
 // (Lua detached the parser or closed the stream in the callback).
@@ -133,7 +131,7 @@ static int conn_emit(lua_State *L, http_conn_t *c, const char *event, int nargs)
   lua_pushstring(L, event);
   lua_insert(L, -1 - nargs); // [cb, (ctx,) event, args...]
   lc_pcall(L, nargs + 1 + has_ctx, 0);
-  if (c->stream_ud != NULL && conn_stream(c) == NULL) c->stop = 1;
+  if (c->stream != NULL && c->stream->h.closing) c->stop = 1;
   return c->stop;
 }
 
@@ -150,6 +148,8 @@ static int conn_emit(lua_State *L, http_conn_t *c, const char *event, int nargs)
 static http_msg_t *spare_msgs[SPARE_MAX];
 static int nspare_msgs;
 
+static const llhttp_settings_t settings;
+
 // Takes a block for c (c->m is NULL). Returns nonzero when out of memory.
 static int msg_acquire(http_conn_t *c) {
   http_msg_t *m;
@@ -160,7 +160,10 @@ static int msg_acquire(http_conn_t *c) {
     m = calloc(1, sizeof(*m));
     if (m == NULL) return -1;
   }
+  llhttp_init(&m->p, c->mode == MODE_REQUEST ? HTTP_REQUEST : HTTP_RESPONSE, &settings);
+  m->p.data = c;
   c->m = m;
+  c->reusable = 1;
   return 0;
 }
 
@@ -229,6 +232,7 @@ static int count_head(http_conn_t *c, size_t n) {
 
 static int on_message_begin(llhttp_t *p) {
   http_conn_t *c = p->data;
+  c->reusable = 0;
   c->m->len = 0;
   c->m->url_len = 0;
   c->m->nhdrs = 0;
@@ -480,20 +484,20 @@ static int deliver_head(lua_State *L, http_conn_t *c, int complete) {
   if (has_ctx) lua_rawgeti(L, LUA_REGISTRYINDEX, c->ctx_ref);
   push_cached(L, &head_ref, "head");
   if (c->mode == MODE_REQUEST) {
-    unsigned m = c->p.method;
+    unsigned m = c->m->p.method;
     if (m < sizeof(method_refs) / sizeof(method_refs[0])) {
       push_cached(L, &method_refs[m], llhttp_method_name((llhttp_method_t)m));
     } else {
       lua_pushstring(L, llhttp_method_name((llhttp_method_t)m));
     }
   } else {
-    lua_pushinteger(L, c->p.status_code);
+    lua_pushinteger(L, c->m->p.status_code);
   }
   lua_pushlstring(L, c->m->buf, c->m->url_len);
-  if (c->p.http_major == 1 && c->p.http_minor == 1) {
+  if (c->m->p.http_major == 1 && c->m->p.http_minor == 1) {
     push_cached(L, &v11_ref, "1.1");
   } else {
-    lua_pushfstring(L, "%d.%d", (int)c->p.http_major, (int)c->p.http_minor);
+    lua_pushfstring(L, "%d.%d", (int)c->m->p.http_major, (int)c->m->p.http_minor);
   }
   int expect = 0;
   if (c->lazy) {
@@ -501,12 +505,12 @@ static int deliver_head(lua_State *L, http_conn_t *c, int complete) {
   } else {
     push_headers(L, c->m->buf, c->m->hdrs, c->m->nhdrs);
   }
-  lua_pushboolean(L, llhttp_should_keep_alive(&c->p));
-  lua_pushboolean(L, c->p.upgrade);
+  lua_pushboolean(L, llhttp_should_keep_alive(&c->m->p));
+  lua_pushboolean(L, c->m->p.upgrade);
   lua_pushboolean(L, complete);
   lua_pushboolean(L, expect); // [cb, (ctx,) "head", 8 args]
   lc_pcall(L, 9 + has_ctx, 0);
-  if (c->stream_ud != NULL && conn_stream(c) == NULL) c->stop = 1;
+  if (c->stream != NULL && c->stream->h.closing) c->stop = 1;
   return c->stop;
 }
 
@@ -564,6 +568,7 @@ static int on_message_complete(llhttp_t *p) {
   lua_State *L = lc_L;
   lc_metrics.requests++;
   c->in_message = 0;
+  c->reusable = llhttp_should_keep_alive(p) && !p->upgrade;
   int stop;
   if (c->head_pending) {
     stop = deliver_head(L, c, 1);
@@ -601,7 +606,7 @@ static void report_error(lua_State *L, http_conn_t *c, llhttp_errno_t e) {
     lua_pushstring(L, c->m->err_code);
     lua_pushstring(L, c->m->err_msg);
   } else {
-    const char *reason = llhttp_get_error_reason(&c->p);
+    const char *reason = llhttp_get_error_reason(&c->m->p);
     lua_pushinteger(L, 400);
     lua_pushstring(L, llhttp_errno_name(e));
     lua_pushstring(L, reason != NULL ? reason : "parse error");
@@ -647,12 +652,12 @@ static void conn_feed_msgs(lua_State *L, http_conn_t *c, const char *data, size_
   c->m->feed_start = data;
   c->m->feed_end = len > 0 ? data + len : data; // data is NULL at EOF: no arithmetic on it
   c->feeding = 1;
-  llhttp_errno_t e = len > 0 ? llhttp_execute(&c->p, data, len) : llhttp_finish(&c->p);
+  llhttp_errno_t e = len > 0 ? llhttp_execute(&c->m->p, data, len) : llhttp_finish(&c->m->p);
   c->feeding = 0;
   if (c->stop) return;
   if (e == HPE_PAUSED) {
     // Paused after a message (conn:pause()): what follows it waits for conn:resume().
-    const char *pos = llhttp_get_error_pos(&c->p);
+    const char *pos = llhttp_get_error_pos(&c->m->p);
     size_t n = pos != NULL && pos >= data && pos <= data + len ? (size_t)(pos - data) : len;
     if (c->want_pause) {
       c->paused = 1;
@@ -660,7 +665,7 @@ static void conn_feed_msgs(lua_State *L, http_conn_t *c, const char *data, size_
       return;
     }
     // The pause was cancelled during the callback: go on at once.
-    llhttp_resume(&c->p);
+    llhttp_resume(&c->m->p);
     conn_feed(L, c, data + n, len - n);
     return;
   }
@@ -668,7 +673,7 @@ static void conn_feed_msgs(lua_State *L, http_conn_t *c, const char *data, size_
     // llhttp stops after the head of an upgrade or CONNECT; what follows is not HTTP.
     c->dead = 1;
     if (c->head_pending && deliver_head(L, c, 1)) return;
-    const char *pos = llhttp_get_error_pos(&c->p);
+    const char *pos = llhttp_get_error_pos(&c->m->p);
     size_t n = pos != NULL && pos >= data && pos <= data + len ? (size_t)(pos - data) : len;
     lua_pushlstring(L, data + n, len - n);
     conn_emit(L, c, "upgrade", 1);
@@ -690,7 +695,8 @@ static void conn_feed_msgs(lua_State *L, http_conn_t *c, const char *data, size_
 
 // Gives the message state back when no message is in progress (nor waiting while paused).
 static void msg_release_idle(http_conn_t *c) {
-  if (c->m != NULL && !c->in_message && !c->head_pending && !c->paused) msg_release(c);
+  if (c->m != NULL && c->reusable && !c->in_message && !c->head_pending && !c->paused)
+    msg_release(c);
 }
 
 static void conn_feed(lua_State *L, http_conn_t *c, const char *data, size_t len) {
@@ -699,9 +705,15 @@ static void conn_feed(lua_State *L, http_conn_t *c, const char *data, size_t len
 }
 
 // The stream's read hook: bytes go to the parser; EOF and errors to the stream's callback.
+static void conn_detach(lua_State *L, http_conn_t *c);
+
 static void conn_read(lc_stream_t *s, ssize_t nread, const char *data) {
   http_conn_t *c = s->hook_data;
   lua_State *L = lc_L;
+  if (nread == 0) { // the stream closed and its memory goes: forget it
+    conn_detach(L, c);
+    return;
+  }
   lua_rawgeti(L, LUA_REGISTRYINDEX, c->self_ref); // [conn] anchors c for the whole call
   if (nread > 0) {
     conn_feed(L, c, data, (size_t)nread);
@@ -753,12 +765,13 @@ static int new_conn(lua_State *L, int mode_idx, int stream_idx) {
   lua_setmetatable(L, -2);
   c->mode = (unsigned)mode;
   c->self_ref = LUA_NOREF;
-  c->stream_ref = LUA_NOREF;
   c->ctx_ref = LUA_NOREF;
-  llhttp_init(&c->p, mode == MODE_REQUEST ? HTTP_REQUEST : HTTP_RESPONSE, &settings);
-  c->p.data = c;
-  lua_pushvalue(L, mode_idx + 1);
-  c->cb_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  if (ctx_idx) {
+    c->cb_ref = lc_util_ref_shared(L, mode_idx + 1); // one function for every connection
+  } else {
+    lua_pushvalue(L, mode_idx + 1);
+    c->cb_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  }
   read_limits(L, mode_idx + 2, c);
   if (ctx_idx) {
     lua_pushvalue(L, ctx_idx);
@@ -767,9 +780,7 @@ static int new_conn(lua_State *L, int mode_idx, int stream_idx) {
   if (stream_idx) {
     lc_stream_t *s = lc_stream_check(L, stream_idx);
     if (s->hook != NULL) return luaL_argerror(L, stream_idx, "stream already has a read hook");
-    c->stream_ud = lua_touserdata(L, stream_idx);
-    lua_pushvalue(L, stream_idx);
-    c->stream_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    c->stream = s;
     lua_pushvalue(L, -1);
     c->self_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     s->hook = conn_read;
@@ -793,20 +804,17 @@ static http_conn_t *check_conn(lua_State *L) {
 // Unhooks the stream (its reads go to Lua again) and drops our references. Safe to call
 // twice and from inside a callback (parsing stops after it returns).
 static void conn_detach(lua_State *L, http_conn_t *c) {
-  lc_stream_t *s = conn_stream(c);
-  if (s == NULL && c->stream_ud != NULL && *c->stream_ud != NULL)
-    s = (lc_stream_t *)*c->stream_ud; // closing but not yet freed
+  lc_stream_t *s = c->stream; // open or closing: not freed before it told us
   if (s != NULL && s->hook_data == c) {
     s->hook = NULL;
     s->hook_data = NULL;
   }
   c->stop = 1;
-  c->stream_ud = NULL;
-  luaL_unref(L, LUA_REGISTRYINDEX, c->stream_ref);
+  c->stream = NULL;
   luaL_unref(L, LUA_REGISTRYINDEX, c->self_ref);
-  luaL_unref(L, LUA_REGISTRYINDEX, c->cb_ref);
+  lc_util_unref(L, c->cb_ref);
   luaL_unref(L, LUA_REGISTRYINDEX, c->ctx_ref);
-  c->stream_ref = c->self_ref = c->cb_ref = c->ctx_ref = LUA_NOREF;
+  c->self_ref = c->cb_ref = c->ctx_ref = LUA_NOREF;
 }
 
 // conn:detach()
@@ -839,7 +847,7 @@ static int conn_resume(lua_State *L) {
   c->want_pause = 0;
   if (!c->paused || c->feeding) return 0;
   c->paused = 0;
-  llhttp_resume(&c->p);
+  llhttp_resume(&c->m->p);
   // Paused means a message just ended with this block held (conn_feed_msgs).
   char *buf = c->m->pend;
   size_t n = c->m->pend_len;

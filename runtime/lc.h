@@ -43,6 +43,12 @@ int lc_util_push_result(lua_State *L, int err);
 void lc_util_push_addr(lua_State *L, const struct sockaddr *sa);
 /// Fills `ss` from host/port (numeric addresses only). Returns 0 or a libuv error.
 int lc_util_parse_addr(const char *host, int port, struct sockaddr_storage *ss);
+/// A registry reference to the function at `idx` that handles share: one reference per
+/// function, counted, rather than one per handle (net's dispatch, http's parser events: the
+/// "ctx" mode, where one function serves every connection). Release with lc_util_unref.
+int lc_util_ref_shared(lua_State *L, int idx);
+/// Releases a reference from lc_util_ref_shared or luaL_ref (LUA_NOREF is ignored).
+void lc_util_unref(lua_State *L, int ref);
 
 // ---- handle.c: handle lifetime shared by every handle type ----
 
@@ -88,7 +94,8 @@ void lc_handle_meta(lua_State *L, const char *name, const luaL_Reg *methods,
 struct lc_stream;
 /// A C consumer of a stream's bytes (the HTTP parser). Called from the read callback with
 /// nread > 0 and the bytes, or nread < 0 (UV_EOF or an error). It owns the event delivery to
-/// Lua for that stream while it is set.
+/// Lua for that stream while it is set. Called with nread 0 (and no data) when the stream's
+/// close completed and its memory is about to be freed: the hook must forget the stream.
 typedef void (*lc_stream_read_hook)(struct lc_stream *s, ssize_t nread, const char *data);
 
 /// The head of every stream binding. `u` is the libuv handle; `hook` when set receives reads

@@ -69,7 +69,7 @@ static int pipe_getsockname(lua_State *L) {
 static int pipe_set_callback(lua_State *L) {
   lc_stream_t *s = lc_handle_check(L, 1, MT);
   if (!lua_isnoneornil(L, 2)) luaL_checktype(L, 2, LUA_TFUNCTION);
-  luaL_unref(L, LUA_REGISTRYINDEX, s->h.cb_ref);
+  lc_util_unref(L, s->h.cb_ref);
   s->h.cb_ref = LUA_NOREF;
   if (!lua_isnoneornil(L, 2)) {
     lua_pushvalue(L, 2);
