@@ -157,9 +157,10 @@ function getters.bytesWritten(s)
   local _, w = s:_bytes()
   return w
 end
--- Node's definition: not connected yet (no handle, or connecting).
+-- Node's definition: no handle (not connected yet, or destroyed: Node drops the handle
+-- then), or connecting.
 function getters.pending(s)
-  return not s._handle or s.connecting
+  return not s._handle or s.connecting or s.destroyed
 end
 -- A socket's own allowHalfOpen is stored only when set (a client's option); an accepted one
 -- has its owner's (the server's, or http's connection: true).
