@@ -6,9 +6,10 @@
 
 #include "lc.h"
 
-void *lc_handle_new(lua_State *L, size_t size, const char *mt, int cb_idx) {
+void *lc_handle_new_ud(lua_State *L, size_t size, size_t ud_size, const char *mt, int cb_idx) {
   if (cb_idx < 0) cb_idx = lua_gettop(L) + cb_idx + 1;
-  lc_handle_t **ud = lua_newuserdata(L, sizeof(*ud)); // [ud]
+  lc_handle_t **ud = lua_newuserdata(L, ud_size); // [ud]
+  memset(ud, 0, ud_size);
   lc_handle_t *h = calloc(1, size);
   if (h == NULL) luaL_error(L, "out of memory");
   *ud = h;
@@ -38,6 +39,10 @@ void *lc_handle_check(lua_State *L, int idx, const char *mt) {
   return h;
 }
 
+void *lc_handle_new(lua_State *L, size_t size, const char *mt, int cb_idx) {
+  return lc_handle_new_ud(L, size, sizeof(lc_handle_t *), mt, cb_idx);
+}
+
 int lc_handle_push_cb(lua_State *L, lc_handle_t *h) {
   if (h->cb_ref == LUA_NOREF) return 0;
   lua_rawgeti(L, LUA_REGISTRYINDEX, h->cb_ref);
@@ -51,15 +56,29 @@ void lc_handle_push_self(lua_State *L, lc_handle_t *h) {
 static void on_close(uv_handle_t *uvh) {
   lc_handle_t *h = uvh->data;
   lua_State *L = lc_L;
+  int t = uvh->type;
+  int is_stream = t == UV_TCP || t == UV_NAMED_PIPE || t == UV_TTY;
   // The userdata may outlive us; clear its pointer so later calls see a closed handle.
   if (h->self_ref != LUA_NOREF) {
     lua_rawgeti(L, LUA_REGISTRYINDEX, h->self_ref);
     lc_handle_t **ud = lua_touserdata(L, -1);
-    if (ud != NULL) *ud = NULL;
+    if (ud != NULL) {
+      *ud = NULL;
+      // A stream's userdata keeps its byte counts.
+      if (is_stream && lua_objlen(L, -1) >= sizeof(lc_stream_ud_t)) {
+        lc_stream_ud_t *sud = (lc_stream_ud_t *)ud;
+        sud->bytes_read = ((lc_stream_t *)h)->bytes_read;
+        sud->bytes_written = ((lc_stream_t *)h)->bytes_written;
+      }
+    }
     lua_pop(L, 1);
     luaL_unref(L, LUA_REGISTRYINDEX, h->self_ref);
   }
-  luaL_unref(L, LUA_REGISTRYINDEX, h->cb_ref);
+  if (is_stream) {
+    lc_stream_t *s = (lc_stream_t *)h;
+    if (s->hook != NULL) s->hook(s, 0, NULL); // the stream goes: its reader forgets it
+  }
+  lc_util_unref(L, h->cb_ref);
   int close_ref = h->close_ref;
   free(h);
   if (close_ref != LUA_NOREF && close_ref != 0) {

@@ -42,46 +42,28 @@ typedef struct {
   uint32_t name_off, name_len, val_off, val_len;
 } hdr_t;
 
-typedef struct http_conn {
-  llhttp_t p;
-  int mode;
-  lc_handle_t **stream_ud; // the stream's userdata (kept by stream_ref); *stream_ud is NULL once
-                           // the stream is closed and freed
-  int stream_ref;
-  int self_ref; // keeps this userdata alive while attached
-  int cb_ref;
-  int ctx_ref; // http_attach's ctx: events go to cb(ctx, event, ...); LUA_NOREF for none
-  // Limits (0 = none).
-  uint32_t max_header_size;
-  uint32_t max_headers;
-  uint64_t max_body_size;
-  // The message being parsed: its url/status text and headers, copied into buf because the
-  // read buffer is reused by the next read.
+// The state of the message being parsed, and of the feed (one llhttp_execute) parsing it.
+// A connection holds one only while a message is in progress or a read is being parsed:
+// between messages it goes back to a process-wide pool (see msg_release), with its buffers.
+typedef struct http_msg {
+  llhttp_t p; // set up afresh when the block is taken (llhttp_init): between keep-alive
+              // messages llhttp's state is its initial one
+  // The message's url/status text and headers, copied into buf because the read buffer is
+  // reused by the next read. Kept with the block in the pool when of the first size.
   char *buf;
-  size_t len, cap;
-  uint32_t url_len;
+  size_t cap;
   hdr_t *hdrs;
-  uint32_t nhdrs, hdrs_cap;
+  uint32_t hdrs_cap;
+  // Everything from here is zeroed when the block is taken from the pool.
+  uint32_t url_len;
+  size_t len;
+  uint32_t nhdrs;
   uint32_t dropped; // headers over max_headers: counted, not stored
   int in_value;     // the last header callback was a value
+  int err_status;   // our own errors: 431 or 413 (limits), 400 (err_code)
   size_t header_bytes;
   uint64_t body_bytes;
-  double msg_start; // loop time (ms) when the message's first byte arrived
-  unsigned in_message : 1;
-  unsigned headers_done : 1;
-  unsigned head_pending : 1; // head parsed but not yet delivered to Lua
-  unsigned expect_head : 1;  // response mode: the request was HEAD, so no body follows
-  unsigned dead : 1;         // an error was reported or parsing stopped for good
-  unsigned lazy : 1;         // opts.lazyHeaders: "head" gets the raw header block (a string)
-  unsigned stop : 1;         // Lua detached us (or closed the stream) during a callback
-  // conn:pause(): parsing stops after the message in progress (llhttp's HPE_PAUSED), and the
-  // bytes after it wait in pend until conn:resume() (http.lua: too many responses queued).
-  unsigned want_pause : 1;
-  unsigned paused : 1;
-  unsigned feeding : 1; // inside llhttp_execute: a resume now only cancels the pause request
-  char *pend;
-  size_t pend_len, pend_cap;
-  int err_status;                 // our own errors: 431 or 413 (limits), 400 (err_code)
+  double msg_start;               // loop time (ms) when the message's first byte arrived
   const char *err_code, *err_msg; // our own 400s
   // Obsolete line folding (RFC 9112 5.2) is seen from where llhttp's spans start: the bytes
   // it skipped between a header's name and value, or between two spans of one value, are a
@@ -94,12 +76,43 @@ typedef struct http_conn {
   uint32_t val_gen;        // the feed of the last value span
   unsigned val_at_end : 1; // the last value span ended at its feed's end (a cut, not a fold)
   unsigned gap_lf : 1;     // a line break after the name in an earlier feed (a fold)
-} http_conn_t;
+  // conn:pause(): the bytes after the paused message wait here until conn:resume() (the
+  // block is not given back while paused).
+  char *pend;
+  size_t pend_len, pend_cap;
+} http_msg_t;
 
-static lc_stream_t *conn_stream(http_conn_t *c) {
-  if (c->stream_ud == NULL || *c->stream_ud == NULL || (*c->stream_ud)->closing) return NULL;
-  return (lc_stream_t *)*c->stream_ud;
-}
+// A parser: what an idle keep-alive connection holds (the stream, the limits, the
+// references), 56 bytes; llhttp's state and the message's are in `m`, NULL between messages.
+typedef struct http_conn {
+  lc_stream_t *stream; // the attached stream: NULL before, and once detached or closed (the
+                       // stream tells its hook when it goes: conn_read with nread 0)
+  int self_ref;        // keeps this userdata alive while attached
+  int cb_ref;          // shared by every parser with a ctx (lc_util_ref_shared)
+  int ctx_ref;         // http_attach's ctx: events go to cb(ctx, event, ...); LUA_NOREF for none
+  // Limits (0 = none).
+  uint32_t max_header_size;
+  uint32_t max_headers;
+  uint64_t max_body_size;
+  http_msg_t *m;
+  unsigned mode : 1; // MODE_REQUEST or MODE_RESPONSE
+  unsigned in_message : 1;
+  unsigned headers_done : 1;
+  unsigned head_pending : 1; // head parsed but not yet delivered to Lua
+  unsigned expect_head : 1;  // response mode: the request was HEAD, so no body follows
+  unsigned dead : 1;         // an error was reported or parsing stopped for good
+  unsigned lazy : 1;         // opts.lazyHeaders: "head" gets the raw header block (a string)
+  unsigned stop : 1;         // Lua detached us (or closed the stream) during a callback
+  // conn:pause(): parsing stops after the message in progress (llhttp's HPE_PAUSED), and the
+  // bytes after it wait in m->pend until conn:resume() (http.lua: too many responses queued).
+  unsigned want_pause : 1;
+  unsigned paused : 1;
+  unsigned feeding : 1; // inside llhttp_execute: a resume now only cancels the pause request
+  unsigned served : 1;  // a head was delivered (http.lua: the connection served a request)
+  // llhttp is at the start of a message (taken afresh, or after a keep-alive message), so
+  // the block may go back between messages (after a closing one llhttp refuses more data).
+  unsigned reusable : 1;
+} http_conn_t;
 
 // Calls cb(event, ...) with nargs values on the stack. Returns nonzero when parsing must stop
 // (Lua detached the parser or closed the stream in the callback).
@@ -118,67 +131,81 @@ static int conn_emit(lua_State *L, http_conn_t *c, const char *event, int nargs)
   lua_pushstring(L, event);
   lua_insert(L, -1 - nargs); // [cb, (ctx,) event, args...]
   lc_pcall(L, nargs + 1 + has_ctx, 0);
-  if (c->stream_ud != NULL && conn_stream(c) == NULL) c->stop = 1;
+  if (c->stream != NULL && c->stream->h.closing) c->stop = 1;
   return c->stop;
 }
 
-// Idle connections hold no parse buffers: a connection between messages gives its head
-// buffer and header array back to these process-wide stacks at the end of the read that
-// completed the message, and takes them again when the next message's head starts. A
-// keep-alive request costs two pointer moves for that instead of 1.3 KB held per idle
-// connection. Only buffers of the first size come back (a grown one is freed), and the
-// stacks are bounded, so a burst leaves at most SPARE_MAX of each behind.
+// Idle connections hold no message state: a connection between messages gives its
+// http_msg_t (with its head buffer and header array) back to a process-wide pool at the end
+// of the read that completed the message, and takes one again when the next read comes. A
+// keep-alive request costs a pointer move and a clear for that instead of ~1.5 KB held per
+// idle connection (the block and its buffers). Only blocks whose buffers have their first
+// size are kept (a grown buffer is freed), and the pool is bounded, so a burst leaves at
+// most SPARE_MAX blocks behind.
 #define BUF_FIRST 1024
 #define HDRS_FIRST 16
 #define SPARE_MAX 64
-static char *spare_bufs[SPARE_MAX];
-static hdr_t *spare_hdrs[SPARE_MAX];
-static int nspare_bufs, nspare_hdrs;
+static http_msg_t *spare_msgs[SPARE_MAX];
+static int nspare_msgs;
 
-static void scratch_release(http_conn_t *c) {
-  if (c->buf != NULL) {
-    if (c->cap == BUF_FIRST && nspare_bufs < SPARE_MAX) {
-      spare_bufs[nspare_bufs++] = c->buf;
-    } else {
-      free(c->buf);
-    }
-    c->buf = NULL;
-    c->cap = 0;
-    c->len = 0;
+static const llhttp_settings_t settings;
+
+// Takes a block for c (c->m is NULL). Returns nonzero when out of memory.
+static int msg_acquire(http_conn_t *c) {
+  http_msg_t *m;
+  if (nspare_msgs > 0) {
+    m = spare_msgs[--nspare_msgs];
+    memset(&m->url_len, 0, sizeof(*m) - offsetof(http_msg_t, url_len));
+  } else {
+    m = calloc(1, sizeof(*m));
+    if (m == NULL) return -1;
   }
-  if (c->hdrs != NULL) {
-    if (c->hdrs_cap == HDRS_FIRST && nspare_hdrs < SPARE_MAX) {
-      spare_hdrs[nspare_hdrs++] = c->hdrs;
-    } else {
-      free(c->hdrs);
-    }
-    c->hdrs = NULL;
-    c->hdrs_cap = 0;
-    c->nhdrs = 0;
+  llhttp_init(&m->p, c->mode == MODE_REQUEST ? HTTP_REQUEST : HTTP_RESPONSE, &settings);
+  m->p.data = c;
+  c->m = m;
+  c->reusable = 1;
+  return 0;
+}
+
+static void msg_release(http_conn_t *c) {
+  http_msg_t *m = c->m;
+  c->m = NULL;
+  free(m->pend);
+  if (m->cap != BUF_FIRST) {
+    free(m->buf);
+    m->buf = NULL;
+    m->cap = 0;
+  }
+  if (m->hdrs_cap != HDRS_FIRST) {
+    free(m->hdrs);
+    m->hdrs = NULL;
+    m->hdrs_cap = 0;
+  }
+  if (nspare_msgs < SPARE_MAX) {
+    spare_msgs[nspare_msgs++] = m;
+  } else {
+    free(m->buf);
+    free(m->hdrs);
+    free(m);
   }
 }
 
-// Makes room for n more bytes in c->buf: a spare buffer first, else a larger allocation.
+// Makes room for n more bytes in c->m->buf (BUF_FIRST at first, then doubling).
 // Out of line so that buf_append stays small enough to inline into the span callbacks.
 static __attribute__((noinline)) int buf_grow(http_conn_t *c, size_t n) {
-  if (c->cap == 0 && nspare_bufs > 0) {
-    c->buf = spare_bufs[--nspare_bufs];
-    c->cap = BUF_FIRST;
-    if (c->len + n <= c->cap) return 0;
-  }
-  size_t cap = c->cap ? c->cap : BUF_FIRST;
-  while (cap < c->len + n)
+  size_t cap = c->m->cap ? c->m->cap : BUF_FIRST;
+  while (cap < c->m->len + n)
     cap *= 2;
-  char *nb = realloc(c->buf, cap);
+  char *nb = realloc(c->m->buf, cap);
   if (nb == NULL) return -1;
-  c->buf = nb;
-  c->cap = cap;
+  c->m->buf = nb;
+  c->m->cap = cap;
   return 0;
 }
 
 static int buf_append(http_conn_t *c, const char *at, size_t n, int lower) {
-  if (c->len + n > c->cap && buf_grow(c, n)) return -1;
-  char *d = c->buf + c->len;
+  if (c->m->len + n > c->m->cap && buf_grow(c, n)) return -1;
+  char *d = c->m->buf + c->m->len;
   if (at == NULL) {
     // reserve: the caller fills the n bytes
   } else if (lower) {
@@ -189,15 +216,15 @@ static int buf_append(http_conn_t *c, const char *at, size_t n, int lower) {
   } else {
     memcpy(d, at, n);
   }
-  c->len += n;
+  c->m->len += n;
   return 0;
 }
 
 // Counts head bytes against the limit; on overflow records 431 and stops the parser.
 static int count_head(http_conn_t *c, size_t n) {
-  c->header_bytes += n;
-  if (c->max_header_size && c->header_bytes > c->max_header_size) {
-    c->err_status = 431;
+  c->m->header_bytes += n;
+  if (c->max_header_size && c->m->header_bytes > c->max_header_size) {
+    c->m->err_status = 431;
     return -1;
   }
   return 0;
@@ -205,59 +232,56 @@ static int count_head(http_conn_t *c, size_t n) {
 
 static int on_message_begin(llhttp_t *p) {
   http_conn_t *c = p->data;
-  c->len = 0;
-  c->url_len = 0;
-  c->nhdrs = 0;
-  c->dropped = 0;
-  c->in_value = 0;
-  c->header_bytes = 0;
-  c->body_bytes = 0;
+  c->reusable = 0;
+  c->m->len = 0;
+  c->m->url_len = 0;
+  c->m->nhdrs = 0;
+  c->m->dropped = 0;
+  c->m->in_value = 0;
+  c->m->header_bytes = 0;
+  c->m->body_bytes = 0;
   c->in_message = 1;
   c->headers_done = 0;
   c->head_pending = 0;
-  c->msg_start = (double)uv_now(lc_loop);
+  c->m->msg_start = (double)uv_now(lc_loop);
   return 0;
 }
 
 static int on_url(llhttp_t *p, const char *at, size_t n) {
   http_conn_t *c = p->data;
   if (count_head(c, n) || buf_append(c, at, n, 0)) return HPE_USER;
-  c->url_len += (uint32_t)n;
+  c->m->url_len += (uint32_t)n;
   return 0;
 }
 
 static int on_header_field(llhttp_t *p, const char *at, size_t n) {
   http_conn_t *c = p->data;
-  if (count_head(c, n + (c->in_value || c->nhdrs + c->dropped == 0 ? 4 : 0))) return HPE_USER;
-  c->name_end = at + n;
-  c->name_gen = c->feed_gen;
-  if (c->in_value || c->nhdrs + c->dropped == 0) {
-    c->in_value = 0;
-    c->gap_lf = 0;
-    if (c->max_headers && c->nhdrs >= c->max_headers) {
-      c->dropped++; // Node drops headers over maxHeadersCount rather than failing
+  if (count_head(c, n + (c->m->in_value || c->m->nhdrs + c->m->dropped == 0 ? 4 : 0)))
+    return HPE_USER;
+  c->m->name_end = at + n;
+  c->m->name_gen = c->m->feed_gen;
+  if (c->m->in_value || c->m->nhdrs + c->m->dropped == 0) {
+    c->m->in_value = 0;
+    c->m->gap_lf = 0;
+    if (c->max_headers && c->m->nhdrs >= c->max_headers) {
+      c->m->dropped++; // Node drops headers over maxHeadersCount rather than failing
       return 0;
     }
-    if (c->nhdrs == c->hdrs_cap) {
-      if (c->hdrs_cap == 0 && nspare_hdrs > 0) {
-        c->hdrs = spare_hdrs[--nspare_hdrs];
-        c->hdrs_cap = HDRS_FIRST;
-      } else {
-        uint32_t cap = c->hdrs_cap ? c->hdrs_cap * 2 : HDRS_FIRST;
-        hdr_t *nh = realloc(c->hdrs, cap * sizeof(*nh));
-        if (nh == NULL) return HPE_USER;
-        c->hdrs = nh;
-        c->hdrs_cap = cap;
-      }
+    if (c->m->nhdrs == c->m->hdrs_cap) {
+      uint32_t cap = c->m->hdrs_cap ? c->m->hdrs_cap * 2 : HDRS_FIRST;
+      hdr_t *nh = realloc(c->m->hdrs, cap * sizeof(*nh));
+      if (nh == NULL) return HPE_USER;
+      c->m->hdrs = nh;
+      c->m->hdrs_cap = cap;
     }
-    hdr_t *h = &c->hdrs[c->nhdrs++];
-    h->name_off = (uint32_t)c->len;
+    hdr_t *h = &c->m->hdrs[c->m->nhdrs++];
+    h->name_off = (uint32_t)c->m->len;
     h->name_len = 0;
     h->val_off = 0;
     h->val_len = 0;
   }
-  if (c->dropped) return 0;
-  hdr_t *h = &c->hdrs[c->nhdrs - 1];
+  if (c->m->dropped) return 0;
+  hdr_t *h = &c->m->hdrs[c->m->nhdrs - 1];
   if (buf_append(c, at, n, 1)) return HPE_USER;
   h->name_len += (uint32_t)n;
   return 0;
@@ -275,28 +299,28 @@ static int on_header_value(llhttp_t *p, const char *at, size_t n) {
   http_conn_t *c = p->data;
   if (count_head(c, n)) return HPE_USER;
   int fold;
-  if (!c->in_value) {
-    c->in_value = 1;
-    if (!c->dropped) c->hdrs[c->nhdrs - 1].val_off = (uint32_t)c->len;
-    const char *from = c->name_gen == c->feed_gen ? c->name_end : c->feed_start;
-    fold = c->gap_lf || (at > from && memchr(from, '\n', (size_t)(at - from)) != NULL);
+  if (!c->m->in_value) {
+    c->m->in_value = 1;
+    if (!c->m->dropped) c->m->hdrs[c->m->nhdrs - 1].val_off = (uint32_t)c->m->len;
+    const char *from = c->m->name_gen == c->m->feed_gen ? c->m->name_end : c->m->feed_start;
+    fold = c->m->gap_lf || (at > from && memchr(from, '\n', (size_t)(at - from)) != NULL);
   } else {
-    fold = c->val_gen == c->feed_gen || at != c->feed_start || !c->val_at_end;
+    fold = c->m->val_gen == c->m->feed_gen || at != c->m->feed_start || !c->m->val_at_end;
   }
-  c->val_gen = c->feed_gen;
-  c->val_at_end = at + n == c->feed_end;
-  if (c->dropped) return 0;
+  c->m->val_gen = c->m->feed_gen;
+  c->m->val_at_end = at + n == c->m->feed_end;
+  if (c->m->dropped) return 0;
   if (fold && c->mode == MODE_REQUEST) {
-    const hdr_t *h = &c->hdrs[c->nhdrs - 1];
-    if (framing_name(c->buf + h->name_off, h->name_len)) {
-      c->err_status = 400;
-      c->err_code = "HPE_OBS_FOLD";
-      c->err_msg = "obsolete line folding in a framing header";
+    const hdr_t *h = &c->m->hdrs[c->m->nhdrs - 1];
+    if (framing_name(c->m->buf + h->name_off, h->name_len)) {
+      c->m->err_status = 400;
+      c->m->err_code = "HPE_OBS_FOLD";
+      c->m->err_msg = "obsolete line folding in a framing header";
       return HPE_USER;
     }
   }
   if (buf_append(c, at, n, 0)) return HPE_USER;
-  c->hdrs[c->nhdrs - 1].val_len += (uint32_t)n;
+  c->m->hdrs[c->m->nhdrs - 1].val_len += (uint32_t)n;
   return 0;
 }
 
@@ -386,25 +410,25 @@ static void push_headers(lua_State *L, const char *base, const hdr_t *hdrs, uint
 // string, built from buf in place: the table is made only if Lua asks (http_headers).
 // Returns nonzero when the head has an Expect header (Lua must look at it at once).
 static int push_raw_headers(lua_State *L, http_conn_t *c) {
-  size_t start = c->url_len, len = c->len;
-  uint32_t n = c->nhdrs;
+  size_t start = c->m->url_len, len = c->m->len;
+  uint32_t n = c->m->nhdrs;
   int expect = 0;
   if (buf_append(c, NULL, n * sizeof(hdr_t) + sizeof(n), 0)) {
-    c->len = len;
+    c->m->len = len;
     lua_pushliteral(L, "");
     return 0;
   }
-  char *d = c->buf + len;
+  char *d = c->m->buf + len;
   for (uint32_t i = 0; i < n; i++) {
-    hdr_t h = c->hdrs[i];
-    if (h.name_len == 6 && memcmp(c->buf + h.name_off, "expect", 6) == 0) expect = 1;
+    hdr_t h = c->m->hdrs[i];
+    if (h.name_len == 6 && memcmp(c->m->buf + h.name_off, "expect", 6) == 0) expect = 1;
     h.name_off -= (uint32_t)start;
     h.val_off = h.val_len ? h.val_off - (uint32_t)start : 0;
     memcpy(d + i * sizeof(hdr_t), &h, sizeof(hdr_t));
   }
   memcpy(d + n * sizeof(hdr_t), &n, sizeof(n));
-  lua_pushlstring(L, c->buf + start, c->len - start);
-  c->len = len; // trailers (chunked bodies) may append after the head
+  lua_pushlstring(L, c->m->buf + start, c->m->len - start);
+  c->m->len = len; // trailers (chunked bodies) may append after the head
   return expect;
 }
 
@@ -451,6 +475,7 @@ static void push_cached(lua_State *L, int *ref, const char *s) {
 // Delivers the parsed head: cb("head", ...). Returns nonzero to stop parsing.
 static int deliver_head(lua_State *L, http_conn_t *c, int complete) {
   c->head_pending = 0;
+  c->served = 1;
   if (c->cb_ref == LUA_NOREF) return c->stop;
   // The callback and event go first, so the arguments need no moving (conn_emit's inserts):
   // this runs once per request.
@@ -459,33 +484,33 @@ static int deliver_head(lua_State *L, http_conn_t *c, int complete) {
   if (has_ctx) lua_rawgeti(L, LUA_REGISTRYINDEX, c->ctx_ref);
   push_cached(L, &head_ref, "head");
   if (c->mode == MODE_REQUEST) {
-    unsigned m = c->p.method;
+    unsigned m = c->m->p.method;
     if (m < sizeof(method_refs) / sizeof(method_refs[0])) {
       push_cached(L, &method_refs[m], llhttp_method_name((llhttp_method_t)m));
     } else {
       lua_pushstring(L, llhttp_method_name((llhttp_method_t)m));
     }
   } else {
-    lua_pushinteger(L, c->p.status_code);
+    lua_pushinteger(L, c->m->p.status_code);
   }
-  lua_pushlstring(L, c->buf, c->url_len);
-  if (c->p.http_major == 1 && c->p.http_minor == 1) {
+  lua_pushlstring(L, c->m->buf, c->m->url_len);
+  if (c->m->p.http_major == 1 && c->m->p.http_minor == 1) {
     push_cached(L, &v11_ref, "1.1");
   } else {
-    lua_pushfstring(L, "%d.%d", (int)c->p.http_major, (int)c->p.http_minor);
+    lua_pushfstring(L, "%d.%d", (int)c->m->p.http_major, (int)c->m->p.http_minor);
   }
   int expect = 0;
   if (c->lazy) {
     expect = push_raw_headers(L, c);
   } else {
-    push_headers(L, c->buf, c->hdrs, c->nhdrs);
+    push_headers(L, c->m->buf, c->m->hdrs, c->m->nhdrs);
   }
-  lua_pushboolean(L, llhttp_should_keep_alive(&c->p));
-  lua_pushboolean(L, c->p.upgrade);
+  lua_pushboolean(L, llhttp_should_keep_alive(&c->m->p));
+  lua_pushboolean(L, c->m->p.upgrade);
   lua_pushboolean(L, complete);
   lua_pushboolean(L, expect); // [cb, (ctx,) "head", 8 args]
   lc_pcall(L, 9 + has_ctx, 0);
-  if (c->stream_ud != NULL && conn_stream(c) == NULL) c->stop = 1;
+  if (c->stream != NULL && c->stream->h.closing) c->stop = 1;
   return c->stop;
 }
 
@@ -497,18 +522,19 @@ static int on_headers_complete(llhttp_t *p) {
     // One Host header, and an HTTP/1.1 request must have it (RFC 9112 3.2, Node's
     // requireHostHeader): two hosts are two readings of the request for a proxy and us.
     int hosts = 0;
-    for (uint32_t i = 0; i < c->nhdrs; i++) {
-      const hdr_t *h = &c->hdrs[i];
-      hosts += h->name_len == 4 && memcmp(c->buf + h->name_off, "host", 4) == 0;
+    for (uint32_t i = 0; i < c->m->nhdrs; i++) {
+      const hdr_t *h = &c->m->hdrs[i];
+      hosts += h->name_len == 4 && memcmp(c->m->buf + h->name_off, "host", 4) == 0;
     }
     if (hosts > 1 || (hosts == 0 && p->http_major == 1 && p->http_minor == 1)) {
-      c->err_status = 400;
-      c->err_code = "HPE_INVALID_HOST";
-      c->err_msg = hosts ? "more than one Host header" : "an HTTP/1.1 request needs a Host header";
+      c->m->err_status = 400;
+      c->m->err_code = "HPE_INVALID_HOST";
+      c->m->err_msg =
+          hosts ? "more than one Host header" : "an HTTP/1.1 request needs a Host header";
       return -1;
     }
     if (c->max_body_size && (p->flags & F_CONTENT_LENGTH) && p->content_length > c->max_body_size) {
-      c->err_status = 413;
+      c->m->err_status = 413;
       return -1;
     }
   }
@@ -520,9 +546,9 @@ static int on_headers_complete(llhttp_t *p) {
 static int on_body(llhttp_t *p, const char *at, size_t n) {
   http_conn_t *c = p->data;
   lua_State *L = lc_L;
-  c->body_bytes += n;
-  if (c->mode == MODE_REQUEST && c->max_body_size && c->body_bytes > c->max_body_size) {
-    c->err_status = 413;
+  c->m->body_bytes += n;
+  if (c->mode == MODE_REQUEST && c->max_body_size && c->m->body_bytes > c->max_body_size) {
+    c->m->err_status = 413;
     return HPE_USER;
   }
   if (c->head_pending && deliver_head(L, c, 0)) return HPE_USER;
@@ -533,7 +559,7 @@ static int on_body(llhttp_t *p, const char *at, size_t n) {
 // The value is whole (folds included): the next name starts a new header, even when the
 // value was empty and no value span came.
 static int on_header_value_complete(llhttp_t *p) {
-  ((http_conn_t *)p->data)->in_value = 1;
+  ((http_conn_t *)p->data)->m->in_value = 1;
   return 0;
 }
 
@@ -542,6 +568,7 @@ static int on_message_complete(llhttp_t *p) {
   lua_State *L = lc_L;
   lc_metrics.requests++;
   c->in_message = 0;
+  c->reusable = llhttp_should_keep_alive(p) && !p->upgrade;
   int stop;
   if (c->head_pending) {
     stop = deliver_head(L, c, 1);
@@ -566,20 +593,20 @@ static const llhttp_settings_t settings = {
 
 static void report_error(lua_State *L, http_conn_t *c, llhttp_errno_t e) {
   c->dead = 1;
-  if (c->err_status == 431) {
+  if (c->m->err_status == 431) {
     lua_pushinteger(L, 431);
     lua_pushliteral(L, "HPE_HEADER_OVERFLOW");
     lua_pushliteral(L, "request header fields too large");
-  } else if (c->err_status == 413) {
+  } else if (c->m->err_status == 413) {
     lua_pushinteger(L, 413);
     lua_pushliteral(L, "ERR_BODY_TOO_LARGE");
     lua_pushliteral(L, "request body too large");
-  } else if (c->err_status == 400) {
+  } else if (c->m->err_status == 400) {
     lua_pushinteger(L, 400);
-    lua_pushstring(L, c->err_code);
-    lua_pushstring(L, c->err_msg);
+    lua_pushstring(L, c->m->err_code);
+    lua_pushstring(L, c->m->err_msg);
   } else {
-    const char *reason = llhttp_get_error_reason(&c->p);
+    const char *reason = llhttp_get_error_reason(&c->m->p);
     lua_pushinteger(L, 400);
     lua_pushstring(L, llhttp_errno_name(e));
     lua_pushstring(L, reason != NULL ? reason : "parse error");
@@ -590,43 +617,47 @@ static void report_error(lua_State *L, http_conn_t *c, llhttp_errno_t e) {
 // Keeps bytes that arrive or remain while parsing is paused.
 static void pend_append(http_conn_t *c, const char *data, size_t len) {
   if (len == 0) return;
-  if (c->pend_len + len > c->pend_cap) {
-    size_t cap = c->pend_cap ? c->pend_cap : 4096;
-    while (cap < c->pend_len + len)
+  if (c->m->pend_len + len > c->m->pend_cap) {
+    size_t cap = c->m->pend_cap ? c->m->pend_cap : 4096;
+    while (cap < c->m->pend_len + len)
       cap *= 2;
-    char *nb = realloc(c->pend, cap);
+    char *nb = realloc(c->m->pend, cap);
     if (nb == NULL) {
       c->dead = 1; // out of memory: the connection parses nothing more
       return;
     }
-    c->pend = nb;
-    c->pend_cap = cap;
+    c->m->pend = nb;
+    c->m->pend_cap = cap;
   }
-  memcpy(c->pend + c->pend_len, data, len);
-  c->pend_len += len;
+  memcpy(c->m->pend + c->m->pend_len, data, len);
+  c->m->pend_len += len;
 }
 
 static void conn_feed(lua_State *L, http_conn_t *c, const char *data, size_t len);
 
 /// Parses `len` bytes (len 0 signals EOF to the parser) and delivers the events. The conn's
 /// userdata must be anchored on the Lua stack by the caller: Lua may drop it in a callback.
-/// Between messages the parse buffers go back to the spare stacks (see scratch_release).
+/// Between messages the message state goes back to the pool (see msg_release).
 static void conn_feed_msgs(lua_State *L, http_conn_t *c, const char *data, size_t len) {
   if (c->dead || c->stop) return;
   if (c->paused) {
     pend_append(c, data, len);
     return;
   }
-  c->feed_gen++;
-  c->feed_start = data;
-  c->feed_end = len > 0 ? data + len : data; // data is NULL at EOF: no arithmetic on it
+  if (c->m == NULL && msg_acquire(c)) {
+    c->dead = 1; // out of memory: the connection parses nothing more
+    return;
+  }
+  c->m->feed_gen++;
+  c->m->feed_start = data;
+  c->m->feed_end = len > 0 ? data + len : data; // data is NULL at EOF: no arithmetic on it
   c->feeding = 1;
-  llhttp_errno_t e = len > 0 ? llhttp_execute(&c->p, data, len) : llhttp_finish(&c->p);
+  llhttp_errno_t e = len > 0 ? llhttp_execute(&c->m->p, data, len) : llhttp_finish(&c->m->p);
   c->feeding = 0;
   if (c->stop) return;
   if (e == HPE_PAUSED) {
     // Paused after a message (conn:pause()): what follows it waits for conn:resume().
-    const char *pos = llhttp_get_error_pos(&c->p);
+    const char *pos = llhttp_get_error_pos(&c->m->p);
     size_t n = pos != NULL && pos >= data && pos <= data + len ? (size_t)(pos - data) : len;
     if (c->want_pause) {
       c->paused = 1;
@@ -634,7 +665,7 @@ static void conn_feed_msgs(lua_State *L, http_conn_t *c, const char *data, size_
       return;
     }
     // The pause was cancelled during the callback: go on at once.
-    llhttp_resume(&c->p);
+    llhttp_resume(&c->m->p);
     conn_feed(L, c, data + n, len - n);
     return;
   }
@@ -642,7 +673,7 @@ static void conn_feed_msgs(lua_State *L, http_conn_t *c, const char *data, size_
     // llhttp stops after the head of an upgrade or CONNECT; what follows is not HTTP.
     c->dead = 1;
     if (c->head_pending && deliver_head(L, c, 1)) return;
-    const char *pos = llhttp_get_error_pos(&c->p);
+    const char *pos = llhttp_get_error_pos(&c->m->p);
     size_t n = pos != NULL && pos >= data && pos <= data + len ? (size_t)(pos - data) : len;
     lua_pushlstring(L, data + n, len - n);
     conn_emit(L, c, "upgrade", 1);
@@ -653,24 +684,36 @@ static void conn_feed_msgs(lua_State *L, http_conn_t *c, const char *data, size_
     return;
   }
   // The feed ended between a header's name and its value: a line break there is a fold.
-  if (!c->headers_done && !c->in_value && c->nhdrs + c->dropped > 0 && len > 0) {
-    const char *from = c->name_gen == c->feed_gen ? c->name_end : data;
-    if (memchr(from, '\n', (size_t)(c->feed_end - from)) != NULL) c->gap_lf = 1;
+  if (!c->headers_done && !c->m->in_value && c->m->nhdrs + c->m->dropped > 0 && len > 0) {
+    const char *from = c->m->name_gen == c->m->feed_gen ? c->m->name_end : data;
+    if (memchr(from, '\n', (size_t)(c->m->feed_end - from)) != NULL) c->m->gap_lf = 1;
   }
   // A head without a complete body yet is delivered now, so Lua sees it (and can answer
   // Expect: 100-continue) before the body arrives.
   if (c->head_pending) deliver_head(L, c, 0);
 }
 
+// Gives the message state back when no message is in progress (nor waiting while paused).
+static void msg_release_idle(http_conn_t *c) {
+  if (c->m != NULL && c->reusable && !c->in_message && !c->head_pending && !c->paused)
+    msg_release(c);
+}
+
 static void conn_feed(lua_State *L, http_conn_t *c, const char *data, size_t len) {
   conn_feed_msgs(L, c, data, len);
-  if (!c->in_message && !c->head_pending && (c->buf != NULL || c->hdrs != NULL)) scratch_release(c);
+  msg_release_idle(c);
 }
 
 // The stream's read hook: bytes go to the parser; EOF and errors to the stream's callback.
+static void conn_detach(lua_State *L, http_conn_t *c);
+
 static void conn_read(lc_stream_t *s, ssize_t nread, const char *data) {
   http_conn_t *c = s->hook_data;
   lua_State *L = lc_L;
+  if (nread == 0) { // the stream closed and its memory goes: forget it
+    conn_detach(L, c);
+    return;
+  }
   lua_rawgeti(L, LUA_REGISTRYINDEX, c->self_ref); // [conn] anchors c for the whole call
   if (nread > 0) {
     conn_feed(L, c, data, (size_t)nread);
@@ -720,14 +763,15 @@ static int new_conn(lua_State *L, int mode_idx, int stream_idx) {
   memset(c, 0, sizeof(*c));
   luaL_getmetatable(L, MT);
   lua_setmetatable(L, -2);
-  c->mode = mode;
+  c->mode = (unsigned)mode;
   c->self_ref = LUA_NOREF;
-  c->stream_ref = LUA_NOREF;
   c->ctx_ref = LUA_NOREF;
-  llhttp_init(&c->p, mode == MODE_REQUEST ? HTTP_REQUEST : HTTP_RESPONSE, &settings);
-  c->p.data = c;
-  lua_pushvalue(L, mode_idx + 1);
-  c->cb_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  if (ctx_idx) {
+    c->cb_ref = lc_util_ref_shared(L, mode_idx + 1); // one function for every connection
+  } else {
+    lua_pushvalue(L, mode_idx + 1);
+    c->cb_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  }
   read_limits(L, mode_idx + 2, c);
   if (ctx_idx) {
     lua_pushvalue(L, ctx_idx);
@@ -736,9 +780,7 @@ static int new_conn(lua_State *L, int mode_idx, int stream_idx) {
   if (stream_idx) {
     lc_stream_t *s = lc_stream_check(L, stream_idx);
     if (s->hook != NULL) return luaL_argerror(L, stream_idx, "stream already has a read hook");
-    c->stream_ud = lua_touserdata(L, stream_idx);
-    lua_pushvalue(L, stream_idx);
-    c->stream_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    c->stream = s;
     lua_pushvalue(L, -1);
     c->self_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     s->hook = conn_read;
@@ -762,20 +804,17 @@ static http_conn_t *check_conn(lua_State *L) {
 // Unhooks the stream (its reads go to Lua again) and drops our references. Safe to call
 // twice and from inside a callback (parsing stops after it returns).
 static void conn_detach(lua_State *L, http_conn_t *c) {
-  lc_stream_t *s = conn_stream(c);
-  if (s == NULL && c->stream_ud != NULL && *c->stream_ud != NULL)
-    s = (lc_stream_t *)*c->stream_ud; // closing but not yet freed
+  lc_stream_t *s = c->stream; // open or closing: not freed before it told us
   if (s != NULL && s->hook_data == c) {
     s->hook = NULL;
     s->hook_data = NULL;
   }
   c->stop = 1;
-  c->stream_ud = NULL;
-  luaL_unref(L, LUA_REGISTRYINDEX, c->stream_ref);
+  c->stream = NULL;
   luaL_unref(L, LUA_REGISTRYINDEX, c->self_ref);
-  luaL_unref(L, LUA_REGISTRYINDEX, c->cb_ref);
+  lc_util_unref(L, c->cb_ref);
   luaL_unref(L, LUA_REGISTRYINDEX, c->ctx_ref);
-  c->stream_ref = c->self_ref = c->cb_ref = c->ctx_ref = LUA_NOREF;
+  c->self_ref = c->cb_ref = c->ctx_ref = LUA_NOREF;
 }
 
 // conn:detach()
@@ -808,24 +847,28 @@ static int conn_resume(lua_State *L) {
   c->want_pause = 0;
   if (!c->paused || c->feeding) return 0;
   c->paused = 0;
-  llhttp_resume(&c->p);
-  char *buf = c->pend;
-  size_t n = c->pend_len;
-  c->pend = NULL;
-  c->pend_len = c->pend_cap = 0;
+  llhttp_resume(&c->m->p);
+  // Paused means a message just ended with this block held (conn_feed_msgs).
+  char *buf = c->m->pend;
+  size_t n = c->m->pend_len;
+  c->m->pend = NULL;
+  c->m->pend_len = c->m->pend_cap = 0;
   lua_settop(L, 1); // [conn] anchored during the feed
   if (n > 0) conn_feed(L, c, buf, n);
   free(buf);
+  msg_release_idle(c);
   return 0;
 }
 
-// conn:state() -> inMessage, headersDone, msgStartMs (loop time)
+// conn:state() -> inMessage, headersDone, msgStartMs (loop time), served (a head was
+// delivered)
 static int conn_state(lua_State *L) {
   http_conn_t *c = check_conn(L);
   lua_pushboolean(L, c->in_message);
   lua_pushboolean(L, c->headers_done);
-  lua_pushnumber(L, c->msg_start);
-  return 3;
+  lua_pushnumber(L, c->m != NULL ? c->m->msg_start : 0);
+  lua_pushboolean(L, c->served);
+  return 4;
 }
 
 // conn:expect_head(bool): response mode; the next response answers a HEAD request.
@@ -843,9 +886,7 @@ static int conn_limits(lua_State *L) {
 static int conn_gc(lua_State *L) {
   http_conn_t *c = lua_touserdata(L, 1);
   // Attached conns are anchored by self_ref, so only detached ones are collected.
-  scratch_release(c);
-  free(c->pend);
-  c->pend = NULL;
+  if (c->m != NULL) msg_release(c);
   return 0;
 }
 

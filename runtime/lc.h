@@ -3,6 +3,8 @@
 // entry points declared here under `lc_`.
 #pragma once
 
+#include <stddef.h>
+
 #include <lauxlib.h>
 #include <lua.h>
 #include <lualib.h>
@@ -41,6 +43,12 @@ int lc_util_push_result(lua_State *L, int err);
 void lc_util_push_addr(lua_State *L, const struct sockaddr *sa);
 /// Fills `ss` from host/port (numeric addresses only). Returns 0 or a libuv error.
 int lc_util_parse_addr(const char *host, int port, struct sockaddr_storage *ss);
+/// A registry reference to the function at `idx` that handles share: one reference per
+/// function, counted, rather than one per handle (net's dispatch, http's parser events: the
+/// "ctx" mode, where one function serves every connection). Release with lc_util_unref.
+int lc_util_ref_shared(lua_State *L, int idx);
+/// Releases a reference from lc_util_ref_shared or luaL_ref (LUA_NOREF is ignored).
+void lc_util_unref(lua_State *L, int ref);
 
 // ---- handle.c: handle lifetime shared by every handle type ----
 
@@ -60,6 +68,9 @@ typedef struct lc_handle {
 /// stack index `cb_idx` (may be 0 for none). The caller initialises the uv handle and sets
 /// `h->uv` before returning.
 void *lc_handle_new(lua_State *L, size_t size, const char *mt, int cb_idx);
+/// lc_handle_new with a userdata of `ud_size` bytes (at least a pointer): streams use an
+/// lc_stream_ud_t.
+void *lc_handle_new_ud(lua_State *L, size_t size, size_t ud_size, const char *mt, int cb_idx);
 /// Checks that argument `idx` is a handle of metatable `mt` that is not closing.
 void *lc_handle_check(lua_State *L, int idx, const char *mt);
 /// Like lc_handle_check but accepts closing handles.
@@ -83,28 +94,42 @@ void lc_handle_meta(lua_State *L, const char *name, const luaL_Reg *methods,
 struct lc_stream;
 /// A C consumer of a stream's bytes (the HTTP parser). Called from the read callback with
 /// nread > 0 and the bytes, or nread < 0 (UV_EOF or an error). It owns the event delivery to
-/// Lua for that stream while it is set.
+/// Lua for that stream while it is set. Called with nread 0 (and no data) when the stream's
+/// close completed and its memory is about to be freed: the hook must forget the stream.
 typedef void (*lc_stream_read_hook)(struct lc_stream *s, ssize_t nread, const char *data);
 
 /// The head of every stream binding. `u` is the libuv handle; `hook` when set receives reads
-/// before (instead of) Lua.
+/// before (instead of) Lua. `u` comes last so that a stream allocates only its own kind's
+/// libuv handle (LC_STREAM_SIZE): a TCP stream is 312 bytes instead of the union's 376, and
+/// an idle connection holds one.
 typedef struct lc_stream {
   lc_handle_t h;
+  lc_stream_read_hook hook;
+  void *hook_data;
+  uint64_t bytes_read;
+  uint64_t bytes_written;
+  uint32_t hwm;       // write-queue size over which write() returns false
+  uint8_t want_drain; // write() returned false; emit "drain" when the queue empties
+  uint8_t kind;       // LC_STREAM_TCP, LC_STREAM_PIPE or LC_STREAM_TTY
+  uint8_t has_ctx;    // events go to cb(ctx, event, ...), ctx being the userdata's env table
   union {
     uv_stream_t stream;
     uv_tcp_t tcp;
     uv_pipe_t pipe;
     uv_tty_t tty;
   } u;
-  lc_stream_read_hook hook;
-  void *hook_data;
-  size_t hwm;     // write-queue size over which write() returns false
-  int want_drain; // write() returned false; emit "drain" when the queue empties
-  int kind;       // LC_STREAM_TCP, LC_STREAM_PIPE or LC_STREAM_TTY
-  int has_ctx;    // events go to cb(ctx, event, ...), ctx being the userdata's env table
+} lc_stream_t;
+
+/// A stream's userdata: the handle (NULL once closed), then the byte counts, copied there
+/// when the handle closes so that bytes() still answers (net's bytesRead after a close).
+typedef struct {
+  lc_handle_t *h;
   uint64_t bytes_read;
   uint64_t bytes_written;
-} lc_stream_t;
+} lc_stream_ud_t;
+
+/// Bytes to allocate for a stream whose handle is `u.member` (tcp, pipe, tty).
+#define LC_STREAM_SIZE(member) (offsetof(lc_stream_t, u) + sizeof(((lc_stream_t *)0)->u.member))
 
 enum { LC_STREAM_TCP = 1, LC_STREAM_PIPE = 2, LC_STREAM_TTY = 3 };
 

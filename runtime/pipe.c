@@ -10,7 +10,7 @@
 static int pipe_new(lua_State *L) {
   int ipc = lua_toboolean(L, 1);
   lua_settop(L, 2); // [ipc, cb] (the cb may be absent)
-  lc_stream_t *s = lc_handle_new(L, sizeof(*s), MT, 2);
+  lc_stream_t *s = lc_handle_new_ud(L, LC_STREAM_SIZE(pipe), sizeof(lc_stream_ud_t), MT, 2);
   uv_pipe_init(lc_loop, &s->u.pipe, ipc);
   lc_stream_init(s, LC_STREAM_PIPE);
   return 1;
@@ -32,8 +32,9 @@ static int pipe_bind(lua_State *L) {
 // as cb(ctx, event, ...) when ctx (a table) is given.
 static int pipe_accept(lua_State *L) {
   lc_stream_t *server = lc_handle_check(L, 1, MT);
-  lua_settop(L, 3);                                     // [server, cb, ctx] (may be nil)
-  lc_stream_t *c = lc_handle_new(L, sizeof(*c), MT, 2); // [.., client]
+  lua_settop(L, 3); // [server, cb, ctx] (may be nil)
+  lc_stream_t *c =
+      lc_handle_new_ud(L, LC_STREAM_SIZE(pipe), sizeof(lc_stream_ud_t), MT, 2); // [.., client]
   uv_pipe_init(lc_loop, &c->u.pipe, server->u.pipe.ipc);
   lc_stream_init(c, LC_STREAM_PIPE);
   lc_stream_set_ctx(L, c, -1, 3);
@@ -68,7 +69,7 @@ static int pipe_getsockname(lua_State *L) {
 static int pipe_set_callback(lua_State *L) {
   lc_stream_t *s = lc_handle_check(L, 1, MT);
   if (!lua_isnoneornil(L, 2)) luaL_checktype(L, 2, LUA_TFUNCTION);
-  luaL_unref(L, LUA_REGISTRYINDEX, s->h.cb_ref);
+  lc_util_unref(L, s->h.cb_ref);
   s->h.cb_ref = LUA_NOREF;
   if (!lua_isnoneornil(L, 2)) {
     lua_pushvalue(L, 2);

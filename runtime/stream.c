@@ -28,7 +28,7 @@ lc_stream_t *lc_stream_check(lua_State *L, int idx) {
 }
 
 void lc_stream_init(lc_stream_t *s, int kind) {
-  s->kind = kind;
+  s->kind = (uint8_t)kind;
   s->hwm = 16 * 1024;
   s->h.uv = (uv_handle_t *)&s->u.stream;
   s->u.stream.data = s;
@@ -260,7 +260,8 @@ static int s_write_queue_size(lua_State *L) {
 
 static int s_set_hwm(lua_State *L) {
   lc_stream_t *s = lc_stream_check(L, 1);
-  s->hwm = (size_t)luaL_checkinteger(L, 2);
+  lua_Integer hwm = luaL_checkinteger(L, 2);
+  s->hwm = hwm < 0 ? 0 : hwm > (lua_Integer)UINT32_MAX ? UINT32_MAX : (uint32_t)hwm;
   return 0;
 }
 
@@ -270,10 +271,21 @@ static int s_set_ctx(lua_State *L) {
   return 0;
 }
 
+// stream:bytes() -> read, written; a closed stream answers with its counts at the close.
 static int s_bytes(lua_State *L) {
-  lc_stream_t *s = lc_stream_check(L, 1);
-  lua_pushnumber(L, (lua_Number)s->bytes_read);
-  lua_pushnumber(L, (lua_Number)s->bytes_written);
+  lc_stream_ud_t *ud = lua_touserdata(L, 1);
+  if (ud == NULL || lua_objlen(L, 1) < sizeof(*ud)) return luaL_argerror(L, 1, "expected a stream");
+  uint64_t r = ud->bytes_read, w = ud->bytes_written;
+  if (ud->h != NULL) { // open or closing: the stream still counts
+    int t = ud->h->uv->type;
+    if (t != UV_TCP && t != UV_NAMED_PIPE && t != UV_TTY)
+      return luaL_argerror(L, 1, "expected a stream");
+    lc_stream_t *s = (lc_stream_t *)ud->h;
+    r = s->bytes_read;
+    w = s->bytes_written;
+  }
+  lua_pushnumber(L, (lua_Number)r);
+  lua_pushnumber(L, (lua_Number)w);
   return 2;
 }
 

@@ -18,8 +18,9 @@ static lc_stream_t *check_tcp(lua_State *L, int idx) {
 // _core.tcp([cb]) -> tcp. cb may be nil for a handle whose callback is set later
 // (set_callback), e.g. one wrapping a descriptor received from another process.
 static int tcp_new(lua_State *L) {
-  lua_settop(L, 1);                                     // [cb]
-  lc_stream_t *s = lc_handle_new(L, sizeof(*s), MT, 1); // [cb, ud]
+  lua_settop(L, 1); // [cb]
+  lc_stream_t *s =
+      lc_handle_new_ud(L, LC_STREAM_SIZE(tcp), sizeof(lc_stream_ud_t), MT, 1); // [cb, ud]
   int rc = uv_tcp_init(lc_loop, &s->u.tcp);
   if (rc < 0) return luaL_error(L, "uv_tcp_init: %s", uv_strerror(rc));
   lc_stream_init(s, LC_STREAM_TCP);
@@ -71,12 +72,23 @@ static int tcp_bind(lua_State *L) {
 // as cb(ctx, event, ...) when ctx (a table) is given.
 static int tcp_accept(lua_State *L) {
   lc_stream_t *server = check_tcp(L, 1);
-  lua_settop(L, 3);                                     // [server, cb, ctx] (may be nil)
-  lc_stream_t *c = lc_handle_new(L, sizeof(*c), MT, 2); // [.., client]
+  lua_settop(L, 3); // [server, cb, ctx] (may be nil)
+  if (!lua_isnil(L, 2)) luaL_checktype(L, 2, LUA_TFUNCTION);
+  lc_stream_t *c =
+      lc_handle_new_ud(L, LC_STREAM_SIZE(tcp), sizeof(lc_stream_ud_t), MT, 0); // [.., client]
   int rc = uv_tcp_init(lc_loop, &c->u.tcp);
   if (rc < 0) return luaL_error(L, "uv_tcp_init: %s", uv_strerror(rc));
   lc_stream_init(c, LC_STREAM_TCP);
   lc_stream_set_ctx(L, c, -1, 3);
+  if (!lua_isnil(L, 2)) {
+    // With a ctx the function serves every connection: one reference for all of them.
+    if (c->has_ctx) {
+      c->h.cb_ref = lc_util_ref_shared(L, 2);
+    } else {
+      lua_pushvalue(L, 2);
+      c->h.cb_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    }
+  }
   return lc_stream_accept(L, server, c);
 }
 
@@ -148,11 +160,15 @@ static int tcp_set_callback(lua_State *L) {
   lc_stream_t *s = check_tcp(L, 1);
   if (lua_gettop(L) >= 3) lc_stream_set_ctx(L, s, 1, 3);
   if (!lua_isnoneornil(L, 2)) luaL_checktype(L, 2, LUA_TFUNCTION);
-  luaL_unref(L, LUA_REGISTRYINDEX, s->h.cb_ref);
+  lc_util_unref(L, s->h.cb_ref);
   s->h.cb_ref = LUA_NOREF;
   if (!lua_isnoneornil(L, 2)) {
-    lua_pushvalue(L, 2);
-    s->h.cb_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    if (s->has_ctx) {
+      s->h.cb_ref = lc_util_ref_shared(L, 2); // see tcp_accept
+    } else {
+      lua_pushvalue(L, 2);
+      s->h.cb_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    }
   }
   return 0;
 }

@@ -49,3 +49,44 @@ int lc_util_parse_addr(const char *host, int port, struct sockaddr_storage *ss) 
   if (strchr(host, ':') != NULL) return uv_ip6_addr(host, port, (struct sockaddr_in6 *)ss);
   return uv_ip4_addr(host, port, (struct sockaddr_in *)ss);
 }
+
+// The shared references: few functions are shared (ctx mode only), so a small table with a
+// linear search does; a function past SHARED_MAX gets plain references.
+#define SHARED_MAX 8
+static struct {
+  const void *fn;
+  int ref;
+  unsigned n; // handles holding it; 0: the entry is free
+} shared[SHARED_MAX];
+
+int lc_util_ref_shared(lua_State *L, int idx) {
+  const void *fn = lua_topointer(L, idx);
+  int free_i = -1;
+  for (int i = 0; i < SHARED_MAX; i++) {
+    if (shared[i].n > 0 && shared[i].fn == fn) {
+      shared[i].n++;
+      return shared[i].ref;
+    }
+    if (shared[i].n == 0 && free_i < 0) free_i = i;
+  }
+  lua_pushvalue(L, idx);
+  int ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  if (free_i >= 0) {
+    shared[free_i].fn = fn;
+    shared[free_i].ref = ref;
+    shared[free_i].n = 1;
+  }
+  return ref;
+}
+
+void lc_util_unref(lua_State *L, int ref) {
+  if (ref == LUA_NOREF || ref == LUA_REFNIL) return;
+  for (int i = 0; i < SHARED_MAX; i++) {
+    if (shared[i].n > 0 && shared[i].ref == ref) {
+      if (--shared[i].n > 0) return;
+      shared[i].fn = NULL;
+      break;
+    }
+  }
+  luaL_unref(L, LUA_REGISTRYINDEX, ref);
+}

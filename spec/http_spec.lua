@@ -161,6 +161,54 @@ describe('http parser glue (in-process)', function()
     end
   end)
 
+  it('parses keep-alive messages fed in separate reads, interleaved with another parser', function()
+    -- Between messages a parser gives its state (llhttp's and the message's) back to a pool
+    -- and takes a fresh one with the next read: another connection's read in between must
+    -- not see or disturb it, and a message cut by a read boundary keeps its state.
+    local evsA, evsB = {}, {}
+    local a = core.http_parser('request', function(ev, ...)
+      evsA[#evsA + 1] = { ev, ... }
+    end)
+    local b = core.http_parser('request', function(ev, ...)
+      evsB[#evsB + 1] = { ev, ... }
+    end)
+    a:feed('GET /a1 HTTP/1.1\r\nHost: a\r\n\r\n')
+    b:feed('GET /b1 HTTP/1.1\r\nHo')
+    a:feed('GET /a2 HTTP/1.1\r\nHost: a2\r\n\r\n')
+    b:feed('st: b\r\nX-Y: 1\r\n\r\n')
+    a:feed('\r\nGET /a3 HTTP/1.1\r\nHost: a3\r\n\r\n')
+    assert.are.same({ '/a1', '/a2', '/a3' }, { evsA[1][3], evsA[2][3], evsA[3][3] })
+    assert.are.same({ 'a', 'a2', 'a3' }, { evsA[1][5].host, evsA[2][5].host, evsA[3][5].host })
+    assert.are.equal(1, #evsB)
+    assert.are.same({ 'head', 'GET', '/b1' }, { evsB[1][1], evsB[1][2], evsB[1][3] })
+    assert.are.same({ host = 'b', ['x-y'] = '1' }, evsB[1][5])
+    -- After a closing message llhttp's state is kept: a request in the next read is an
+    -- error, not a new message.
+    a:feed('GET /a4 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n')
+    a:feed('GET /a5 HTTP/1.1\r\nHost: a\r\n\r\n')
+    assert.are.equal(5, #evsA)
+    assert.are.equal('/a4', evsA[4][3])
+    assert.is_false(evsA[4][6]) -- keepAlive
+    assert.are.same({ 'error', 400, 'HPE_CLOSED_CONNECTION' }, { evsA[5][1], evsA[5][2], evsA[5][3] })
+  end)
+
+  it('a parser attached to a stream that closes without a detach forgets the stream', function()
+    local h = core.tcp()
+    local p = core.http_attach(h, 'request', function() end)
+    local closed = false
+    h:close(function()
+      closed = true
+    end)
+    waitFor(function()
+      return closed
+    end, 2000, 'the close')
+    collectgarbage()
+    -- The stream's memory is gone: these must not touch it (ASan checks the build).
+    assert.is_false((p:state()))
+    p:detach()
+    p:feed('GET / HTTP/1.1\r\nHost: h\r\n\r\n')
+  end)
+
   it('streams chunked bodies and parses pipelined requests in order', function()
     local text = 'POST /1 HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n'
       .. 'GET /2 HTTP/1.0\r\n\r\n'
@@ -550,6 +598,8 @@ describe('http server', function()
         sameSocket = req.socket == req.connection and res.socket == req.socket
           and res.connection == req.socket,
         sameHeaders = h1 == req.headers,
+        -- Node's server sockets: half-open (the response goes out after the client's end).
+        socketFields = { req.socket.allowHalfOpen, req.socket.pending, req.socket.destroyed },
         host = h1.host,
         defaults = { req.complete, req.aborted, res.statusCode, res.headersSent, res.finished,
           res.writableEnded, res.writableFinished, res.statusMessage },
@@ -568,6 +618,7 @@ describe('http server', function()
     assert.are.equal('gone', rs[1].body)
     assert.is_true(seen.sameSocket)
     assert.is_true(seen.sameHeaders)
+    assert.are.same({ true, false, false }, seen.socketFields)
     assert.are.equal('h', seen.host)
     assert.are.same({ true, false, 200, false, false, false, false, false }, seen.defaults)
     assert.is_true(seen.replaced)

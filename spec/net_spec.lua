@@ -83,6 +83,57 @@ describe('net', function()
     end, 2000, 'the client to close')
     assert.is_true(got.ended)
     assert.is_false(got.hadError)
+    -- The counts outlive the handle (the closed stream's userdata keeps them).
+    assert.are.equal(11, c.bytesRead)
+    assert.are.equal(11, c.bytesWritten)
+    assert.are.equal('closed', c.readyState)
+  end)
+
+  it('reports pending, allowHalfOpen and the byte counts of accepted sockets, open and closed', function()
+    local accepted, closed = {}, 0
+    local _, port = listening({ allowHalfOpen = true }, function(s)
+      accepted[#accepted + 1] = s
+      s:on('data', function(d)
+        s:finish(d)
+      end)
+      s:on('close', function()
+        closed = closed + 1
+      end)
+    end)
+    local _, port2 = listening(nil, function(s)
+      accepted[#accepted + 1] = s
+      s:on('close', function()
+        closed = closed + 1
+      end)
+    end)
+    local c = track(net.Socket.new())
+    assert.is_true(c.pending)
+    assert.is_false(c.allowHalfOpen)
+    c:connect(port, '127.0.0.1')
+    assert.is_true(c.pending)
+    waitFor(function()
+      return not c.connecting and accepted[1] ~= nil
+    end, 2000, 'the connection')
+    assert.is_false(c.pending)
+    local s = accepted[1]
+    assert.is_false(s.pending)
+    local got = collect(c)
+    c:write('abc')
+    waitFor(function()
+      return got.ended
+    end, 2000, 'the echo and its end')
+    assert.is_true(s.allowHalfOpen) -- the server's
+    c:finish()
+    local c2 = track(net.connect(port2, '127.0.0.1'))
+    c2:finish()
+    waitFor(function()
+      return closed == 2 and got.closed
+    end, 2000, 'both accepted sockets to close')
+    assert.is_false(accepted[2].allowHalfOpen)
+    assert.is_true(s.pending) -- as Node's: a destroyed socket has no handle
+    assert.are.equal(3, s.bytesRead)
+    assert.are.equal(3, s.bytesWritten)
+    assert.are.equal(0, accepted[2].bytesRead)
   end)
 
   it('fills remote and local addresses on the accepted socket', function()

@@ -59,7 +59,7 @@ end
 -- Sends `size` bytes of file descriptor `fd` over the connection with sendfile(2).
 local function sendfile(res, fd, size, fn)
   local conn = res._conn
-  local sock = C.dup(conn.handle:fileno())
+  local sock = C.dup(conn.socket._handle:fileno())
   if sock < 0 then
     return false
   end
@@ -91,7 +91,8 @@ local function sendfile(res, fd, size, fn)
     pump()
   end
   pump = function()
-    if conn.closing or not conn.handle or conn.handle:is_closing() then
+    local h = conn.socket._handle
+    if conn:_isClosing() or not h or h:is_closing() then
       return done(nil)
     end
     while true do
@@ -148,10 +149,11 @@ return function(res, path, fn)
       end
       res:setHeader('Content-Length', tostring(st.size))
       local conn = res._conn
+      local h = conn.socket._handle
       -- A TLS connection's handle is a Lua table (tls.lua): its bytes must be encrypted, so
       -- the file is streamed through it.
       local plain = conn.active == res and not res._head and res.statusCode ~= 204 and res.statusCode ~= 304
-        and conn.handle and type(conn.handle) ~= 'table' and not conn.handle:is_closing()
+        and h and type(h) ~= 'table' and not h:is_closing()
       if not plain or st.size == 0 then
         if res._head or st.size == 0 then
           uv.fs_close(fd, function() end)
@@ -161,7 +163,7 @@ return function(res, path, fn)
         return streamFile(res, path, fd, fn)
       end
       res:_sendHead(nil, false)
-      if conn.handle:write_queue_size() > 0 or not sendfile(res, fd, st.size, fn) then
+      if h:write_queue_size() > 0 or not sendfile(res, fd, st.size, fn) then
         return streamFile(res, path, fd, fn)
       end
     end)

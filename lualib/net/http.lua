@@ -313,7 +313,7 @@ function IncomingMessage:_flush()
   if self._qbytes > 0 then
     self._qbytes = 0
     local conn = self._conn
-    if conn and conn.stopBody then
+    if conn and conn:_stopped('stopBody') then
       conn:_setStop('stopBody', false)
     end
   end
@@ -352,7 +352,7 @@ function IncomingMessage:_push(chunk)
   local n = self._qbytes + #chunk
   self._qbytes = n
   local conn = self._conn
-  if n > BODY_HWM and conn and not conn.stopBody then
+  if n > BODY_HWM and conn and not conn:_stopped('stopBody') then
     conn:_setStop('stopBody', true)
   end
 end
@@ -490,7 +490,8 @@ end
 
 -- Sends (or, when not this connection's turn, keeps) one http_send call.
 function ServerResponse:_send(status, reason, headers, names, flags, len, body)
-  if self._conn.active ~= self then
+  local conn = self._conn
+  if conn.active ~= self then
     local p = self._pending
     if not p then
       p = {}
@@ -500,22 +501,21 @@ function ServerResponse:_send(status, reason, headers, names, flags, len, body)
     self._needDrain = true
     return false
   end
-  local h = self._conn.handle
-  if not h or self._conn.closing then
+  local h, rare = conn.socket._handle, conn.rare
+  if not h or (rare and rare.closing) then
     return false
   end
   -- nil without an error: the handle is closing (http_send checks, one C call less).
   local ok, err = http_send(h, status, reason, headers, names, flags, len, body)
   if ok == nil then
     if err then
-      self._conn:destroy(events.fromUv(err))
+      conn:destroy(events.fromUv(err))
     end
     return false
   end
   if not ok then
     self._needDrain = true
-    local conn = self._conn
-    if not conn.stopWrite then
+    if not conn:_stopped('stopWrite') then
       conn:_setStop('stopWrite', true)
     end
   end
@@ -527,7 +527,7 @@ function ServerResponse:_activate()
   local p = self._pending
   if p then
     self._pending = false
-    local h = self._conn.handle
+    local h = self._conn.socket._handle
     for i = 1, #p do
       local a = p[i]
       if h and not h:is_closing() then
@@ -824,7 +824,7 @@ function ServerResponse:_done()
     req._queue = nil
     req._qbytes = 0
     local conn = self._conn
-    if conn.stopBody or conn.stopUser then
+    if conn.rare then
       conn:_setStop('stopBody', false)
       conn:_setStop('stopUser', false)
     end
@@ -867,7 +867,7 @@ local function onParserEvent(self, ev, a, b, c, d, e, f, g, h)
     local req = self.req
     self.req = false
     -- The body is whole: nothing more to hold back for it.
-    if self.stopBody or self.stopUser then
+    if self.rare then
       self:_setStop('stopBody', false)
       self:_setStop('stopUser', false)
     end
@@ -908,57 +908,90 @@ end
 -- One constructor with every field of the common path (false rather than nil), so a
 -- connection costs one allocation and no rehash: this runs once per connection. Constant
 -- values only in the constructor, variable ones stored after (see IncomingMessage.new).
--- At most 16 keys: LuaJIT sizes a table's hash part to a power of two, and every idle
--- keep-alive connection holds this table, so a 17th key doubles it (+384 bytes). Fields of
--- rare paths (upgradeReq, stopUser) are nil until used, as long as no request reads them:
--- a missing key costs a failed hash walk and a second lookup in the class on every read,
--- so stopPipe and pendingError (read after every response) stay. "Served a request" is
--- tail > 0, the grace deadline lives in graceConns and "the client ended" is
--- socket._readEnded.
+-- At most 8 keys: LuaJIT sizes a table's hash part to a power of two, and every idle
+-- keep-alive connection holds this table, so a 9th key doubles it (+192 bytes). What a
+-- keep-alive request does not touch is elsewhere: the state of rare paths (closing,
+-- pipelined responses, the reasons reading stopped, a pending error, an upgrade) in
+-- `rare`, one field read per response while it is false (a key missing from this table
+-- would cost a failed hash walk and a lookup in the class on every read); the handle is
+-- socket._handle, and "served a request" is the parser's (parser:state()).
 function Conn.new(server, socket)
-  local handle = socket._handle
   local self = {
     server = false,
     socket = false,
-    handle = false,
-    queue = false, -- responses in request order; queue[head] is active
-    head = 1,
-    tail = 0,
-    active = false,
+    parser = false,
+    active = false, -- the response being written; the ones after it wait in rare.queue
     req = false, -- the request whose body is arriving
     idleSince = false,
-    parser = false,
-    closing = false,
     slot = 0, -- index in server._conns
-    -- Why the socket is not read now (see BODY_HWM): the body's unread bytes, responses
-    -- queued, the write queue, req:pause().
-    stopBody = false,
-    stopPipe = false,
-    stopWrite = false,
-    pendingError = false,
+    rare = false, -- false, or the table Conn:_rare() makes
   }
-  self.server, self.socket, self.handle, self.queue = server, socket, handle, tnew(2, 0)
+  self.server, self.socket = server, socket
   self.idleSince = now()
   setmetatable(self, Conn)
-  self.parser = attach(handle, 'request', onParserEvent, parserLimits(server), self)
+  self.parser = attach(socket._handle, 'request', onParserEvent, parserLimits(server), self)
   return self
+end
+
+-- The socket's allowHalfOpen (net reads its owner's): the response goes out after the
+-- client's end.
+Conn.allowHalfOpen = true
+
+-- The connection's rarer state, made on first use and kept for the connection's life:
+-- closing; queue, the responses waiting behind the active one (pipelining); why the socket
+-- is not read now (see BODY_HWM): stopBody (the body's unread bytes), stopPipe (responses
+-- queued), stopWrite (the write queue), stopUser (req:pause()); pendingError, a parse
+-- error's status to answer once the active response is done; upgradeReq.
+function Conn:_rare()
+  local rare = self.rare
+  if not rare then
+    rare = {
+      closing = false,
+      queue = false,
+      stopBody = false,
+      stopPipe = false,
+      stopWrite = false,
+      stopUser = false,
+      pendingError = false,
+      upgradeReq = false,
+    }
+    self.rare = rare
+  end
+  return rare
+end
+
+function Conn:_isClosing()
+  local rare = self.rare
+  return rare and rare.closing or false
+end
+
+-- Whether reading is stopped for `field`, one of the stop* reasons.
+function Conn:_stopped(field)
+  local rare = self.rare
+  return rare and rare[field] or false
 end
 
 function Conn:_onHead(method, url, version, raw, keepAlive, upgrade, complete, hasExpect)
   local server = self.server
   local req = IncomingMessage._newRequest(self.socket, method, url, version, raw)
   if upgrade then
-    self.upgradeReq = req
+    self:_rare().upgradeReq = req
     return
   end
   local res = ServerResponse.new(self, req, keepAlive)
-  local tail = self.tail + 1
-  self.tail = tail
-  self.queue[tail] = res
-  if tail == self.head then
+  if not self.active then
     self.active = res
-  elseif tail - self.head >= PIPELINE_MAX then
-    self:_setStop('stopPipe', true)
+  else
+    local rare = self:_rare()
+    local q = rare.queue
+    if not q then
+      q = {}
+      rare.queue = q
+    end
+    q[#q + 1] = res
+    if #q >= PIPELINE_MAX then
+      self:_setStop('stopPipe', true)
+    end
   end
   self.idleSince = false
   if complete then
@@ -995,10 +1028,12 @@ end
 -- Starts or stops reading the socket: `field` (one of the stop* reasons) is set to `on`;
 -- reading goes on only when no reason holds.
 function Conn:_setStop(field, on)
-  if (self[field] or false) == on then
+  local rare = self.rare
+  if (rare and rare[field] or false) == on then
     return
   end
-  self[field] = on
+  rare = rare or self:_rare()
+  rare[field] = on
   if field == 'stopPipe' then
     -- Too many responses queued: the parser stops after the current request too, so the
     -- rest of a read full of pipelined requests waits unparsed. Resuming parses what waited
@@ -1009,26 +1044,30 @@ function Conn:_setStop(field, on)
       self.parser:resume()
     end
   end
-  local h = self.handle
-  if not h or self.closing or h:is_closing() then
+  local h = self.socket._handle
+  if not h or rare.closing or h:is_closing() then
     return
   end
   if on then
     h:read_stop()
-  elseif not (self.stopBody or self.stopPipe or self.stopWrite or self.stopUser) and not self.socket._readEnded then
+  elseif not (rare.stopBody or rare.stopPipe or rare.stopWrite or rare.stopUser) and not self.socket._readEnded then
     h:read_start()
   end
 end
 
 function Conn:_responseDone(res)
-  local q = self.queue
-  q[self.head] = nil
-  self.head = self.head + 1
-  local nextRes = q[self.head] or false
-  self.active = nextRes
-  if self.stopPipe and self.tail - self.head < PIPELINE_MAX / 2 then
-    self:_setStop('stopPipe', false)
+  local rare = self.rare
+  local nextRes = false
+  if rare then
+    local q = rare.queue
+    if q and #q > 0 then
+      nextRes = table.remove(q, 1)
+    end
+    if rare.stopPipe and #q < PIPELINE_MAX / 2 then
+      self:_setStop('stopPipe', false)
+    end
   end
+  self.active = nextRes
   if not res._keepAlive then
     -- Everything after a closing response is dropped; the socket closes once flushed.
     self:_closeAfterFlush()
@@ -1036,8 +1075,8 @@ function Conn:_responseDone(res)
   end
   if nextRes then
     nextRes:_activate()
-  elseif self.pendingError then
-    self:_sendError(self.pendingError)
+  elseif rare and rare.pendingError then
+    self:_sendError(rare.pendingError)
   elseif self.socket._readEnded or self.server._closing then
     self:_closeAfterFlush()
   elseif not self.req then
@@ -1047,7 +1086,7 @@ end
 
 function Conn:_checkDrain()
   local res = self.active
-  if res and res._needDrain and self.handle:write_queue_size() < 16384 then
+  if res and res._needDrain and self.socket._handle:write_queue_size() < 16384 then
     res._needDrain = false
     res:emit('drain')
   end
@@ -1089,10 +1128,11 @@ local function graceRemove(conn)
 end
 
 function Conn:_closeAfterFlush()
-  if self.closing then
+  local rare = self:_rare()
+  if rare.closing then
     return
   end
-  self.closing = true
+  rare.closing = true
   self.parser:detach()
   -- Half-close once the queued writes are flushed, and close when the client closes its
   -- side (net destroys a half-closed socket on 'end', and once the shutdown is done when the
@@ -1104,7 +1144,7 @@ end
 
 -- Socket events (net's owner hooks, called before the socket's own listeners).
 function Conn:_sockEnd()
-  if self.closing then
+  if self:_isClosing() then
     return
   end
   -- EOF inside a request (its head or its body): it can never complete, so it ends now
@@ -1119,23 +1159,26 @@ end
 
 function Conn:_sockFinish()
   local socket = self.socket
-  if self.closing and not graceConns[self] and not socket._readEnded then
+  if self:_isClosing() and not graceConns[self] and not socket._readEnded then
     graceAdd(self)
   end
 end
 
 function Conn:_sockDrain()
-  if self.stopWrite then
+  if self:_stopped('stopWrite') then
     self:_setStop('stopWrite', false)
   end
   self:_checkDrain()
 end
 
+-- The connection takes the socket's errors: one without a listener of the socket's own is
+-- not uncaught.
 function Conn:_sockError(err)
   local server = self.server
-  if not self.closing and server:listenerCount('clientError') > 0 then
+  if not self:_isClosing() and server:listenerCount('clientError') > 0 then
     server:emit('clientError', err, self.socket)
   end
+  return true
 end
 
 function Conn:_sockClose()
@@ -1146,8 +1189,13 @@ function Conn:_sockClose()
   self:_onClose()
 end
 
+-- After the socket's 'close': the server, the socket's owner before us, counts it.
+function Conn:_sockClosed()
+  self.server:_connectionClosed()
+end
+
 function Conn:_sendError(status)
-  local h = self.handle
+  local h = self.socket._handle
   if h and not h:is_closing() then
     http_send(h, status, nil, nil, nil, F.CLOSE + F.DATE, 0, nil)
   end
@@ -1175,15 +1223,16 @@ function Conn:_onParseError(status, code, message)
   if active and req and active.req == req and not active.headersSent then
     self:_sendError(status)
   elseif active then
-    self.pendingError = status
+    self:_rare().pendingError = status
   else
     self:_sendError(status)
   end
 end
 
 function Conn:_onUpgrade(rest)
-  local req = self.upgradeReq
-  self.upgradeReq = nil
+  local rare = self:_rare()
+  local req = rare.upgradeReq
+  rare.upgradeReq = false
   self.parser:detach()
   self.server:_removeConn(self)
   if req and self.server:listenerCount('upgrade') > 0 then
@@ -1195,7 +1244,7 @@ end
 
 -- Called by the server's sweep: enforces headersTimeout, requestTimeout, keepAliveTimeout.
 function Conn:_sweep(t, server)
-  if self.closing then
+  if self:_isClosing() then
     return
   end
   local inMessage, headersDone, started = self.parser:state()
@@ -1220,25 +1269,28 @@ function Conn:_sweep(t, server)
 end
 
 function Conn:destroy(err)
-  self.closing = true
+  self:_rare().closing = true
   self.parser:detach()
   self.socket:destroy(err)
 end
 
 function Conn:_onClose()
-  self.closing = true
+  local rare = self:_rare()
+  rare.closing = true
   self.parser:detach()
-  self.handle = nil
   local req = self.req
   if req and not req.complete then
     req.aborted = true
     req:emit('aborted')
     req:emit('close')
   end
-  for i = self.head, self.tail do
-    local res = self.queue[i]
-    if res then
-      res:emit('close')
+  if self.active then
+    self.active:emit('close')
+  end
+  local q = rare.queue
+  if q then
+    for i = 1, #q do
+      q[i]:emit('close')
     end
   end
 end
@@ -1387,10 +1439,10 @@ function Server:closeIdleConnections(spareMs)
   local conns = self._conns
   for i = #conns, 1, -1 do
     local conn = conns[i]
-    local inMessage = conn and conn.parser:state()
-    if conn and not conn.active and not inMessage then
-      local spare = spareMs and (conn.tail == 0 or (conn.idleSince and t - conn.idleSince < spareMs))
-      if not spare then
+    if conn and not conn.active then
+      local inMessage, _, _, served = conn.parser:state()
+      local spare = spareMs and (not served or (conn.idleSince and t - conn.idleSince < spareMs))
+      if not inMessage and not spare then
         conn:destroy()
       end
     end

@@ -7,9 +7,11 @@
 -- arrive here. Accepting a connection creates one table (the socket) and no closure, reading
 -- and writing none; closing creates one closure (the close callback).
 --
--- An owner (http's connection) may set `socket._owner`: it is told of the socket's end,
--- finish, drain, error and close (`owner:_sockEnd()` ...) before the socket's listeners, as
--- the first listener would be, without a closure and a listener list per connection.
+-- A socket's owner (`socket._owner`: the server that accepted it, or http's connection once
+-- it takes the socket over) is told of the socket's end, finish, drain, error and close
+-- (`owner:_sockEnd()` ...) before the socket's listeners, as the first listener would be,
+-- without a closure and a listener list per connection, and of the close after them
+-- (`owner:_sockClosed()`: the server counts its connections there).
 --
 -- Cluster hooks (nil in a standalone process):
 --   net._listenHook(server, opts, fn(err, handle, address)) is called by Server:listen with the
@@ -155,6 +157,17 @@ function getters.bytesWritten(s)
   local _, w = s:_bytes()
   return w
 end
+-- Node's definition: no handle (not connected yet, or destroyed: Node drops the handle
+-- then), or connecting.
+function getters.pending(s)
+  return not s._handle or s.connecting or s.destroyed
+end
+-- A socket's own allowHalfOpen is stored only when set (a client's option); an accepted one
+-- has its owner's (the server's, or http's connection: true).
+function getters.allowHalfOpen(s)
+  local owner = s._owner
+  return owner and owner.allowHalfOpen == true or false
+end
 function getters.readyState(s)
   if s.connecting then
     return 'opening'
@@ -186,29 +199,29 @@ end
 -- Constant values only in the constructor, variable ones stored after: the embedded bytecode
 -- (string.dump) keeps only a template's constant-valued keys, so `{ k = variable }` would add
 -- k as a new key (growing, even rehashing, the table) instead of filling a slot.
--- At most 16 keys: the hash part is a power of two and every idle connection holds this
--- table, so a 17th key would double it (+384 bytes); _pendingBytes (writes queued while a
--- client connects) is nil until used.
-local function newSocket(handle, allowHalfOpen, server)
+-- At most 8 keys: the hash part is a power of two and every idle connection holds this
+-- table, so a 9th key would double it (+192 bytes). Fields no common path reads are stored
+-- only when set, and read with rawget where a miss must not call __index: _timer (with
+-- setTimeout), _paused (pause, pauseOnCreate/Connect), allowHalfOpen (a client's option;
+-- an accepted socket has its owner's), _pendingBytes (writes queued while connecting).
+-- `pending` is computed (getters), the byte counts stay readable on the closed handle
+-- (stream:bytes()), "the shutdown is done" is _writeEnded == 'flushed', and the server
+-- that accepted the socket is its first owner.
+local function newSocket(handle, allowHalfOpen, owner)
   local self = {
     connecting = false,
     destroyed = false,
-    pending = true,
-    allowHalfOpen = false,
     _handle = false,
     _timeoutMs = false,
-    _timer = false,
     _events = false,
     _readEnded = false,
-    _writeEnded = false,
-    _shutdownDone = false,
-    _paused = false,
-    _server = false,
+    _writeEnded = false, -- true once finish() was called, 'flushed' once the shutdown is done
     _owner = false,
-    _bytesRead = false,
-    _bytesWritten = false,
   }
-  self.pending, self.allowHalfOpen, self._handle, self._server = handle == nil, allowHalfOpen, handle, server
+  self._handle, self._owner = handle, owner
+  if allowHalfOpen and not owner then
+    self.allowHalfOpen = true
+  end
   return setmetatable(self, Socket)
 end
 Socket._new = newSocket
@@ -241,7 +254,9 @@ function Socket.new(options)
   if options ~= nil then
     checkType(options, 'table', 'options', 2)
     checkKeys(options, socketOptions, 'socket', 2)
-    self.allowHalfOpen = options.allowHalfOpen == true
+    if options.allowHalfOpen == true then
+      self.allowHalfOpen = true
+    end
     local h = options.handle
     if options.fd ~= nil then
       checkType(options.fd, 'number', 'options.fd', 2)
@@ -269,7 +284,6 @@ function Socket:_attach(h)
   h:set_callback(dispatch)
   h:set_ctx(self)
   self._handle = h
-  self.pending = false
 end
 
 -- Wraps a connected tcp or pipe handle (e.g. received from another process) in a Socket
@@ -313,11 +327,12 @@ end
 
 function Socket:_bytes()
   local h = self._handle
-  if h ~= nil and not self.destroyed then
-    local r, w = h:bytes()
-    return r, w + (self._pendingBytes or 0)
+  local pend = rawget(self, '_pendingBytes') or 0
+  if h and h.bytes then
+    local r, w = h:bytes() -- a closed stream keeps its counts
+    return r, w + pend
   end
-  return self._bytesRead or 0, (self._bytesWritten or 0) + (self._pendingBytes or 0)
+  return 0, pend
 end
 
 -- {address=, family=, port=} of the local end (Node's socket.address()).
@@ -346,9 +361,13 @@ function Socket:_onEnd()
   if self.destroyed then
     return
   end
-  if not self.allowHalfOpen and not self._writeEnded then
+  local half = rawget(self, 'allowHalfOpen')
+  if half == nil then
+    half = owner and owner.allowHalfOpen == true
+  end
+  if not half and not self._writeEnded then
     self:finish() -- destroys once the shutdown is done
-  elseif self._shutdownDone then
+  elseif self._writeEnded == 'flushed' then
     self:destroy()
   end
 end
@@ -391,7 +410,6 @@ function Socket:_onConnect(msg, code)
     return self:destroy(fromUv(msg, code, extra))
   end
   self.connecting = false
-  self.pending = false
   self._addrs = nil
   if self._noDelay ~= nil and h.nodelay then
     h:nodelay(self._noDelay)
@@ -420,7 +438,7 @@ function Socket:_onConnect(msg, code)
   if self._writeEnded then
     self:_shutdown()
   end
-  if not self._paused then
+  if not rawget(self, '_paused') then
     h:read_start()
   end
   self:emit('connect')
@@ -496,7 +514,7 @@ function Socket:_onShutdown(err)
   if self.destroyed then
     return
   end
-  self._shutdownDone = true
+  self._writeEnded = 'flushed'
   local owner = self._owner
   if owner then
     owner:_sockFinish()
@@ -551,16 +569,14 @@ function Socket:destroy(err)
   self.connecting = false
   self._readEnded = true
   self._writeEnded = true
-  if self._timer then
-    self._timer:close()
+  local t = rawget(self, '_timer')
+  if t then
+    t:close()
     self._timer = false
     self._timeoutMs = false
   end
   local h = self._handle
   if h ~= nil and not h:is_closing() then
-    if h.bytes then
-      self._bytesRead, self._bytesWritten = h:bytes()
-    end
     h:close(function()
       self:_onClose(err)
     end)
@@ -574,9 +590,9 @@ Socket.destroySoon = Socket.finish
 function Socket:_onClose(err)
   local owner = self._owner
   if err ~= nil then
-    if owner then
-      owner:_sockError(err)
-      -- The owner counts as a listener: no listener of the socket's own is not uncaught.
+    if owner and owner:_sockError(err) then
+      -- The owner took it, so it counts as a listener: no listener of the socket's own is
+      -- not uncaught.
       local evs = self._events
       if evs and evs.error then
         self:emit('error', err)
@@ -589,10 +605,8 @@ function Socket:_onClose(err)
     owner:_sockClose()
   end
   self:emit('close', err ~= nil)
-  local server = self._server
-  if server then
-    self._server = false
-    server:_connectionClosed()
+  if owner then
+    owner:_sockClosed()
   end
 end
 
@@ -606,7 +620,9 @@ function Socket:pause()
 end
 
 function Socket:resume()
-  self._paused = false
+  if rawget(self, '_paused') then
+    self._paused = false
+  end
   local h = self._handle
   if h ~= nil and not self.connecting and not self._readEnded then
     h:read_start()
@@ -615,7 +631,7 @@ function Socket:resume()
 end
 
 function Socket:isPaused()
-  return self._paused == true
+  return rawget(self, '_paused') == true
 end
 
 function Socket:setNoDelay(enable)
@@ -672,8 +688,9 @@ function Socket:setTimeout(ms, fn)
   end
   if n == 0 then
     self._timeoutMs = false
-    if self._timer then
-      self._timer:stop()
+    local t = rawget(self, '_timer')
+    if t then
+      t:stop()
     end
     return self
   end
@@ -681,7 +698,7 @@ function Socket:setTimeout(ms, fn)
     return self
   end
   self._timeoutMs = n
-  local t = self._timer
+  local t = rawget(self, '_timer')
   if not t then
     t = core.timer(function()
       self:_onTimeout()
@@ -1111,7 +1128,6 @@ function Server:_onConnection(err, code)
     return -- another process sharing the socket took it first
   end
   sock._handle = ch
-  sock.pending = false
   self:_newConnection(sock, ch)
 end
 
@@ -1139,6 +1155,19 @@ function Server:_newConnection(sock, h)
     h:read_start()
   end
   self:emit('connection', sock)
+end
+
+-- The owner hooks of the sockets this server accepted (see the top of this file): it counts
+-- them, and their errors are theirs (an 'error' without a listener is uncaught).
+function Server._sockEnd() end
+function Server._sockFinish() end
+function Server._sockDrain() end
+function Server._sockError()
+  return false
+end
+function Server._sockClose() end
+function Server:_sockClosed()
+  self:_connectionClosed()
 end
 
 function Server:_connectionClosed()
