@@ -12,8 +12,8 @@
 // How sizes are learnt: strbuf_new is called once per cjson.decode, at its start (nowhere
 // else in lua_cjson.o), and resets the tracking. Every table cjson creates is pushed on a
 // small stack of open tables; at its first insert its kind is known (a rawseti: an array; a
-// rawset: an object); it is complete when cjson stores it into its parent (it is then the
-// value of an insert; the root, at the next decode), and its kind and entry count are kept
+// rawset: an object); it is complete when cjson inserts into its parent (storing it; the
+// root, at the next decode), and its kind and entry count are kept
 // for its depth and place in its parent (entry number modulo SLOTS). Once two tables in a
 // row there agreed, a new one is created with that many slots of that kind (at most
 // LEARN_MAX) instead of none. A wrong
@@ -46,8 +46,8 @@ struct strbuf *lc_cjson_strbuf_new(int len);
 enum { KIND_NONE, KIND_ARRAY, KIND_OBJECT };
 
 static struct {
-  const void *t; // the table (lua_topointer), on cjson's stack until complete
-  uint32_t n;    // entries inserted so far
+  int pos;    // its absolute stack index: cjson keeps it there until it is complete
+  uint32_t n; // entries inserted so far
   int kind;
   int slot; // its place among its parent's entries, modulo SLOTS
 } open_tabs[DEPTH_MAX];
@@ -102,25 +102,25 @@ void lc_cjson_createtable(lua_State *L, int narr, int nrec) {
   } else {
     lua_createtable(L, 0, (int)n);
   }
-  open_tabs[depth].t = lua_topointer(L, -1);
+  open_tabs[depth].pos = lua_gettop(L);
   open_tabs[depth].n = 0;
   open_tabs[depth].kind = KIND_NONE;
   open_tabs[depth].slot = slot;
   depth++;
 }
 
-// Before the insert of the value on top of the stack into the innermost open table as an
-// entry of `kind`: closes the value if it is that table's child, then counts the entry. The
-// target is not checked (a lua_topointer per entry costs about what a learnt size saves):
-// cjson inserts only into the innermost table it is filling, and a count gone wrong would only
-// make a worse guess until the next decode.
-static void before_insert(lua_State *L, int kind) {
-  if (depth > 1 && lua_type(L, -1) == LUA_TTABLE &&
-      lua_topointer(L, -1) == open_tabs[depth - 1].t) {
+// Before an insert into the table at `idx` as an entry of `kind`: an insert into the parent
+// of the innermost open table stores that table (it is complete); then the target must be the
+// innermost open table, whose entry is counted. Tables are told apart by their stack index
+// (lua_gettop: cheaper than lua_type and lua_topointer per entry): cjson keeps each table in
+// one slot until it is complete, and a slot is reused only by a table created after that.
+static void before_insert(lua_State *L, int idx, int kind) {
+  int target = lua_gettop(L) + idx + 1;
+  if (depth > 1 && target == open_tabs[depth - 2].pos) {
     depth--;
     remember(depth);
   }
-  if (depth == 0) {
+  if (depth == 0 || target != open_tabs[depth - 1].pos) {
     lost = 1;
     return;
   }
@@ -129,11 +129,11 @@ static void before_insert(lua_State *L, int kind) {
 }
 
 void lc_cjson_rawset(lua_State *L, int idx) {
-  if (!lost && idx == -3) before_insert(L, KIND_OBJECT);
+  if (!lost) before_insert(L, idx, KIND_OBJECT);
   lua_rawset(L, idx);
 }
 
 void lc_cjson_rawseti(lua_State *L, int idx, int n) {
-  if (!lost && idx == -2) before_insert(L, KIND_ARRAY);
+  if (!lost) before_insert(L, idx, KIND_ARRAY);
   lua_rawseti(L, idx, n);
 }
