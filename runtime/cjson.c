@@ -22,7 +22,9 @@
 // than the stack, a decode aborted by an error) stops the learning until the next decode.
 // Only the tables' initial sizes differ, never what is stored in them; with the sizes,
 // pairs() order may differ, which LuaJIT's per-process string hash seed already varies from
-// run to run. spec/json_tables_spec.lua compares decoded documents, and the memory they use,
+// run to run. The state is the process's: only the main Lua state has the built-in cjson (a
+// luv thread's state that requires cjson loads Debian's cjson.so, whose calls are its own).
+// spec/json_tables_spec.lua compares decoded documents, and the memory they use,
 // with Debian's own cjson.so.
 #include <stddef.h>
 #include <stdint.h>
