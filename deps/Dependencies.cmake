@@ -9,7 +9,26 @@ find_program(LUAJIT_EXECUTABLE luajit REQUIRED)
 find_path(UV_INCLUDE_DIR uv.h REQUIRED)
 find_library(UV_LIBRARY NAMES libuv_a.a libuv.a uv REQUIRED)
 
-find_library(CJSON_LIBRARY NAMES liblua5.1-cjson.a REQUIRED)
+# lua-cjson: Debian's archive holds lua_cjson.o, fpconv.o and strbuf.o. The binary links a
+# copy of it without fpconv.o (runtime/fpconv.c defines those three functions) and with
+# lua_cjson.o's calls to lua_createtable, lua_rawset, lua_rawseti and strbuf_new renamed to
+# runtime/cjson.c's wrappers, which size the tables cjson.decode fills (see both files).
+find_library(CJSON_ARCHIVE NAMES liblua5.1-cjson.a REQUIRED)
+set(LC_CJSON_DIR ${CMAKE_BINARY_DIR}/lua-cjson)
+set(CJSON_LIBRARY ${LC_CJSON_DIR}/liblc-cjson.a)
+add_custom_command(
+  OUTPUT ${CJSON_LIBRARY}
+  COMMAND ${CMAKE_COMMAND} -E rm -f lua_cjson.o strbuf.o ${CJSON_LIBRARY}
+  COMMAND ${CMAKE_AR} x ${CJSON_ARCHIVE} lua_cjson.o strbuf.o
+  COMMAND ${CMAKE_OBJCOPY} --redefine-sym lua_createtable=lc_cjson_createtable
+          --redefine-sym lua_rawset=lc_cjson_rawset --redefine-sym lua_rawseti=lc_cjson_rawseti
+          --redefine-sym strbuf_new=lc_cjson_strbuf_new lua_cjson.o
+  COMMAND ${CMAKE_AR} rcs ${CJSON_LIBRARY} lua_cjson.o strbuf.o
+  DEPENDS ${CJSON_ARCHIVE}
+  WORKING_DIRECTORY ${LC_CJSON_DIR}
+  COMMENT "lua-cjson: lua_cjson.o's table and buffer calls renamed (runtime/cjson.c)")
+file(MAKE_DIRECTORY ${LC_CJSON_DIR})
+add_custom_target(lc_cjson_archive DEPENDS ${CJSON_LIBRARY})
 
 # lua-luv-dev: the libuv binding behind require('luv'), built against the Lua 5.1 API that
 # LuaJIT provides; linked before libuv, whose symbols it uses.
@@ -40,6 +59,7 @@ find_package(OpenSSL 3 REQUIRED)
 find_package(Threads REQUIRED)
 
 add_library(lc_deps INTERFACE)
+add_dependencies(lc_deps lc_cjson_archive)
 target_include_directories(lc_deps INTERFACE ${LUAJIT_INCLUDE_DIR} ${UV_INCLUDE_DIR}
                                              ${LLHTTP_INCLUDE_DIR} ${LUV_INCLUDE_DIR})
 target_link_libraries(lc_deps INTERFACE ${CJSON_LIBRARY} ${LUV_LIBRARY} ${LUAJIT_LIBRARY} ${UV_LIBRARY}

@@ -1138,13 +1138,14 @@ done:
 }
 
 // Names http_head_lines leaves to the header store: _sendHead looks at their values.
+// Content-Length is not one of them: _sendHead only needs to know that the user gave one,
+// which http_head_lines answers along with the lines.
 static int special_name(const char *l, size_t n) {
   return (n == 4 && memcmp(l, "date", 4) == 0) || (n == 10 && memcmp(l, "connection", 10) == 0) ||
-         (n == 14 && memcmp(l, "content-length", 14) == 0) ||
          (n == 17 && memcmp(l, "transfer-encoding", 17) == 0);
 }
 
-// _core.http_head_lines(headers) -> lines | false
+// _core.http_head_lines(headers) -> lines | false, hasLength
 // The common case of res:writeHead(status, {Name = value, ...}) on a response with no header
 // set before: the pairs formatted once as the head's "Name: value\r\n" lines (the name as
 // given, which is what the header store would put on the wire), so the response keeps one
@@ -1152,9 +1153,13 @@ static int special_name(const char *l, size_t n) {
 // instead of a header table, and http_send copies it. False (nothing done) for anything
 // http_set_headers would treat differently or that _sendHead must look at: a pair that is
 // not a valid token name with a string or number value free of CR, LF and NUL, a name given
-// twice in different cases, Date, Connection, Content-Length, Transfer-Encoding, more than
-// 16 pairs or more than 2 KB: the caller then takes the header-store path.
-static int head_lines_format(lua_State *L) {
+// twice in different cases, Date, Connection, Transfer-Encoding, more than 16 pairs or more
+// than 2 KB: the caller then takes the header-store path. hasLength is true when the lines
+// hold a Content-Length (in any case): the response then adds neither its own length nor
+// chunked framing, as with a Content-Length in the header store. (A JSON handler's
+// {['Content-Type'] = ..., ['Content-Length'] = #out} took the store's path before: a table,
+// a names check and a lookup per special name, ~10,000 instructions per response.)
+static int head_lines_format(lua_State *L, int *has_length) {
   char out[2048];
   size_t o = 0;
   struct {
@@ -1179,6 +1184,7 @@ static int head_lines_format(lua_State *L) {
       l[i] = (char)(ch >= 'A' && ch <= 'Z' ? ch + 32 : ch);
     }
     if (special_name(l, nl)) goto fail;
+    if (nl == 14 && memcmp(l, "content-length", 14) == 0) *has_length = 1;
     for (int j = 0; j < n; j++) {
       if (seen[j].len == nl && memcmp(low + seen[j].off, l, nl) == 0) goto fail;
     }
@@ -1202,6 +1208,7 @@ static int head_lines_format(lua_State *L) {
   lua_pushlstring(L, out, o);
   return 1;
 fail:
+  *has_length = 0;
   lua_pushboolean(L, 0);
   return 1;
 }
@@ -1216,7 +1223,8 @@ fail:
 #define HL_ENTRIES 4
 #define HL_PAIRS 8
 static struct {
-  int n; // pairs; 0 = empty entry
+  int n;          // pairs; 0 = empty entry
+  int has_length; // the pairs hold a Content-Length
   const char *kv[2 * HL_PAIRS];
 } hl_cache[HL_ENTRIES];
 static int hl_next;            // the entry the next miss replaces
@@ -1246,14 +1254,18 @@ static int http_head_lines(lua_State *L) {
         lua_rawgeti(L, LUA_REGISTRYINDEX, hl_ref);
         lua_rawgeti(L, -1, e + 1);
         lua_rawgeti(L, -1, 1); // [headers, cache, entry, lines]
-        return 1;
+        lua_pushboolean(L, hl_cache[e].has_length);
+        return 2;
       }
     }
   }
-  head_lines_format(L); // [headers, .., lines|false] (a failure leaves the pair it saw)
+  int has_length = 0;
+  head_lines_format(L, &has_length); // [headers, .., lines|false] (a failure leaves the pair)
   lua_insert(L, 2);
   lua_settop(L, 2); // [headers, lines|false]
-  if (!cacheable || n == 0) return 1;
+  lua_pushboolean(L, has_length);
+  if (!cacheable || n == 0) return 2;
+  lua_pop(L, 1); // [headers, lines|false]
   // Anchor the pairs and the lines in a new entry table, then record their pointers.
   int e = hl_next;
   hl_next = (hl_next + 1) % HL_ENTRIES;
@@ -1276,9 +1288,11 @@ static int http_head_lines(lua_State *L) {
   lua_settop(L, 4);         // [headers, lines, cache, entry]
   lua_rawseti(L, 3, e + 1); // [headers, lines, cache]
   hl_cache[e].n = n;
+  hl_cache[e].has_length = has_length;
   memcpy(hl_cache[e].kv, kv, 2 * (size_t)n * sizeof(kv[0]));
   lua_settop(L, 2); // [headers, lines]
-  return 1;
+  lua_pushboolean(L, has_length);
+  return 2;
 }
 
 enum {

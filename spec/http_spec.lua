@@ -583,6 +583,63 @@ describe('http server', function()
     end
   end)
 
+  -- writeHead(status, { ..., ['Content-Length'] = n }) keeps the head as lines (no header
+  -- table; the JSON API path) and still frames the body by the user's length: one
+  -- Content-Length as given, never chunked, also in pieces, lower case, a number or a string,
+  -- repeated and changing values, and getHeader reads it back.
+  it('writeHead with a Content-Length keeps lines and the user length frames the body', function()
+    local kinds = {}
+    local _, port = serve(function(req, res)
+      local i = tonumber(req.url:match('%d+'))
+      local body = string.rep('b', i)
+      if req.url:find('^/lower') then
+        res:writeHead(200, { ['content-length'] = i, ['X-K'] = 'k' })
+      else
+        local len = i % 2 == 0 and i or tostring(i)
+        res:writeHead(200, { ['Content-Type'] = 'application/json', ['Content-Length'] = len })
+      end
+      kinds[#kinds + 1] = type(rawget(res, '_headers'))
+      if req.url:find('^/pieces') then
+        res:write(body:sub(1, 1))
+        res:finish(body:sub(2))
+      else
+        assert(res:getHeader('content-length') == tostring(i) or res:getHeader('content-length') == i)
+        res:finish(body)
+      end
+    end)
+    local paths = { '/3', '/3', '/4', '/4', '/17', '/lower5', '/lower5', '/pieces6', '/0', '/3' }
+    local req = {}
+    for i, p in ipairs(paths) do
+      req[i] = 'GET ' .. p .. ' HTTP/1.1\r\nHost: h\r\n\r\n'
+    end
+    local r = raw(port, table.concat(req))
+    local rs = waitResponses(r, #paths)
+    for i, p in ipairs(paths) do
+      local n = tonumber(p:match('%d+'))
+      assert.are.equal(string.rep('b', n), rs[i].body, rs[i].raw)
+      assert.are.equal(tostring(n), rs[i].headers['content-length'], rs[i].raw)
+      local _, count = rs[i].raw:lower():gsub('content%-length:', '')
+      assert.are.equal(1, count, rs[i].raw)
+      assert.falsy(rs[i].headers['transfer-encoding'], rs[i].raw)
+      if p:find('lower') then
+        assert.truthy(rs[i].raw:find('\r\ncontent-length: ' .. n .. '\r\n', 1, true), rs[i].raw)
+      end
+    end
+    -- The store's path would have made a header table (the getHeader call above makes one from
+    -- the lines, after the type was taken).
+    for _, k in ipairs(kinds) do
+      assert.are.equal('string', k)
+    end
+    -- HEAD: the user's length goes out, no body follows, the connection stays usable.
+    local h = raw(port, 'HEAD /9 HTTP/1.1\r\nHost: h\r\n\r\nGET /2 HTTP/1.1\r\nHost: h\r\n\r\n')
+    waitFor(function()
+      return h.data:find('\r\n\r\nbb$')
+    end, 3000, 'the HEAD and the GET responses')
+    local _, count = h.data:gsub('Content%-Length: ', '')
+    assert.are.equal(2, count, h.data)
+    assert.truthy(h.data:find('Content-Length: 9\r\n', 1, true), h.data)
+  end)
+
   -- Request and response tables hold 8 fields; the rest are class defaults or __index
   -- answers, which must read and write as plain fields would.
   it('request and response fields: defaults, aliases, writes and lazy headers', function()

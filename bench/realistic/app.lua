@@ -13,34 +13,21 @@ local port = tonumber(arg[1]) or 8000
 local workers = tonumber(arg[2]) or 2
 local file = arg[3]
 
--- The master (bench/apps/bench_master.lua, shared by the bench apps).
-package.path = (arg[0]:match('^(.*)/') or '.') .. '/../apps/?.lua;' .. package.path
+-- The master (bench/apps/bench_master.lua, shared by the bench apps); json_route.lua beside
+-- this script.
+local dir = arg[0]:match('^(.*)/') or '.'
+package.path = dir .. '/?.lua;' .. dir .. '/../apps/?.lua;' .. package.path
 if require('bench_master')(workers) then
   return
 end
 
-local cjson = require('cjson')
-local concat = table.concat
+local jsonRoute = require('json_route')
 local BIG = string.rep('x', 65536)
-local items = {}
-for i = 1, 12 do
-  items[i] = { id = i, name = 'item-' .. i, price = i * 1.25, tags = { 'a', 'b', 'c' }, active = true }
-end
 
 local server = http.createServer(function(req, res)
   local url = req.url
   if url == '/json' then
-    local parts, n = {}, 0
-    req:on('data', function(chunk)
-      n = n + 1
-      parts[n] = chunk
-    end)
-    req:on('end', function()
-      local body = cjson.decode(concat(parts))
-      local out = cjson.encode({ ok = true, n = #body.items, user = body.user, items = items })
-      res:writeHead(200, { ['Content-Type'] = 'application/json', ['Content-Length'] = #out })
-      res:finish(out)
-    end)
+    jsonRoute(req, res)
   elseif url == '/64k' then
     res:writeHead(200, { ['Content-Type'] = 'application/octet-stream', ['Content-Length'] = 65536 })
     res:finish(BIG)

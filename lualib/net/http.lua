@@ -548,9 +548,11 @@ end
 -- less than the C call (and the trace stitch around it). Strings are interned, so == compares
 -- them as http.c's cache does (by identity). hlPairs = { k1, v1, k2, v2, ... } in next()
 -- order; hlAnswer is what http_head_lines gave for them (the lines, or false: the header
--- store's path). The answer depends on nothing but the strings, so a repeat gets the same
--- one. No loop: an inner loop would split the handler's trace.
-local hlPairs, hlAnswer = {}, false
+-- store's path) and hlLength whether the lines hold a Content-Length. The answer depends on
+-- nothing but the strings, so a repeat gets the same one. No loop: an inner loop would split
+-- the handler's trace. A number value other than 0 (whose -0 prints differently and compares
+-- equal) is cached too: `['Content-Length'] = #body` repeats when the body's size does.
+local hlPairs, hlAnswer, hlLength = {}, false, false
 
 local function headLines(headers)
   if type(headers) ~= 'table' then
@@ -575,22 +577,27 @@ local function headLines(headers)
     end
   end
   if k == nil and i > 1 and c[i] == nil then
-    return hlAnswer
+    return hlAnswer, hlLength
   end
-  local answer = http_head_lines(headers)
+  local answer, hasLength = http_head_lines(headers)
   local p, n = {}, 0
   for name, value in next, headers do
-    if n == 8 or type(name) ~= 'string' or type(value) ~= 'string' then
-      return answer
+    if n == 8 or type(name) ~= 'string' or (type(value) ~= 'string' and (type(value) ~= 'number' or value == 0)) then
+      return answer, hasLength
     end
     p[n + 1], p[n + 2] = name, value
     n = n + 2
   end
   if n > 0 then
-    hlPairs, hlAnswer = p, answer
+    hlPairs, hlAnswer, hlLength = p, answer, hasLength
   end
-  return answer
+  return answer, hasLength
 end
+
+-- _headWritten's value after writeHead stored lines holding a Content-Length (true
+-- otherwise): _sendHead must not add a length or chunked framing of its own. Kept in that
+-- field rather than a new one, so a response's table keeps its 8 keys.
+local LINES_WITH_LENGTH = 'length'
 
 function ServerResponse:writeHead(status, reason, headers)
   local code = tonumber(status)
@@ -626,9 +633,16 @@ function ServerResponse:writeHead(status, reason, headers)
         self:setHeader(headers[i], headers[i + 1])
       end
     else
-      local lines = not self._headers and headLines(headers)
+      local lines, hasLength
+      if not self._headers then
+        lines, hasLength = headLines(headers)
+      end
       if lines then
         self._headers = lines
+        if hasLength then
+          self._headWritten = LINES_WITH_LENGTH
+          return self
+        end
       else
         local ok, names = http_set_headers(self:_hdrs(), self._names, headers)
         if names then
@@ -651,10 +665,13 @@ function ServerResponse:_sendHead(body, last)
   local h, conn, req = self._headers, self._conn, self.req
   local status = self.statusCode
   local flags = 0
-  -- Lines (or no header at all) hold none of the four headers looked at here.
+  -- Lines (or no header at all) hold none of the four headers looked at here but
+  -- Content-Length, which writeHead noted in _headWritten.
   local date, te, userLen, connHeader
   if type(h) == 'table' then
     date, te, userLen, connHeader = h.date, h['transfer-encoding'], h['content-length'], h.connection
+  elseif self._headWritten == LINES_WITH_LENGTH then
+    userLen = true
   end
   if self.sendDate and date == nil then
     flags = F.DATE
