@@ -217,6 +217,7 @@ static int flush_writes(lc_ipc_t *ch) {
       break;
     }
     if (r < 0) return uv_translate_sys_error((int)-r);
+    ch->blocked = 0; // the socket took bytes: not full now, whatever an earlier try found
     size_t n = (size_t)r;
     // The head's fds went out with this call: they are the peer's now.
     for (int i = 0; i < ch->head->nfds; i++)
