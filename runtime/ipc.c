@@ -38,12 +38,20 @@
 // fewer syscalls.
 #define BURST_SENDS 8
 #define CHUNK (64u * 1024u)
+// A frame whose unsent part is at least this large (one chunk) is queued without a copy when
+// its body is a Lua string: the request points into the string and holds a reference to it
+// until the last byte is written. It is also written at once even in a burst (one syscall is
+// nothing next to its bytes), so a sender in a loop overlaps with its reader.
+#define BIG_FRAME CHUNK
 
 typedef struct wreq {
   struct wreq *next;
-  size_t len, off, cap; // data[off, len) is unsent; later frames may be appended up to cap
+  size_t len, off, cap; // bytes [off, len) of the frame(s) are unsent; later frames may be
+                        // appended to data up to cap (never to a request with `body`)
   int nfds;             // fds still to send with the first byte (0 once sent)
   int fds[LC_IPC_FRAME_MAX_FDS];
+  int ref;          // registry reference to the Lua string `body` points into, or LUA_NOREF
+  const char *body; // NULL, or one frame: header in data[0, 8), body bytes here (len - 8)
   char data[];
 } wreq_t;
 
@@ -84,13 +92,20 @@ static void set_flags(int fd) {
 static void update_poll(lc_ipc_t *ch);
 static void on_poll(uv_poll_t *p, int status, int events);
 
+// Frees a written or dropped request; its Lua string may be collected from now on. (No Lua
+// state at exit: lua_close drops the references itself.)
+static void free_wreq(wreq_t *w) {
+  if (w->ref != LUA_NOREF && lc_L != NULL) luaL_unref(lc_L, LUA_REGISTRYINDEX, w->ref);
+  free(w);
+}
+
 static void drop_queue(lc_ipc_t *ch) {
   wreq_t *w = ch->head;
   while (w != NULL) {
     wreq_t *next = w->next;
     for (int i = 0; i < w->nfds; i++)
       close_fd(w->fds[i]);
-    free(w);
+    free_wreq(w);
     w = next;
   }
   ch->head = ch->tail = NULL;
@@ -152,10 +167,23 @@ static void emit_end(lc_ipc_t *ch) {
 static ssize_t send_queue(lc_ipc_t *ch) {
   struct iovec iov[MAX_IOV];
   int n = 0;
-  for (wreq_t *w = ch->head; w != NULL && n < MAX_IOV; w = w->next) {
+  for (wreq_t *w = ch->head; w != NULL && n < MAX_IOV - 1; w = w->next) {
     if (n > 0 && w->nfds > 0) break;
-    iov[n].iov_base = w->data + w->off;
-    iov[n].iov_len = w->len - w->off;
+    if (w->body == NULL) {
+      iov[n].iov_base = w->data + w->off;
+      iov[n].iov_len = w->len - w->off;
+      n++;
+      continue;
+    }
+    // Header from data, body straight from the Lua string.
+    if (w->off < LC_IPC_FRAME_HEADER) {
+      iov[n].iov_base = w->data + w->off;
+      iov[n].iov_len = LC_IPC_FRAME_HEADER - w->off;
+      n++;
+    }
+    size_t from = w->off > LC_IPC_FRAME_HEADER ? w->off - LC_IPC_FRAME_HEADER : 0;
+    iov[n].iov_base = (void *)(w->body + from);
+    iov[n].iov_len = w->len - LC_IPC_FRAME_HEADER - from;
     n++;
   }
   struct msghdr msg;
@@ -189,6 +217,7 @@ static int flush_writes(lc_ipc_t *ch) {
       break;
     }
     if (r < 0) return uv_translate_sys_error((int)-r);
+    ch->blocked = 0; // the socket took bytes: not full now, whatever an earlier try found
     size_t n = (size_t)r;
     // The head's fds went out with this call: they are the peer's now.
     for (int i = 0; i < ch->head->nfds; i++)
@@ -205,7 +234,7 @@ static int flush_writes(lc_ipc_t *ch) {
       n -= rem;
       ch->head = w->next;
       if (ch->head == NULL) ch->tail = NULL;
-      free(w);
+      free_wreq(w);
     }
   }
   return 0;
@@ -232,8 +261,10 @@ static void update_poll(lc_ipc_t *ch) {
   }
 }
 
-int lc_ipc_send(lc_ipc_t *ch, int kind, const char *body, size_t len, const int *fds, int nfds,
-                int close_fds) {
+// lc_ipc_send, and for Lua: when L is not NULL, body is the Lua string at index idx of L,
+// and a large unsent rest is queued by reference to it instead of copied.
+static int send_frame(lc_ipc_t *ch, int kind, const char *body, size_t len, const int *fds,
+                      int nfds, int close_fds, lua_State *L, int idx) {
   int rc = 0;
   size_t sent = 0;
   unsigned char hdr[LC_IPC_FRAME_HEADER];
@@ -253,7 +284,12 @@ int lc_ipc_send(lc_ipc_t *ch, int kind, const char *body, size_t len, const int 
   lc_ipc_frame_header(hdr, (uint32_t)len, kind, nfds);
   lc_metrics.ipc_out++;
   size_t total = len + LC_IPC_FRAME_HEADER;
-  if (ch->head == NULL && ch->burst < BURST_SENDS) {
+  int big = len >= BIG_FRAME;
+  // A large frame behind a queue first tries to move the queue along (the reader may have
+  // made room since the socket was last full), so a sender that never yields to the loop
+  // still overlaps with its reader. Errors surface at the poll, as for any queued write.
+  if (big && ch->head != NULL) flush_writes(ch);
+  if (ch->head == NULL && (ch->burst < BURST_SENDS || big)) {
     ch->burst++;
     // Nothing queued: try the write now, with no copy and no loop turn.
     struct iovec iov[2] = {{hdr, sizeof(hdr)}, {(void *)body, len}};
@@ -289,33 +325,54 @@ int lc_ipc_send(lc_ipc_t *ch, int kind, const char *body, size_t len, const int 
       if (sent == total) return 0;
     }
   }
-  // Queue what is left: a copy, so the caller's buffer may go at once. A frame without fds
-  // joins the tail chunk when it fits (its bytes follow the tail's in the stream either way).
   size_t rem = total - sent;
   wreq_t *w = ch->tail;
   int fresh = 0;
-  if (nfds > 0 || w == NULL || w->cap - w->len < rem) {
-    size_t cap = rem < CHUNK && nfds == 0 ? CHUNK : rem;
-    w = malloc(sizeof(*w) + cap);
+  if (L != NULL && rem >= BIG_FRAME) {
+    // A large rest stays in the Lua string, kept alive by a reference: no copy.
+    w = malloc(sizeof(*w) + LC_IPC_FRAME_HEADER);
     if (w == NULL) {
       rc = UV_ENOMEM;
       goto fail;
     }
+    memcpy(w->data, hdr, LC_IPC_FRAME_HEADER);
     w->next = NULL;
-    w->len = 0;
-    w->off = 0;
-    w->cap = cap;
+    w->len = total;
+    w->off = sent;
+    w->cap = LC_IPC_FRAME_HEADER;
     w->nfds = 0;
+    w->body = body;
+    lua_pushvalue(L, idx);
+    w->ref = luaL_ref(L, LUA_REGISTRYINDEX);
     fresh = 1;
-  }
-  char *dst = w->data + w->len;
-  if (sent < LC_IPC_FRAME_HEADER) {
-    memcpy(dst, hdr + sent, LC_IPC_FRAME_HEADER - sent);
-    if (len > 0) memcpy(dst + LC_IPC_FRAME_HEADER - sent, body, len);
   } else {
-    memcpy(dst, body + (sent - LC_IPC_FRAME_HEADER), rem);
+    // Queue what is left: a copy, so the caller's buffer may go at once. A frame without fds
+    // joins the tail chunk when it fits (its bytes follow the tail's in the stream anyway).
+    if (nfds > 0 || w == NULL || w->body != NULL || w->cap - w->len < rem) {
+      size_t cap = rem < CHUNK && nfds == 0 ? CHUNK : rem;
+      w = malloc(sizeof(*w) + cap);
+      if (w == NULL) {
+        rc = UV_ENOMEM;
+        goto fail;
+      }
+      w->next = NULL;
+      w->len = 0;
+      w->off = 0;
+      w->cap = cap;
+      w->nfds = 0;
+      w->ref = LUA_NOREF;
+      w->body = NULL;
+      fresh = 1;
+    }
+    char *dst = w->data + w->len;
+    if (sent < LC_IPC_FRAME_HEADER) {
+      memcpy(dst, hdr + sent, LC_IPC_FRAME_HEADER - sent);
+      if (len > 0) memcpy(dst + LC_IPC_FRAME_HEADER - sent, body, len);
+    } else {
+      memcpy(dst, body + (sent - LC_IPC_FRAME_HEADER), rem);
+    }
+    w->len += rem;
   }
-  w->len += rem;
   for (int i = 0; i < nfds; i++) {
     // Queued fds must survive the caller closing its own: keep a duplicate unless we own them.
     int fd = close_fds ? fds[i] : fcntl(fds[i], F_DUPFD_CLOEXEC, 0);
@@ -323,7 +380,7 @@ int lc_ipc_send(lc_ipc_t *ch, int kind, const char *body, size_t len, const int 
       rc = uv_translate_sys_error(errno);
       for (int j = 0; j < w->nfds; j++)
         close_fd(w->fds[j]);
-      free(w); // fresh: a frame with fds always gets its own chunk
+      free_wreq(w); // fresh: a frame with fds always gets its own request
       goto fail;
     }
     w->fds[w->nfds++] = fd;
@@ -347,6 +404,11 @@ fail:
     for (int i = 0; i < nfds; i++)
       close_fd(fds[i]);
   return rc;
+}
+
+int lc_ipc_send(lc_ipc_t *ch, int kind, const char *body, size_t len, const int *fds, int nfds,
+                int close_fds) {
+  return send_frame(ch, kind, body, len, fds, nfds, close_fds, NULL, 0);
 }
 
 void lc_ipc_set_hook(lc_ipc_t *ch, lc_ipc_hook hook, void *data) {
@@ -622,7 +684,7 @@ static int ipc_send(lua_State *L) {
       lua_pop(L, 1);
     }
   }
-  int rc = lc_ipc_send(ch, kind, body, len, fds, nfds, lua_toboolean(L, 5));
+  int rc = send_frame(ch, kind, body, len, fds, nfds, lua_toboolean(L, 5), L, 3);
   if (rc < 0) return lc_util_push_uverr(L, rc);
   lua_pushboolean(L, 1);
   lua_pushinteger(L, (lua_Integer)ch->queued);

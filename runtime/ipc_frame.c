@@ -66,17 +66,14 @@ int lc_ipc_frame_space(lc_ipc_frame_decoder_t *d, char **p, size_t *len) {
     }
   }
   // The capacity wanted from `start`: an ordinary read's worth past what is unread, or, for a
-  // frame known to be larger, up to twice the current capacity (never more than the frame),
-  // so a large frame costs O(size) copying in all and a bogus length costs little.
-  size_t want = unread + READ_CHUNK;
+  // frame whose header says it is larger, the whole frame at once (the header was checked
+  // against the 256 MiB limit): one allocation of the final size instead of doubling steps,
+  // each of which copied what had arrived so far.
+  size_t want = unread + READ_CHUNK, big = 0;
   if (unread >= LC_IPC_FRAME_HEADER) {
     size_t total;
     int kind, nfds;
-    if (parse_header(d, &total, &kind, &nfds) == 0 && total > want) {
-      size_t grown = d->cap * 2;
-      size_t big = total < grown ? total : grown;
-      if (big > want) want = big;
-    }
+    if (parse_header(d, &total, &kind, &nfds) == 0 && total > want) want = big = total;
   }
   if (d->cap - d->start < want) {
     if (d->start > 0) {
@@ -85,14 +82,19 @@ int lc_ipc_frame_space(lc_ipc_frame_decoder_t *d, char **p, size_t *len) {
       d->end = unread;
     }
     if (d->cap < want) {
-      char *nb = realloc(d->buf, want);
+      // A large frame's buffer is rounded up, so the next one, a few bytes larger, fits.
+      size_t alloc = big != 0 ? (want + READ_CHUNK - 1) / READ_CHUNK * READ_CHUNK : want;
+      char *nb = realloc(d->buf, alloc);
       if (nb == NULL) return LC_IPC_FRAME_ENOMEM;
       d->buf = nb;
-      d->cap = want;
+      d->cap = alloc;
     }
   }
   *p = d->buf + d->end;
-  *len = d->cap - d->end;
+  // A large frame is read up to its last byte and no further (more than READ_CHUNK is left,
+  // so the room is never small): the next frame then starts in an empty buffer, and none of
+  // its bytes are moved to the front when the large one is done.
+  *len = big != 0 ? big - unread : d->cap - d->end;
   return 0;
 }
 

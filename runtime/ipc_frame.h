@@ -61,9 +61,11 @@ typedef struct {
   int fds[LC_IPC_FRAME_MAX_FDS];
 } lc_ipc_frame_t;
 
-/// A receiving buffer and fd queue. The buffer grows geometrically to hold the frame being
-/// received (so a large frame costs amortised linear copying) and is compacted only when
-/// room is needed; after a large frame it shrinks back.
+/// A receiving buffer and fd queue. Once a frame's header is in, the buffer is made large
+/// enough for the whole frame in one step (the header says its size) and, for a frame larger
+/// than an ordinary read, the read is offered exactly the rest of it, so its bytes are copied
+/// once (kernel to buffer) and the next frame starts in an empty buffer. It is compacted only
+/// when room is needed; after a large frame (over 4 MiB) it is released.
 typedef struct {
   char *buf;
   size_t cap, start, end; // unread bytes are buf[start, end)
@@ -81,7 +83,8 @@ void lc_ipc_frame_init(lc_ipc_frame_decoder_t *d);
 /// Frees the buffer; queued fds are passed to close_fd when it is not NULL.
 void lc_ipc_frame_free(lc_ipc_frame_decoder_t *d, void (*close_fd)(int fd));
 /// Makes room for the next read: sets *p and *len (len >= 4096) to free space at the end of
-/// the buffer. Returns 0 or LC_IPC_FRAME_ENOMEM.
+/// the buffer; while a frame lacks more than 64 KiB, exactly the bytes it lacks. Returns 0
+/// or LC_IPC_FRAME_ENOMEM.
 int lc_ipc_frame_space(lc_ipc_frame_decoder_t *d, char **p, size_t *len);
 /// Records that n bytes were read into the space and that `nfds` fds arrived with them
 /// (taken by the decoder). Returns 0 or an error (too many fds queued; the fds that did not
