@@ -595,8 +595,17 @@ describe('operations: logs', function()
     app:kill('SIGUSR1')
     app:waitOutput('reopened ' .. logFile, 5000, 'stderr')
     assert.is_false(app.exited)
-    -- Kill a worker: its replacement writes its lines into the new file.
-    local pid = cjson.decode(read(logFile .. '.1'):match('([^\n]*)\n')).pid
+    -- Kill a live worker: its replacement writes its lines into the new file. The pid comes
+    -- from a 'done slot' line: the first line of the file may be from slot 2's first run,
+    -- which is already dead (SIGKILLed by the fixture), and has no replacement to wait for.
+    local pid
+    for line in read(logFile .. '.1'):gmatch('([^\n]*)\n') do
+      local o = cjson.decode(line)
+      if o.msg:match('^done slot %d$') then
+        pid = o.pid
+      end
+    end
+    assert.is_truthy(pid, 'a live worker in the rotated file')
     require('_core').kill(pid, 9)
     poll(function()
       return read(logFile):find('done slot', 1, true)
