@@ -139,3 +139,30 @@ void lc_cjson_rawseti(lua_State *L, int idx, int n) {
   if (!lost) before_insert(L, idx, KIND_ARRAY);
   lua_rawseti(L, idx, n);
 }
+
+// The modules `cjson` and `cjson.safe` as the binary preloads them: lua-cjson's own, then
+// each fast path installed on the module table (it wraps the functions it speeds up and
+// keeps the originals for everything it does not handle). An install that wraps `new` makes
+// the instances it returns get the same treatment. Nothing is installed yet: the hooks are
+// where runtime/json_decode.c and runtime/json_encode.c add theirs.
+int luaopen_cjson(lua_State *L);
+int luaopen_cjson_safe(lua_State *L);
+int lc_cjson_luaopen(lua_State *L);
+int lc_cjson_safe_luaopen(lua_State *L);
+
+static void install_fast_paths(lua_State *L, int safe) {
+  (void)L;
+  (void)safe;
+}
+
+int lc_cjson_luaopen(lua_State *L) {
+  luaopen_cjson(L); // [module]
+  install_fast_paths(L, 0);
+  return 1;
+}
+
+int lc_cjson_safe_luaopen(lua_State *L) {
+  luaopen_cjson_safe(L); // [module]
+  install_fast_paths(L, 1);
+  return 1;
+}

@@ -12,8 +12,8 @@
 lua_State *lc_L;
 uv_loop_t *lc_loop;
 
-extern int luaopen_cjson(lua_State *L);
-extern int luaopen_cjson_safe(lua_State *L);
+extern int lc_cjson_luaopen(lua_State *L); // runtime/cjson.c
+extern int lc_cjson_safe_luaopen(lua_State *L);
 
 static int uncaught_ref = LUA_NOREF;
 
@@ -133,8 +133,8 @@ int main(int argc, char **argv) {
   }
   lc_L = L;
   luaL_openlibs(L);
-  preload(L, "cjson", luaopen_cjson);
-  preload(L, "cjson.safe", luaopen_cjson_safe);
+  preload(L, "cjson", lc_cjson_luaopen);
+  preload(L, "cjson.safe", lc_cjson_safe_luaopen);
   preload(L, "_core", lc_core_luaopen);
   preload(L, "_luv", lc_luv_luaopen);
   lc_lualib_register(L);
