@@ -11,6 +11,10 @@
 //          `_core.http_headers(raw)` only if Lua reads it, and `expect` says whether the
 //          head has an Expect header;
 //   "body"(chunk); "done"() when a message with a body completes;
+//   with opts.lazyHeaders, a Content-Length body's last span is not a "body" event but goes
+//          with the call that completes the message: "head"(..., expect, body) when the
+//          head and the whole body came in one feed (complete is true), else
+//          "done"(chunk). A small POST costs one Lua call, as a GET does;
 //   "upgrade"(rest) after an upgrade/CONNECT head: parsing stops, rest is what followed;
 //   "error"(status, code, message): 400 (parser error), 431 (head too large) or 413 (body
 //          too large); the connection parses nothing more.
@@ -63,7 +67,12 @@ typedef struct http_msg {
   int err_status;   // our own errors: 431 or 413 (limits), 400 (err_code)
   size_t header_bytes;
   uint64_t body_bytes;
-  double msg_start;               // loop time (ms) when the message's first byte arrived
+  double msg_start; // loop time (ms) when the message's first byte arrived
+  // The body's last span (opts.lazyHeaders: http.lua's server), held from on_body to
+  // on_message_complete, which llhttp calls next in the same feed (the span points into it):
+  // it goes to Lua with the head or with "done", one call instead of two or three.
+  const char *last_at;
+  size_t last_len;
   const char *err_code, *err_msg; // our own 400s
   // Obsolete line folding (RFC 9112 5.2) is seen from where llhttp's spans start: the bytes
   // it skipped between a header's name and value, or between two spans of one value, are a
@@ -509,7 +518,13 @@ static int deliver_head(lua_State *L, http_conn_t *c, int complete) {
   lua_pushboolean(L, c->m->p.upgrade);
   lua_pushboolean(L, complete);
   lua_pushboolean(L, expect); // [cb, (ctx,) "head", 8 args]
-  lc_pcall(L, 9 + has_ctx, 0);
+  int nargs = 9 + has_ctx;
+  if (c->m->last_len > 0) { // complete, and the whole body came in this feed (on_body)
+    lua_pushlstring(L, c->m->last_at, c->m->last_len);
+    c->m->last_len = 0;
+    nargs++;
+  }
+  lc_pcall(L, nargs, 0);
   if (c->stream != NULL && c->stream->h.closing) c->stop = 1;
   return c->stop;
 }
@@ -551,6 +566,14 @@ static int on_body(llhttp_t *p, const char *at, size_t n) {
     c->m->err_status = 413;
     return HPE_USER;
   }
+  // The span that ends a Content-Length body: llhttp set the length left to 0 and calls
+  // on_message_complete next, which delivers it (a chunked body's spans end chunks, not
+  // the body: F_CHUNKED, whose chunk sizes use the same counter).
+  if (c->lazy && p->content_length == 0 && !(p->flags & F_CHUNKED)) {
+    c->m->last_at = at;
+    c->m->last_len = n;
+    return 0;
+  }
   if (c->head_pending && deliver_head(L, c, 0)) return HPE_USER;
   lua_pushlstring(L, at, n);
   return conn_emit(L, c, "body", 1) ? HPE_USER : 0;
@@ -571,7 +594,11 @@ static int on_message_complete(llhttp_t *p) {
   c->reusable = llhttp_should_keep_alive(p) && !p->upgrade;
   int stop;
   if (c->head_pending) {
-    stop = deliver_head(L, c, 1);
+    stop = deliver_head(L, c, 1); // with the whole body, if one came in this feed
+  } else if (c->m->last_len > 0) {
+    lua_pushlstring(L, c->m->last_at, c->m->last_len);
+    c->m->last_len = 0;
+    stop = conn_emit(L, c, "done", 1);
   } else {
     stop = conn_emit(L, c, "done", 0);
   }
@@ -1500,6 +1527,16 @@ static int http_send(lua_State *L) {
   return 1;
 }
 
+// _core.http_call(fn, ...): fn(...), from C. http.lua calls request handlers through it so
+// that a handler the JIT cannot compile (one that makes closures: FNEW is not compiled)
+// does not abort the trace of the code around it: a call to a C function ends a trace
+// cleanly (LuaJIT stitches the trace after it), where inlining the handler aborted it, and
+// the request path (the message objects, the body's delivery) then ran interpreted.
+static int http_call(lua_State *L) {
+  lua_call(L, lua_gettop(L) - 1, 0);
+  return 0;
+}
+
 void lc_http_open(lua_State *L) {
   static const luaL_Reg methods[] = {{"detach", conn_detach_m}, {"feed", conn_feed_m},
                                      {"state", conn_state},     {"expect_head", conn_expect_head},
@@ -1518,6 +1555,7 @@ void lc_http_open(lua_State *L) {
                                  {"http_set_headers", http_set_headers},
                                  {"http_head_lines", http_head_lines},
                                  {"http_headers", http_headers},
+                                 {"http_call", http_call},
                                  {NULL, NULL}};
   luaL_register(L, NULL, fns);
   lua_createtable(L, 0, 6);

@@ -19,6 +19,7 @@ local http_set_headers = core.http_set_headers
 local http_head_lines = core.http_head_lines
 local http_headers = core.http_headers
 local http_attach = core.http_attach
+local http_call = core.http_call
 local tnew = require('table.new')
 local ffi = require('ffi')
 local Emitter = events.Emitter
@@ -276,6 +277,35 @@ function IncomingMessage._newRequest(socket, method, url, version, raw)
   return setmetatable(self, RequestMT)
 end
 
+-- As _newRequest, for a request with a body: its table also has the 8 fields a body's
+-- delivery writes or reads (listeners, flowing, the connection and response, the queue's
+-- bytes), so attaching 'data' and 'end' listeners neither rehashes it (9 keys would
+-- double an 8-slot hash) nor looks a missing field up through RequestMT's __index.
+function IncomingMessage._newBodyRequest(socket, method, url, version, raw, conn)
+  local self = {
+    socket = false,
+    method = false,
+    url = false,
+    httpVersion = false,
+    _hraw = false,
+    complete = false,
+    _queue = false,
+    _held = true,
+    _events = false,
+    _flowing = false,
+    _paused = false,
+    _dump = false,
+    _flushScheduled = false,
+    _qbytes = 0,
+    _conn = false,
+    _res = false,
+  }
+  self.socket, self.method, self.url = socket, method, url
+  self.httpVersion, self._hraw = version, raw
+  self._conn = conn
+  return setmetatable(self, RequestMT)
+end
+
 -- Emitter's own methods, past their dot-call guards (self is checked by ours).
 local emitterOn, emitterOnce = class.raw(Emitter.on), class.raw(Emitter.once)
 
@@ -287,6 +317,10 @@ end
 
 function IncomingMessage:on(ev, fn)
   checkListener(ev, fn)
+  if not self._events then
+    -- Room for 'data', 'end' and two more: the table would grow at each.
+    self._events = tnew(0, 4)
+  end
   emitterOn(self, ev, fn)
   if (ev == 'data' or ev == 'end') and not self._flowing then
     self:resume()
@@ -374,6 +408,18 @@ function IncomingMessage:_release()
   end
 end
 
+-- resume()'s deferred flush. Not a closure made in resume: a function that makes one
+-- (FNEW, and UCLO at its block's end) is not compiled, and neither would be the
+-- req:on('data'/'end') calls of every handler that reads a body.
+local function flushQueued(self)
+  self._flushScheduled = false
+  if self._flowing then
+    current = self._res -- a server request's body listeners run here too
+    self:_flush()
+    current = false
+  end
+end
+
 function IncomingMessage:resume()
   self._flowing = true
   if self._paused then
@@ -386,14 +432,7 @@ function IncomingMessage:resume()
   end
   if not self._held and self._queue and not self._flushScheduled then
     self._flushScheduled = true
-    setImmediate(function()
-      self._flushScheduled = false
-      if self._flowing then
-        current = self._res -- a server request's body listeners run here too
-        self:_flush()
-        current = false
-      end
-    end)
+    setImmediate(flushQueued, self)
   end
   return self
 end
@@ -872,24 +911,22 @@ end
 local Conn = class()
 
 -- The parser's events of every connection, called with the connection (http_attach's ctx).
-local function onParserEvent(self, ev, a, b, c, d, e, f, g, h)
+local function onParserEvent(self, ev, a, b, c, d, e, f, g, h, i)
   if ev == 'head' then
-    self:_onHead(a, b, c, d, e, f, g, h)
+    self:_onHead(a, b, c, d, e, f, g, h, i)
   elseif ev == 'body' then
     local req = self.req
     current = req._res
     req:_push(a)
     current = false
   elseif ev == 'done' then
+    -- a: the body's last chunk, when it came in this read (a Content-Length body).
     local req = self.req
-    self.req = false
-    -- The body is whole: nothing more to hold back for it.
-    if self.rare then
-      self:_setStop('stopBody', false)
-      self:_setStop('stopUser', false)
-    end
     current = req._res
-    req:_end()
+    if a then
+      req:_push(a)
+    end
+    self:_bodyDone(req)
     current = false
   elseif ev == 'error' then
     self:_onParseError(a, b, c)
@@ -988,12 +1025,29 @@ function Conn:_stopped(field)
   return rare and rare[field] or false
 end
 
-function Conn:_onHead(method, url, version, raw, keepAlive, upgrade, complete, hasExpect)
+-- The request's body is whole (its last chunk pushed): nothing more to hold back for it.
+function Conn:_bodyDone(req)
+  self.req = false
+  if self.rare then
+    self:_setStop('stopBody', false)
+    self:_setStop('stopUser', false)
+  end
+  req:_end()
+end
+
+-- body: the whole body, when it came in the read that brought the head (http.c delivers
+-- a small POST in this one call): it flows after the handler returns, as the 'body' and
+-- 'done' events would have made it.
+function Conn:_onHead(method, url, version, raw, keepAlive, upgrade, complete, hasExpect, body)
   local server = self.server
-  local req = IncomingMessage._newRequest(self.socket, method, url, version, raw)
+  local req
   if upgrade then
-    self:_rare().upgradeReq = req
+    self:_rare().upgradeReq = IncomingMessage._newRequest(self.socket, method, url, version, raw)
     return
+  elseif complete and not body then
+    req = IncomingMessage._newRequest(self.socket, method, url, version, raw)
+  else
+    req = IncomingMessage._newBodyRequest(self.socket, method, url, version, raw, self)
   end
   local res = ServerResponse.new(self, req, keepAlive)
   if not self.active then
@@ -1011,12 +1065,12 @@ function Conn:_onHead(method, url, version, raw, keepAlive, upgrade, complete, h
     end
   end
   self.idleSince = false
-  if complete then
+  if complete and not body then
     req.complete = true
     req._queue = END_ONLY
   else
     self.req = req
-    req._conn, req._res = self, res
+    req._res = res
   end
   current = res
   local expect = hasExpect and req.headers.expect
@@ -1034,11 +1088,22 @@ function Conn:_onHead(method, url, version, raw, keepAlive, upgrade, complete, h
       res:writeHead(417)
       res:finish()
     end
-  else
+  elseif complete and not body then
     server:emit('request', req, res)
+  else
+    -- A handler that reads a body makes closures (its 'data' and 'end' listeners), which
+    -- the JIT does not compile: called from C, it ends this trace instead of aborting it,
+    -- so the request's objects and the body's delivery run compiled (http.c: http_call).
+    -- A GET's handler is called inline: a handler without closures compiles into the trace.
+    http_call(server.emit, server, 'request', req, res)
   end
   -- Not req:_release(): the lookup would go through RequestMT's __index function.
   IncomingMessage._release(req)
+  -- Unless the handler closed the connection (the parser stops then: no more events).
+  if body and self.req == req and not self:_isClosing() and not self.socket.destroyed then
+    IncomingMessage._push(req, body)
+    self:_bodyDone(req)
+  end
   current = false
 end
 
