@@ -241,6 +241,45 @@ describe('http parser glue (in-process)', function()
     assert.are.same({ 'error', 400 }, { evs[1][1], evs[1][2] })
   end)
 
+  -- http.lua's server protocol (lazyHeaders): a Content-Length body's last span goes with
+  -- the call that completes the message, so a small POST is one Lua call, as a GET is.
+  it('lazy heads carry a whole Content-Length body; a split one ends with done(chunk)', function()
+    local lazy = { lazyHeaders = true }
+    local post = 'POST /p HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello'
+    -- Head and body in one feed (twice, pipelined): one event per request.
+    local evs = parse(post .. post:gsub('/p', '/q'), nil, lazy)
+    assert.are.equal(2, #evs)
+    for i, url in ipairs({ '/p', '/q' }) do
+      assert.are.same({ 'head', 'POST', url }, { evs[i][1], evs[i][2], evs[i][3] })
+      assert.is_true(evs[i][8]) -- complete
+      assert.are.equal('hello', evs[i][10])
+    end
+    -- The body cut by feeds: the head (from the first body span), then body chunks; the
+    -- last span comes with 'done'.
+    local seq = {}
+    for _, e in ipairs(parse(post, #post - 3, lazy)) do
+      seq[#seq + 1] = e[1] .. ':' .. tostring(e[e[1] == 'head' and 10 or 2])
+    end
+    assert.are.same({ 'head:nil', 'body:he', 'done:llo' }, seq)
+    seq = {}
+    for _, e in ipairs(parse(post, #post - 5, lazy)) do
+      seq[#seq + 1] = e[1] .. ':' .. tostring(e[e[1] == 'head' and 10 or 2])
+    end
+    assert.are.same({ 'head:nil', 'done:hello' }, seq)
+    -- Chunked: chunks are 'body' events, 'done' has none; without lazyHeaders, as before.
+    seq = {}
+    local chunked = 'POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n'
+    for _, e in ipairs(parse(chunked, nil, lazy)) do
+      seq[#seq + 1] = e[1] .. ':' .. tostring(e[e[1] == 'head' and 10 or 2])
+    end
+    assert.are.same({ 'head:nil', 'body:abc', 'done:nil' }, seq)
+    seq = {}
+    for _, e in ipairs(parse(post)) do
+      seq[#seq + 1] = e[1] .. ':' .. tostring(e[e[1] == 'head' and 10 or 2])
+    end
+    assert.are.same({ 'head:nil', 'body:hello', 'done:nil' }, seq)
+  end)
+
   it('drops headers beyond maxHeadersCount', function()
     local evs = parse('GET / HTTP/1.1\r\nHost: h\r\nA: 1\r\nB: 2\r\nC: 3\r\n\r\n', 1, { maxHeadersCount = 3 })
     assert.are.same({ host = 'h', a = '1', b = '2' }, evs[1][5])
@@ -733,6 +772,162 @@ describe('http server', function()
     local rs = waitResponses(r2, 1, 'the big body to be counted')
     assert.are.equal(tostring(size), rs[1].body)
     assert.is_true(got['/big'].parts > 1)
+  end)
+
+  -- A small POST reaches Lua in one call with its whole body (http.c, Conn:_onHead): its
+  -- 'data' and 'end' must still come after the handler returned, in order, however the
+  -- body's bytes came (with the head, after it, in pieces).
+  describe('request bodies', function()
+    local log
+    local function logger(tag)
+      return function(req, res)
+        local name = tag or req.url
+        log[#log + 1] = name .. ' handler'
+        req:on('data', function(c)
+          log[#log + 1] = name .. ' data ' .. c
+        end)
+        req:on('end', function()
+          log[#log + 1] = name .. ' end'
+          res:finish(name)
+        end)
+        log[#log + 1] = name .. ' returns'
+      end
+    end
+    local function post(url, body)
+      return 'POST ' .. url .. ' HTTP/1.1\r\nHost: h\r\nContent-Length: ' .. #body .. '\r\n\r\n' .. body
+    end
+    before_each(function()
+      log = {}
+    end)
+
+    it("flow after the handler returns: with the head, after it, and in pieces", function()
+      local _, port = serve(logger())
+      -- One write: the head and the whole body in one read.
+      local r = raw(port, post('/one', 'abc'))
+      waitResponses(r, 1)
+      assert.are.same({ '/one handler', '/one returns', '/one data abc', '/one end' }, log)
+      -- The head, then the body in a later read.
+      log = {}
+      local text = post('/two', 'defg')
+      r.socket:write(text:sub(1, #text - 4))
+      waitFor(function()
+        return log[2] == '/two returns'
+      end, 2000, 'the handler to run on the head')
+      r.socket:write('defg')
+      waitResponses(r, 2)
+      assert.are.same({ '/two handler', '/two returns', '/two data defg', '/two end' }, log)
+      -- The head with part of the body, the rest later.
+      log = {}
+      text = post('/three', 'hijkl')
+      r.socket:write(text:sub(1, #text - 3))
+      waitFor(function()
+        return log[3] == '/three data hi'
+      end, 2000, 'the first part of the body')
+      r.socket:write('jkl')
+      waitResponses(r, 3)
+      assert.are.same({ '/three handler', '/three returns', '/three data hi', '/three data jkl', '/three end' },
+        log)
+      assert.is_false(r.closed)
+    end)
+
+    it('pipelined POSTs in one read: each handler gets its own body, in order', function()
+      local _, port = serve(logger())
+      local r = raw(port, post('/a', '1') .. post('/b', '22') .. 'GET /c HTTP/1.1\r\nHost: h\r\n\r\n'
+        .. post('/d', '4444'))
+      local rs = waitResponses(r, 4)
+      assert.are.same({ '/a', '/b', '/c', '/d' }, { rs[1].body, rs[2].body, rs[3].body, rs[4].body })
+      assert.are.same({
+        '/a handler', '/a returns', '/a data 1', '/a end',
+        '/b handler', '/b returns', '/b data 22', '/b end',
+        '/c handler', '/c returns', '/c end',
+        '/d handler', '/d returns', '/d data 4444', '/d end',
+      }, log)
+    end)
+
+    it('a chunked body in one read flows after the handler too', function()
+      local _, port = serve(logger('c'))
+      local r = raw(port, 'POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n'
+        .. '2\r\nab\r\n3\r\ncde\r\n0\r\n\r\n')
+      waitResponses(r, 1)
+      assert.are.same({ 'c handler', 'c returns', 'c data ab', 'c data cde', 'c end' }, log)
+    end)
+
+    it("listeners attached later (setImmediate) still get 'data' and 'end'", function()
+      local got = {}
+      local _, port = serve(function(req, res)
+        got.complete = req.complete
+        setImmediate(function()
+          local body = {}
+          req:on('data', function(c)
+            body[#body + 1] = c
+          end)
+          req:on('end', function()
+            got.body = table.concat(body)
+            res:finish('late')
+          end)
+        end)
+      end)
+      local r = raw(port, post('/late', 'xyz'))
+      local rs = waitResponses(r, 1)
+      assert.are.equal('late', rs[1].body)
+      assert.are.same({ complete = false, body = 'xyz' }, got)
+    end)
+
+    it('a handler that never reads the body: the connection goes on', function()
+      local n = 0
+      local _, port = serve(function(req, res)
+        n = n + 1
+        res:finish('n' .. n .. req.url)
+      end)
+      local r = raw(port, post('/x', ('b'):rep(1000)) .. post('/y', 'q'))
+      local rs = waitResponses(r, 2)
+      assert.are.same({ 'n1/x', 'n2/y' }, { rs[1].body, rs[2].body })
+      r.socket:write(post('/z', ('c'):rep(3000)))
+      rs = waitResponses(r, 3)
+      assert.are.equal('n3/z', rs[3].body)
+      assert.is_false(r.closed)
+    end)
+
+    it("pause() in a 'data' listener holds 'end' until resume()", function()
+      local _, port = serve(function(req, res)
+        req:on('data', function(c)
+          log[#log + 1] = 'data ' .. c
+          req:pause()
+          setImmediate(function()
+            log[#log + 1] = 'resume'
+            req:resume()
+          end)
+        end)
+        req:on('end', function()
+          log[#log + 1] = 'end'
+          res:finish('ok')
+        end)
+      end)
+      local r = raw(port, post('/p', 'body'))
+      waitResponses(r, 1)
+      assert.are.same({ 'data body', 'resume', 'end' }, log)
+    end)
+
+    it("a handler that destroys the socket: 'aborted' and 'close', no 'data'", function()
+      local _, port = serve(function(req)
+        req:on('data', function()
+          log[#log + 1] = 'data'
+        end)
+        req:on('aborted', function()
+          log[#log + 1] = 'aborted'
+        end)
+        req:on('close', function()
+          log[#log + 1] = 'close'
+        end)
+        req.socket:destroy()
+      end)
+      local r = raw(port, post('/d', 'gone'))
+      waitClosed(r)
+      waitFor(function()
+        return #log >= 2
+      end, 2000, "'aborted' and 'close'")
+      assert.are.same({ 'aborted', 'close' }, log)
+    end)
   end)
 
   it('writes a large response with backpressure and drain', function()
