@@ -1,6 +1,7 @@
 -- http.lua: HTTP/1.1 server and client (Node's http in Lua's idiom). Parsing happens in C
 -- (runtime/http.c, on llhttp) straight from the socket's read callback; a request
--- reaches Lua as one call with its head, then body chunks. Responses are formatted in C too
+-- reaches Lua as one call with its head, then body chunks (a small POST whose body came
+-- with its head: one call with both, Conn:_onHead). Responses are formatted in C too
 -- (_core.http_send). An http.Server is a net.Server: same listen/close/events, so it shares
 -- ports in a cluster like any net server.
 -- Size: one file over 800 lines on purpose. The message classes, the server and the client
