@@ -450,5 +450,22 @@ describe('http hardening', function()
       end, 3000, 'the in-flight request to finish')
       app:waitOutput('data listener threw on purpose', 3000, 'stderr')
     end)
+
+    -- A POST whose whole body came with its head is one call from C (the handler is called
+    -- through _core.http_call, the body flows after it returns): errors thrown by the
+    -- handler or its 'data' listener are still answered 500.
+    for _, case in ipairs({ { '/throw', 'handler threw on purpose' },
+      { '/throwdata', 'data listener threw on purpose' } }) do
+      it('answers 500 when a POST ' .. case[1] .. ' throws with its whole body in one read', function()
+        local app, port = cluster(1)
+        local r = raw(port, 'POST ' .. case[1] .. ' HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\nabc')
+        waitFor(function()
+          return r.data:find('\r\n\r\n')
+        end, 4000, 'the 500')
+        assert.are.equal('500', r.data:match('^HTTP/1%.1 (%d+)'))
+        assert.is_truthy(r.data:lower():find('\r\nconnection: close\r\n', 1, true))
+        app:waitOutput(case[2], 3000, 'stderr')
+      end)
+    end
   end)
 end)
