@@ -520,6 +520,48 @@ describe('https', function()
     app:stop()
   end)
 
+  -- The plaintext of a TLS connection goes to the same parser (tls.lua's Handle:http_attach):
+  -- a small body comes with its head in one call, a large one in chunks.
+  it('an https server reads POST bodies, small and large', function()
+    local srv = lctest.track(https.createServer({ key = pem.serverKey, cert = pem.server }, function(req, res)
+      local n, parts = 0, {}
+      req:on('data', function(d)
+        n = n + 1
+        parts[n] = d
+      end)
+      req:on('end', function()
+        local body = table.concat(parts)
+        res:finish(#body .. ' ' .. body:sub(1, 5) .. ' ' .. tostring(n > 0))
+      end)
+    end))
+    local up = false
+    srv:listen(0, '127.0.0.1', function()
+      up = true
+    end)
+    waitFor(function()
+      return up
+    end, 2000, 'https server')
+    local port = srv:address().port
+    for _, body in ipairs({ 'hello', ('x'):rep(300 * 1024) }) do
+      local got
+      local req = https.request({ hostname = 'localhost', port = port, path = '/p', method = 'POST', ca = pem.ca,
+        headers = { ['Content-Length'] = #body } }, function(res)
+        local parts = {}
+        res:on('data', function(d)
+          parts[#parts + 1] = d
+        end)
+        res:on('end', function()
+          got = table.concat(parts)
+        end)
+      end)
+      req:finish(body)
+      waitFor(function()
+        return got
+      end, 5000, 'the https response')
+      assert.are.equal(#body .. ' ' .. body:sub(1, 5) .. ' true', got)
+    end
+  end)
+
   it('https.get calls an https server with http client interface and TLS options', function()
     local srv = lctest.track(https.createServer({ key = pem.serverKey, cert = pem.server }, function(req, res)
       if req.url == '/file' then
