@@ -595,8 +595,12 @@ static int d_value(const lj_tv *v, const enc_cfg *c, int depth) {
 
 // Whether the layouts above are this LuaJIT's: GC64 (ffi.abi), then probe values written
 // through the API and read back in place. Run once, before the first direct encode.
+// LC_JSON_ENCODE=api in the environment turns this path off (the specs run the API path
+// on everything that way).
 static int check_direct(lua_State *L) {
   int top = lua_gettop(L);
+  const char *mode = getenv("LC_JSON_ENCODE");
+  if (mode != NULL && strcmp(mode, "api") == 0) return DIRECT_OFF;
   if (luaL_loadstring(L, "local ok, ffi = pcall(require, 'ffi') return ok and ffi.abi('gc64')") !=
           0 ||
       lua_pcall(L, 0, 1, 0) != 0 || !lua_toboolean(L, -1)) {
