@@ -2,6 +2,9 @@
 -- values of every shape cjson.encode meets, and the comparison of the binary's cjson.encode
 -- (runtime/json_encode.c in front of lua-cjson) with Debian's own lua-cjson on the same value
 -- in the same process (so the same lua_next order): the same string, or the same error.
+-- Interpreted: the generators' random branches would make LuaJIT compile (and mprotect)
+-- thousands of short-lived traces, most of this file's run time.
+jit.off(debug.getinfo(1, 'f').func, true)
 local cjson = require('cjson')
 local csafe = require('cjson.safe')
 local orig = require('spec.helpers.cjson_orig')
