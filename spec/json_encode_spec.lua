@@ -37,6 +37,17 @@ local function withModules(settings, fn)
 end
 
 -- Ours and the original on one value, module and safe module.
+-- A sanitizer build (libasan mapped): its instrumented encoder is no faster than lua-cjson's
+-- uninstrumented one, so the cost comparison is left to the normal build.
+local function sanitizerBuild()
+  local f = io.open('/proc/self/maps')
+  local maps = f and f:read('*a') or ''
+  if f then
+    f:close()
+  end
+  return maps:find('libasan', 1, true) ~= nil
+end
+
 local function same(v, what)
   local ok, s = diff.same(cjson, orig, v, what)
   diff.sameSafe(csafe, origSafe, v, what)
@@ -282,8 +293,10 @@ describe('cjson.encode fast path (runtime/json_encode.c)', function()
     for name, enc in pairs({ module = cjson.encode, safe = csafe.encode, instance = cjson.new().encode,
       safeInstance = csafe.new().encode, ipc = ipc.encode }) do
       assert.are.equal(orig.encode(v), enc(v))
-      local c = cost(enc)
-      assert.is_true(c < base * 0.75, ('%s: %.3fs against the original\'s %.3fs'):format(name, c, base))
+      if not sanitizerBuild() then
+        local c = cost(enc)
+        assert.is_true(c < base * 0.75, ('%s: %.3fs against the original\'s %.3fs'):format(name, c, base))
+      end
     end
   end)
 
