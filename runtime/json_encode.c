@@ -40,6 +40,7 @@
 // former only matters for NaN and infinity, always lua-cjson's), so they are left alone.
 #include <limits.h>
 #include <math.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -77,10 +78,19 @@ typedef struct {
 enum { UV_CFG = 1, UV_ORIG, UV_SPARSE, UV_DEPTH, UV_PRECISION };
 
 // The output buffer, the process's: only the main Lua state has the built-in cjson.
+// The bytes live after a struct lc_json_buf header, so that a large message's buffer can be
+// handed to the IPC channel as it is (lc_json_ipc_encode).
 static struct {
-  char *p;
+  char *p; // NULL, or the data[] of a malloc'd struct lc_json_buf
   size_t len, cap;
 } out;
+#define BUF_HDR offsetof(struct lc_json_buf, data)
+
+static void out_free(void) {
+  if (out.p != NULL) free(out.p - BUF_HDR);
+  out.p = NULL;
+  out.cap = 0;
+}
 // Set while an encode owns `out`. lua_pushlstring may run a GC step whose finalizer encodes;
 // that nested encode goes to lua-cjson instead of overwriting the output being copied.
 static int busy;
@@ -90,9 +100,9 @@ static int grow(size_t need) {
   if (need > OUT_MAX) return -1;
   while (cap < need)
     cap *= 2;
-  char *p = realloc(out.p, cap);
+  char *p = realloc(out.p != NULL ? out.p - BUF_HDR : NULL, BUF_HDR + cap);
   if (p == NULL) return -1;
-  out.p = p;
+  out.p = p + BUF_HDR;
   out.cap = cap;
   return 0;
 }
@@ -646,23 +656,59 @@ static int check_direct(lua_State *L) {
   return ok ? DIRECT_ON : DIRECT_OFF;
 }
 
+// Pushes upvalue n of the encode closure: at stack index fn, or the running one (fn == 0).
+static void push_upvalue(lua_State *L, int fn, int n) {
+  if (fn == 0) {
+    lua_pushvalue(L, lua_upvalueindex(n));
+  } else {
+    lua_getupvalue(L, fn, n);
+  }
+}
+
 // Reads the instance's settings back through its original setters, called with no argument.
-static void refresh(lua_State *L, enc_cfg *c) {
-  lua_pushvalue(L, lua_upvalueindex(UV_SPARSE));
+static void refresh(lua_State *L, enc_cfg *c, int fn) {
+  push_upvalue(L, fn, UV_SPARSE);
   lua_call(L, 0, 3);
   c->sparse_convert = lua_toboolean(L, -3);
   c->sparse_ratio = (int)lua_tointeger(L, -2);
   c->sparse_safe = (int)lua_tointeger(L, -1);
   lua_pop(L, 3);
-  lua_pushvalue(L, lua_upvalueindex(UV_DEPTH));
+  push_upvalue(L, fn, UV_DEPTH);
   lua_call(L, 0, 1);
   c->max_depth = (int)lua_tointeger(L, -1);
   lua_pop(L, 1);
-  lua_pushvalue(L, lua_upvalueindex(UV_PRECISION));
+  push_upvalue(L, fn, UV_PRECISION);
   lua_call(L, 0, 1);
   c->precision = (int)lua_tointeger(L, -1);
   lua_pop(L, 1);
   c->stale = 0;
+}
+
+// Encodes the value on top of the stack into `out` (from its start): 0, or -1 to leave it to
+// lua-cjson. Sets busy: the caller clears it once it has taken the output.
+static int encode_top(lua_State *L, enc_cfg *c, int fn) {
+  if (busy) return -1;
+  if (c->stale) refresh(L, c, fn);
+  if (direct == DIRECT_UNKNOWN) direct = check_direct(L);
+  if (c->precision < 1 || c->precision > 14) return -1;
+  busy = 1;
+  out.len = 0;
+  int r = DECLINE;
+  if (direct == DIRECT_ON && lua_type(L, -1) == LUA_TTABLE) {
+    r = d_table(lua_topointer(L, -1), c, 1);
+  }
+  if (r == DECLINE) {
+    out.len = 0;
+    r = encode_value(L, c, 0);
+  }
+  if (r != 0) busy = 0;
+  return r == 0 ? 0 : -1;
+}
+
+// After an encode's output was taken: the buffer is kept unless it grew large.
+static void encode_done(void) {
+  if (out.cap > KEEP_MAX) out_free();
+  busy = 0;
 }
 
 // The module's encode: upvalues UV_CFG .. UV_PRECISION.
@@ -673,32 +719,10 @@ static int l_encode(lua_State *L) {
     // lua-cjson's check, raised from this function so the message names it the same way.
     return luaL_argerror(L, 1, "expected 1 argument");
   }
-  if (nargs == 1 && !busy) {
-    if (c->stale) refresh(L, c);
-    if (direct == DIRECT_UNKNOWN) direct = check_direct(L);
-    if (c->precision >= 1 && c->precision <= 14) {
-      busy = 1;
-      out.len = 0;
-      int r = DECLINE;
-      if (direct == DIRECT_ON && lua_type(L, 1) == LUA_TTABLE) {
-        r = d_table(lua_topointer(L, 1), c, 1);
-      }
-      if (r == DECLINE) {
-        out.len = 0;
-        r = encode_value(L, c, 0);
-      }
-      if (r == 0) {
-        lua_pushlstring(L, out.p, out.len);
-        if (out.cap > KEEP_MAX) {
-          free(out.p);
-          out.p = NULL;
-          out.cap = 0;
-        }
-        busy = 0;
-        return 1;
-      }
-      busy = 0;
-    }
+  if (nargs == 1 && encode_top(L, c, 0) == 0) {
+    lua_pushlstring(L, out.p, out.len);
+    encode_done();
+    return 1;
   }
   // lua-cjson's own encode, on the same arguments.
   lua_settop(L, nargs);
@@ -706,6 +730,98 @@ static int l_encode(lua_State *L) {
   lua_insert(L, 1);
   lua_call(L, nargs, LUA_MULTRET);
   return lua_gettop(L);
+}
+
+// ---- Encoded messages for the IPC channel ----
+//
+// A large message encoded for the cluster channel would be copied out of `out` into a Lua
+// string only to be written to the socket (LuaJIT maps every string of 128 KiB or more
+// afresh: a page fault per 4 KiB). lc_json_ipc_encode hands such a buffer over instead, as a
+// "blob" userdata that the channel's send accepts in place of a string (runtime/ipc.c) and
+// queues by reference. The buffer is counted: one reference for the blob (dropped by
+// blob:release() once the caller has sent it, or by its __gc), one per queued frame.
+#define BLOB_MT "lc.json_blob"
+
+void lc_json_buf_ref(struct lc_json_buf *b) {
+  b->refs++;
+}
+
+void lc_json_buf_unref(struct lc_json_buf *b) {
+  if (--b->refs == 0) free(b);
+}
+
+struct lc_json_buf *lc_json_blob(lua_State *L, int idx, int *is_blob) {
+  struct lc_json_buf **ud = lua_touserdata(L, idx);
+  *is_blob = 0;
+  if (ud == NULL || lua_type(L, idx) != LUA_TUSERDATA || !lua_getmetatable(L, idx)) return NULL;
+  luaL_getmetatable(L, BLOB_MT);
+  *is_blob = lua_rawequal(L, -1, -2);
+  lua_pop(L, 2);
+  return *is_blob ? *ud : NULL;
+}
+
+static int blob_release(lua_State *L) {
+  struct lc_json_buf **ud = luaL_checkudata(L, 1, BLOB_MT);
+  if (*ud != NULL) lc_json_buf_unref(*ud);
+  *ud = NULL;
+  return 0;
+}
+
+static int blob_len(lua_State *L) {
+  struct lc_json_buf **ud = luaL_checkudata(L, 1, BLOB_MT);
+  lua_pushinteger(L, *ud != NULL ? (lua_Integer)(*ud)->len : 0);
+  return 1;
+}
+
+// core.ipc_encode(encode, v) -> the JSON text of v as a string, or as a blob when it is
+// LC_JSON_BLOB_MIN bytes or more. encode is a cjson instance's encode; its fast path runs
+// here, and anything it does not handle goes to lua-cjson's encode as in encode(v) (the same
+// errors). Another function is simply called.
+int lc_json_ipc_encode(lua_State *L) {
+  lua_settop(L, 2);
+  if (lua_tocfunction(L, 1) != l_encode) {
+    lua_pushvalue(L, 1);
+    lua_pushvalue(L, 2);
+    lua_call(L, 1, 1);
+    return 1;
+  }
+  lua_getupvalue(L, 1, UV_CFG);
+  enc_cfg *c = lua_touserdata(L, -1);
+  lua_pop(L, 1);
+  if (encode_top(L, c, 1) == 0) {
+    if (out.len < LC_JSON_BLOB_MIN) {
+      lua_pushlstring(L, out.p, out.len);
+      encode_done();
+      return 1;
+    }
+    struct lc_json_buf **ud = lua_newuserdata(L, sizeof(*ud));
+    *ud = NULL;
+    if (luaL_newmetatable(L, BLOB_MT)) {
+      lua_pushcfunction(L, blob_release);
+      lua_setfield(L, -2, "__gc");
+      lua_pushcfunction(L, blob_len);
+      lua_setfield(L, -2, "__len");
+      lua_newtable(L);
+      lua_pushcfunction(L, blob_release);
+      lua_setfield(L, -2, "release");
+      lua_setfield(L, -2, "__index");
+    }
+    lua_setmetatable(L, -2);
+    // The buffer becomes the blob's, trimmed to its length (realloc shrinks in place).
+    struct lc_json_buf *b = (struct lc_json_buf *)(out.p - BUF_HDR);
+    b->refs = 1;
+    b->len = out.len;
+    struct lc_json_buf *t = realloc(b, BUF_HDR + out.len);
+    *ud = t != NULL ? t : b;
+    out.p = NULL;
+    out.cap = 0;
+    encode_done();
+    return 1;
+  }
+  lua_getupvalue(L, 1, UV_ORIG);
+  lua_pushvalue(L, 2);
+  lua_call(L, 1, 1);
+  return 1;
 }
 
 static int l_mark_stale(lua_State *L) {
