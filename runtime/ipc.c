@@ -15,8 +15,8 @@
 // Methods: send(kind, body [, fds [, close_fds]]), pump(), finish(), flush_sync(ms),
 // queued(), want_drain(), ref(), unref(), close([fn]) and the shared handle methods.
 // `_core.ipc_max_body` is the largest frame body (the message size limit). A body is a
-// string or a blob from `_core.ipc_encode` (runtime/json_encode.c: a large encoded message
-// in a C buffer, queued by a counted reference instead of a Lua string).
+// string or a blob from an encode set up by `_core.ipc_blobs` (runtime/json_encode.c: a large
+// encoded message in a C buffer, queued by a counted reference instead of a Lua string).
 #include "ipc.h"
 #include "json_encode.h"
 #include "metrics.h"
@@ -267,7 +267,7 @@ static void update_poll(lc_ipc_t *ch) {
 }
 
 // lc_ipc_send, and for Lua: when L is not NULL, body is the Lua string at index idx of L,
-// or the encoded message buf (lc_json_ipc_encode's blob), and a large unsent rest is queued
+// or the encoded message buf (a blob: runtime/json_encode.c), and a large unsent rest is queued
 // by reference to it instead of copied.
 static int send_frame(lc_ipc_t *ch, int kind, const char *body, size_t len, const int *fds,
                       int nfds, int close_fds, lua_State *L, int idx, struct lc_json_buf *buf) {
@@ -819,6 +819,6 @@ void lc_ipc_open(lua_State *L) {
   lua_setfield(L, -2, "ipc_closefd");
   lua_pushinteger(L, LC_IPC_FRAME_MAX_BODY);
   lua_setfield(L, -2, "ipc_max_body");
-  lua_pushcfunction(L, lc_json_ipc_encode);
-  lua_setfield(L, -2, "ipc_encode");
+  lua_pushcfunction(L, lc_json_ipc_blobs);
+  lua_setfield(L, -2, "ipc_blobs");
 }

@@ -72,6 +72,7 @@ typedef struct {
   int sparse_convert, sparse_ratio, sparse_safe;
   int max_depth;
   int precision;
+  size_t blob_min; // 0, or outputs this long come back as blobs (lc_json_ipc_blobs)
 } enc_cfg;
 
 // Upvalues of the encode closure.
@@ -79,7 +80,7 @@ enum { UV_CFG = 1, UV_ORIG, UV_SPARSE, UV_DEPTH, UV_PRECISION };
 
 // The output buffer, the process's: only the main Lua state has the built-in cjson.
 // The bytes live after a struct lc_json_buf header, so that a large message's buffer can be
-// handed to the IPC channel as it is (lc_json_ipc_encode).
+// handed to the IPC channel as it is (push_blob).
 static struct {
   char *p; // NULL, or the data[] of a malloc'd struct lc_json_buf
   size_t len, cap;
@@ -711,35 +712,15 @@ static void encode_done(void) {
   busy = 0;
 }
 
-// The module's encode: upvalues UV_CFG .. UV_PRECISION.
-static int l_encode(lua_State *L) {
-  enc_cfg *c = lua_touserdata(L, lua_upvalueindex(UV_CFG));
-  int nargs = lua_gettop(L);
-  if (nargs != 1 && !c->safe) {
-    // lua-cjson's check, raised from this function so the message names it the same way.
-    return luaL_argerror(L, 1, "expected 1 argument");
-  }
-  if (nargs == 1 && encode_top(L, c, 0) == 0) {
-    lua_pushlstring(L, out.p, out.len);
-    encode_done();
-    return 1;
-  }
-  // lua-cjson's own encode, on the same arguments.
-  lua_settop(L, nargs);
-  lua_pushvalue(L, lua_upvalueindex(UV_ORIG));
-  lua_insert(L, 1);
-  lua_call(L, nargs, LUA_MULTRET);
-  return lua_gettop(L);
-}
-
 // ---- Encoded messages for the IPC channel ----
 //
 // A large message encoded for the cluster channel would be copied out of `out` into a Lua
 // string only to be written to the socket (LuaJIT maps every string of 128 KiB or more
-// afresh: a page fault per 4 KiB). lc_json_ipc_encode hands such a buffer over instead, as a
-// "blob" userdata that the channel's send accepts in place of a string (runtime/ipc.c) and
-// queues by reference. The buffer is counted: one reference for the blob (dropped by
-// blob:release() once the caller has sent it, or by its __gc), one per queued frame.
+// afresh: a page fault per 4 KiB). the encode of an instance set up by lc_json_ipc_blobs (the
+// channel's user-message encoder) hands such a buffer over instead, as a "blob" userdata that the
+// channel's send accepts in place of a string (runtime/ipc.c) and queues by reference. The buffer
+// is counted: one reference for the blob (dropped by blob:release() once the caller has sent it, or
+// by its __gc), one per queued frame.
 #define BLOB_MT "lc.json_blob"
 
 void lc_json_buf_ref(struct lc_json_buf *b) {
@@ -773,54 +754,67 @@ static int blob_len(lua_State *L) {
   return 1;
 }
 
-// core.ipc_encode(encode, v) -> the JSON text of v as a string, or as a blob when it is
-// LC_JSON_BLOB_MIN bytes or more. encode is a cjson instance's encode; its fast path runs
-// here, and anything it does not handle goes to lua-cjson's encode as in encode(v) (the same
-// errors). Another function is simply called.
-int lc_json_ipc_encode(lua_State *L) {
-  lua_settop(L, 2);
-  if (lua_tocfunction(L, 1) != l_encode) {
-    lua_pushvalue(L, 1);
-    lua_pushvalue(L, 2);
-    lua_call(L, 1, 1);
-    return 1;
+// The output in `out` as a blob: the buffer becomes the blob's, trimmed to its length
+// (realloc shrinks in place); `out` starts afresh.
+static void push_blob(lua_State *L) {
+  struct lc_json_buf **ud = lua_newuserdata(L, sizeof(*ud));
+  *ud = NULL;
+  if (luaL_newmetatable(L, BLOB_MT)) {
+    lua_pushcfunction(L, blob_release);
+    lua_setfield(L, -2, "__gc");
+    lua_pushcfunction(L, blob_len);
+    lua_setfield(L, -2, "__len");
+    lua_newtable(L);
+    lua_pushcfunction(L, blob_release);
+    lua_setfield(L, -2, "release");
+    lua_setfield(L, -2, "__index");
   }
-  lua_getupvalue(L, 1, UV_CFG);
-  enc_cfg *c = lua_touserdata(L, -1);
-  lua_pop(L, 1);
-  if (encode_top(L, c, 1) == 0) {
-    if (out.len < LC_JSON_BLOB_MIN) {
+  lua_setmetatable(L, -2);
+  struct lc_json_buf *b = (struct lc_json_buf *)(out.p - BUF_HDR);
+  b->refs = 1;
+  b->len = out.len;
+  struct lc_json_buf *t = realloc(b, BUF_HDR + out.len);
+  *ud = t != NULL ? t : b;
+  out.p = NULL;
+  out.cap = 0;
+}
+
+// The module's encode: upvalues UV_CFG .. UV_PRECISION.
+static int l_encode(lua_State *L) {
+  enc_cfg *c = lua_touserdata(L, lua_upvalueindex(UV_CFG));
+  int nargs = lua_gettop(L);
+  if (nargs != 1 && !c->safe) {
+    // lua-cjson's check, raised from this function so the message names it the same way.
+    return luaL_argerror(L, 1, "expected 1 argument");
+  }
+  if (nargs == 1 && encode_top(L, c, 0) == 0) {
+    if (c->blob_min != 0 && out.len >= c->blob_min) {
+      push_blob(L);
+    } else {
       lua_pushlstring(L, out.p, out.len);
-      encode_done();
-      return 1;
     }
-    struct lc_json_buf **ud = lua_newuserdata(L, sizeof(*ud));
-    *ud = NULL;
-    if (luaL_newmetatable(L, BLOB_MT)) {
-      lua_pushcfunction(L, blob_release);
-      lua_setfield(L, -2, "__gc");
-      lua_pushcfunction(L, blob_len);
-      lua_setfield(L, -2, "__len");
-      lua_newtable(L);
-      lua_pushcfunction(L, blob_release);
-      lua_setfield(L, -2, "release");
-      lua_setfield(L, -2, "__index");
-    }
-    lua_setmetatable(L, -2);
-    // The buffer becomes the blob's, trimmed to its length (realloc shrinks in place).
-    struct lc_json_buf *b = (struct lc_json_buf *)(out.p - BUF_HDR);
-    b->refs = 1;
-    b->len = out.len;
-    struct lc_json_buf *t = realloc(b, BUF_HDR + out.len);
-    *ud = t != NULL ? t : b;
-    out.p = NULL;
-    out.cap = 0;
     encode_done();
     return 1;
   }
-  lua_getupvalue(L, 1, UV_ORIG);
-  lua_pushvalue(L, 2);
-  lua_call(L, 1, 1);
+  // lua-cjson's own encode, on the same arguments.
+  lua_settop(L, nargs);
+  lua_pushvalue(L, lua_upvalueindex(UV_ORIG));
+  lua_insert(L, 1);
+  lua_call(L, nargs, LUA_MULTRET);
+  return lua_gettop(L);
+}
+
+// core.ipc_blobs(encode) -> true when encode is a cjson instance's fast-path encode, which
+// from now on returns its output as a blob when it is LC_JSON_BLOB_MIN bytes or more (the
+// IPC channel's user-message encoder; no other instance is affected).
+int lc_json_ipc_blobs(lua_State *L) {
+  int ok = lua_tocfunction(L, 1) == l_encode;
+  if (ok) {
+    lua_getupvalue(L, 1, UV_CFG);
+    enc_cfg *c = lua_touserdata(L, -1);
+    c->blob_min = LC_JSON_BLOB_MIN;
+  }
+  lua_pushboolean(L, ok);
   return 1;
 }
 

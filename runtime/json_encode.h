@@ -20,8 +20,8 @@ struct lc_json_buf {
 };
 #define LC_JSON_BLOB_MIN (64 * 1024) // smaller messages stay strings
 
-// core.ipc_encode(encode, v) -> string or blob.
-int lc_json_ipc_encode(lua_State *L);
+// core.ipc_blobs(encode): that instance's encode returns blobs for large outputs.
+int lc_json_ipc_blobs(lua_State *L);
 // The buffer of the blob at idx (NULL if released); *is_blob says whether it is one.
 struct lc_json_buf *lc_json_blob(lua_State *L, int idx, int *is_blob);
 void lc_json_buf_ref(struct lc_json_buf *b);

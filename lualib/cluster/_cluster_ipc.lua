@@ -26,11 +26,6 @@ M.HIGH_WATER = 1024 * 1024
 -- larger than this, which would otherwise stay allocated for the life of the process.
 local SHRINK_AT = 1024 * 1024
 
--- ipcEncode(raw, v) is raw(v) (the same text, the same errors), except that a text of 64 KiB
--- or more comes back as a blob (runtime/json_encode.c): a userdata holding it in a C buffer,
--- which #blob measures and the channel's send takes as a body, queuing it by reference; no
--- Lua string of that size is made. blob:release() (M.release) frees it once sent.
-local ipcEncode = core.ipc_encode
 
 local function newEncoder(depth, blobs)
   local e = cjson.new()
@@ -39,14 +34,16 @@ local function newEncoder(depth, blobs)
   e.encode_max_depth(depth)
   e.encode_keep_buffer(true)
   local raw = e.encode
+  if blobs then
+    -- The same text and errors, but a text of 64 KiB or more comes back as a blob
+    -- (runtime/json_encode.c): a userdata holding it in a C buffer, which #blob measures and
+    -- the channel's send takes as a body, queuing it by reference; no Lua string of that size
+    -- is made. blob:release() (M.release) frees it once sent.
+    assert(core.ipc_blobs(raw))
+  end
   return function(v)
-    local s
-    if blobs then
-      s = ipcEncode(raw, v)
-    else
-      s = raw(v)
-    end
-    if type(s) == 'string' and #s > SHRINK_AT then
+    local s = raw(v)
+    if #s > SHRINK_AT and type(s) == 'string' then
       -- Toggling the setting frees the buffer (lua-cjson re-creates it empty). (The fast path
       -- in front of lua-cjson writes to a buffer of its own, freed after a large message.)
       e.encode_keep_buffer(false)
@@ -121,7 +118,7 @@ end
 
 -- Encodes a message or raises ERR_INVALID_ARG_TYPE naming the problem (at `level`), or
 -- ERR_IPC_MESSAGE_TOO_LARGE. The result is a string, or a blob for 64 KiB or more (see
--- ipcEncode): a body for the channel's send, to be given to M.release once sent.
+-- newEncoder): a body for the channel's send, to be given to M.release once sent.
 function M.encode(msg, level)
   if msg == nil then
     error('ERR_MISSING_ARGS: the message to send is nil', level)
