@@ -1,26 +1,31 @@
 // json_encode.c: a fast path in front of lua-cjson 2.1.0's cjson.encode, byte-identical to it.
 //
-// lua-cjson (Debian's lua_cjson.o, not recompiled here) walks every table twice: a full
-// lua_next pass to tell an array from an object (lua_array_length), then a second pass
-// (lua_next again for an object, lua_rawgeti for an array), and appends the output through
-// strbuf calls one piece at a time. This file's encoder walks a table once in the common
-// cases and writes into one reusable buffer:
+// lua-cjson (Debian's lua_cjson.o, not recompiled here) walks tables through the Lua C API
+// (lua_next, lua_type, lua_tolstring, lua_settop per entry; an array is walked twice, once by
+// lua_array_length to tell it from an object, then by lua_rawgeti) and appends its output
+// through strbuf calls one piece at a time: ~61k instructions for bench/realistic's 1 KB
+// answer. This encoder writes into one reusable buffer and has two ways to read a table:
 //
-// - The first key lua_next returns decides most tables: anything but a positive integer
-//   makes the table an object for lua-cjson too (lua_array_length returns -1 at the first such
-//   key), so the walk that found it goes on emitting the object.
-// - A first key that is a positive integer starts an array speculatively: while the keys
-//   come in ascending order (LuaJIT's traversal order for an array part), each value is
-//   emitted as element k, a small gap filled with nulls as lua-cjson's rawgeti loop would.
-//   If a later key is not a positive integer the table is an object after all: the output
-//   since its '[' is dropped and it is walked again as an object (lua-cjson also walks such a
-//   table twice). Keys out of order (a hash part) stop the emitting; after the walk the
-//   elements are written from lua_rawgeti 1..max, as lua-cjson does.
-// - encode_sparse_array's rule (ratio, safe, convert) is applied to the same max and item
-//   count lua-cjson computes, after the walk.
-// Object keys come out in lua_next order, which is lua-cjson's order for the same table.
+// - The direct path (d_table, below): LuaJIT's tables read in place, as lj_tab_next reads
+//   them (lua_next's order), once their layout has been checked on probe values. The
+//   array/object decision is lua_array_length's, taken over the same keys in the same order;
+//   an object is written in that order, an array from its array part. ~22k instructions for
+//   that answer. A table whose positive integer keys sit in the hash part would need
+//   lua-cjson's rawgeti order: the direct path declines and the value is encoded again by
+//   the API path.
+// - The API path (encode_table), through the Lua C API: one lua_next walk per table. Its
+//   first key decides most tables: anything but a positive integer makes the table an
+//   object for lua-cjson too (lua_array_length returns -1 at the first such key), so the
+//   walk goes on writing the object. A positive integer starts an array speculatively:
+//   while keys come in ascending order (an array part), each value is written as element k,
+//   small gaps filled with nulls as lua-cjson's rawgeti loop would; a later key that is not
+//   a positive integer makes it an object after all (the output since its '[' is dropped and
+//   it is walked again, as lua-cjson does too); keys out of order stop the writing, and the
+//   elements are written after the walk from lua_rawgeti 1..max.
+// Both apply encode_sparse_array's rule (ratio, safe, convert) to the max and count
+// lua-cjson computes.
 //
-// Anything else goes to lua-cjson's own encode (kept as an upvalue) on the same argument,
+// What neither handles goes to lua-cjson's own encode (kept as an upvalue) on the same argument,
 // after this encoder's output is discarded: NaN and infinity (whatever
 // encode_invalid_numbers says), a type JSON cannot carry (function, userdata, thread, a
 // lightuserdata other than NULL), a key neither a string nor a number, a nesting deeper than
@@ -401,7 +406,8 @@ static int encode_value(lua_State *L, const enc_cfg *c, int depth) {
 // lua_settop per entry). The binary links Debian's LuaJIT 2.1 statically, so the tables can
 // be read where they are, as lj_tab_next does: the array part's slots 0..asize-1, then the hash
 // part's nodes 0..hmask, skipping nil values, which is lua_next's order. The layouts below are
-// lj_obj.h's for GC64 (the x64 default since 2.1's GC64 mode, Debian's build); check_direct()
+// lj_obj.h's for GC64 (x64's default in 2.1), as of the LuaJIT v2.1 commit Debian packages
+// (2.1.0~beta3+git20220320: 43ebb949, lj_tab_next and lj_obj.h there); check_direct()
 // verifies them on probe values before the first use and turns this path off if anything
 // differs (the API path above then does all the work). Nothing here allocates or calls Lua:
 // a table cannot change while it is read.
