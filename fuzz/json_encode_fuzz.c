@@ -5,7 +5,8 @@
 // its first bytes pick the encode settings, applied to both modules. The built-in module
 // (lc_cjson_luaopen: the fast path installed) and a plain lua-cjson module (luaopen_cjson)
 // then encode the same value: the same string or the same error, else abort. Corpus in
-// corpus/json_encode/.
+// corpus/json_encode/. The fast path reads tables in place; with LC_JSON_ENCODE=api in the
+// environment it goes through the Lua C API instead (run both).
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
