@@ -38,8 +38,9 @@ local function newEncoder(depth, blobs)
     -- The same text and errors, but a text of 64 KiB or more comes back as a blob
     -- (runtime/json_encode.c): a userdata holding it in a C buffer, which #blob measures and
     -- the channel's send takes as a body, queuing it by reference; no Lua string of that size
-    -- is made. blob:release() (M.release) frees it once sent.
-    assert(core.ipc_blobs(raw))
+    -- is made. blob:release() (M.release) frees it once sent. (False, strings only, were raw
+    -- not the fast path's encode.)
+    core.ipc_blobs(raw)
   end
   return function(v)
     local s = raw(v)
