@@ -26,7 +26,6 @@ M.HIGH_WATER = 1024 * 1024
 -- larger than this, which would otherwise stay allocated for the life of the process.
 local SHRINK_AT = 1024 * 1024
 
-
 local function newEncoder(depth, blobs)
   local e = cjson.new()
   e.encode_number_precision(14) -- the most this lua-cjson allows (17 would round-trip doubles)
@@ -38,8 +37,8 @@ local function newEncoder(depth, blobs)
     -- The same text and errors, but a text of 64 KiB or more comes back as a blob
     -- (runtime/json_encode.c): a userdata holding it in a C buffer, which #blob measures and
     -- the channel's send takes as a body, queuing it by reference; no Lua string of that size
-    -- is made. blob:release() (M.release) frees it once sent. (False, strings only, were raw
-    -- not the fast path's encode.)
+    -- is made. blob:release() (M.release) frees it once sent. (Were raw not the fast path's
+    -- encode, ipc_blobs would return false and the bodies stay strings.)
     core.ipc_blobs(raw)
   end
   return function(v)
