@@ -31,6 +31,8 @@
 
 #include <lua.h>
 
+#include "json_encode.h"
+
 struct strbuf;
 
 // strbuf.o's, which the renamed call stands for.
@@ -143,16 +145,14 @@ void lc_cjson_rawseti(lua_State *L, int idx, int n) {
 // The modules `cjson` and `cjson.safe` as the binary preloads them: lua-cjson's own, then
 // each fast path installed on the module table (it wraps the functions it speeds up and
 // keeps the originals for everything it does not handle). An install that wraps `new` makes
-// the instances it returns get the same treatment. Nothing is installed yet: the hooks are
-// where runtime/json_decode.c and runtime/json_encode.c add theirs.
+// the instances it returns get the same treatment. runtime/json_encode.c: cjson.encode.
 int luaopen_cjson(lua_State *L);
 int luaopen_cjson_safe(lua_State *L);
 int lc_cjson_luaopen(lua_State *L);
 int lc_cjson_safe_luaopen(lua_State *L);
 
 static void install_fast_paths(lua_State *L, int safe) {
-  (void)L;
-  (void)safe;
+  lc_json_encode_install(L, safe);
 }
 
 int lc_cjson_luaopen(lua_State *L) {

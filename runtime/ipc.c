@@ -14,8 +14,11 @@
 //                          stops, the owner closes the channel
 // Methods: send(kind, body [, fds [, close_fds]]), pump(), finish(), flush_sync(ms),
 // queued(), want_drain(), ref(), unref(), close([fn]) and the shared handle methods.
-// `_core.ipc_max_body` is the largest frame body (the message size limit).
+// `_core.ipc_max_body` is the largest frame body (the message size limit). A body is a
+// string or a blob from an encode set up by `_core.ipc_blobs` (runtime/json_encode.c: a large
+// encoded message in a C buffer, queued by a counted reference instead of a Lua string).
 #include "ipc.h"
+#include "json_encode.h"
 #include "metrics.h"
 
 #include <errno.h>
@@ -50,8 +53,9 @@ typedef struct wreq {
                         // appended to data up to cap (never to a request with `body`)
   int nfds;             // fds still to send with the first byte (0 once sent)
   int fds[LC_IPC_FRAME_MAX_FDS];
-  int ref;          // registry reference to the Lua string `body` points into, or LUA_NOREF
-  const char *body; // NULL, or one frame: header in data[0, 8), body bytes here (len - 8)
+  int ref;                 // registry reference to the Lua string `body` points into, or LUA_NOREF
+  struct lc_json_buf *buf; // or the encoded message it points into (a counted reference)
+  const char *body;        // NULL, or one frame: header in data[0, 8), body bytes here (len - 8)
   char data[];
 } wreq_t;
 
@@ -96,6 +100,7 @@ static void on_poll(uv_poll_t *p, int status, int events);
 // state at exit: lua_close drops the references itself.)
 static void free_wreq(wreq_t *w) {
   if (w->ref != LUA_NOREF && lc_L != NULL) luaL_unref(lc_L, LUA_REGISTRYINDEX, w->ref);
+  if (w->buf != NULL) lc_json_buf_unref(w->buf);
   free(w);
 }
 
@@ -262,9 +267,10 @@ static void update_poll(lc_ipc_t *ch) {
 }
 
 // lc_ipc_send, and for Lua: when L is not NULL, body is the Lua string at index idx of L,
-// and a large unsent rest is queued by reference to it instead of copied.
+// or the encoded message buf (a blob: runtime/json_encode.c), and a large unsent rest is queued
+// by reference to it instead of copied.
 static int send_frame(lc_ipc_t *ch, int kind, const char *body, size_t len, const int *fds,
-                      int nfds, int close_fds, lua_State *L, int idx) {
+                      int nfds, int close_fds, lua_State *L, int idx, struct lc_json_buf *buf) {
   int rc = 0;
   size_t sent = 0;
   unsigned char hdr[LC_IPC_FRAME_HEADER];
@@ -329,7 +335,8 @@ static int send_frame(lc_ipc_t *ch, int kind, const char *body, size_t len, cons
   wreq_t *w = ch->tail;
   int fresh = 0;
   if (L != NULL && rem >= BIG_FRAME) {
-    // A large rest stays in the Lua string, kept alive by a reference: no copy.
+    // A large rest stays in the Lua string or the encoded buffer, kept alive by a
+    // reference: no copy.
     w = malloc(sizeof(*w) + LC_IPC_FRAME_HEADER);
     if (w == NULL) {
       rc = UV_ENOMEM;
@@ -342,8 +349,14 @@ static int send_frame(lc_ipc_t *ch, int kind, const char *body, size_t len, cons
     w->cap = LC_IPC_FRAME_HEADER;
     w->nfds = 0;
     w->body = body;
-    lua_pushvalue(L, idx);
-    w->ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    w->buf = buf;
+    if (buf != NULL) {
+      lc_json_buf_ref(buf);
+      w->ref = LUA_NOREF;
+    } else {
+      lua_pushvalue(L, idx);
+      w->ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    }
     fresh = 1;
   } else {
     // Queue what is left: a copy, so the caller's buffer may go at once. A frame without fds
@@ -361,6 +374,7 @@ static int send_frame(lc_ipc_t *ch, int kind, const char *body, size_t len, cons
       w->cap = cap;
       w->nfds = 0;
       w->ref = LUA_NOREF;
+      w->buf = NULL;
       w->body = NULL;
       fresh = 1;
     }
@@ -408,7 +422,7 @@ fail:
 
 int lc_ipc_send(lc_ipc_t *ch, int kind, const char *body, size_t len, const int *fds, int nfds,
                 int close_fds) {
-  return send_frame(ch, kind, body, len, fds, nfds, close_fds, NULL, 0);
+  return send_frame(ch, kind, body, len, fds, nfds, close_fds, NULL, 0, NULL);
 }
 
 void lc_ipc_set_hook(lc_ipc_t *ch, lc_ipc_hook hook, void *data) {
@@ -671,7 +685,18 @@ static int ipc_send(lua_State *L) {
   lc_ipc_t *ch = lc_ipc_check(L, 1);
   int kind = (int)luaL_checkinteger(L, 2);
   size_t len;
-  const char *body = luaL_checklstring(L, 3, &len);
+  const char *body;
+  struct lc_json_buf *buf = NULL;
+  int is_blob = 0;
+  if (lua_type(L, 3) == LUA_TUSERDATA) buf = lc_json_blob(L, 3, &is_blob);
+  if (buf != NULL) {
+    body = buf->data;
+    len = buf->len;
+  } else if (is_blob) {
+    return luaL_argerror(L, 3, "message already released");
+  } else {
+    body = luaL_checklstring(L, 3, &len);
+  }
   int fds[LC_IPC_FRAME_MAX_FDS];
   int nfds = 0;
   if (!lua_isnoneornil(L, 4)) {
@@ -684,7 +709,7 @@ static int ipc_send(lua_State *L) {
       lua_pop(L, 1);
     }
   }
-  int rc = send_frame(ch, kind, body, len, fds, nfds, lua_toboolean(L, 5), L, 3);
+  int rc = send_frame(ch, kind, body, len, fds, nfds, lua_toboolean(L, 5), L, 3, buf);
   if (rc < 0) return lc_util_push_uverr(L, rc);
   lua_pushboolean(L, 1);
   lua_pushinteger(L, (lua_Integer)ch->queued);
@@ -794,4 +819,6 @@ void lc_ipc_open(lua_State *L) {
   lua_setfield(L, -2, "ipc_closefd");
   lua_pushinteger(L, LC_IPC_FRAME_MAX_BODY);
   lua_setfield(L, -2, "ipc_max_body");
+  lua_pushcfunction(L, lc_json_ipc_blobs);
+  lua_setfield(L, -2, "ipc_blobs");
 }

@@ -26,24 +26,33 @@ M.HIGH_WATER = 1024 * 1024
 -- larger than this, which would otherwise stay allocated for the life of the process.
 local SHRINK_AT = 1024 * 1024
 
-local function newEncoder(depth)
+local function newEncoder(depth, blobs)
   local e = cjson.new()
   e.encode_number_precision(14) -- the most this lua-cjson allows (17 would round-trip doubles)
   e.encode_invalid_numbers(false)
   e.encode_max_depth(depth)
   e.encode_keep_buffer(true)
   local raw = e.encode
+  if blobs then
+    -- The same text and errors, but a text of 64 KiB or more comes back as a blob
+    -- (runtime/json_encode.c): a userdata holding it in a C buffer, which #blob measures and
+    -- the channel's send takes as a body, queuing it by reference; no Lua string of that size
+    -- is made. blob:release() (M.release) frees it once sent. (Were raw not the fast path's
+    -- encode, ipc_blobs would return false and the bodies stay strings.)
+    core.ipc_blobs(raw)
+  end
   return function(v)
     local s = raw(v)
-    if #s > SHRINK_AT then
-      -- Toggling the setting frees the buffer (lua-cjson re-creates it empty).
+    if #s > SHRINK_AT and type(s) == 'string' then
+      -- Toggling the setting frees the buffer (lua-cjson re-creates it empty). (The fast path
+      -- in front of lua-cjson writes to a buffer of its own, freed after a large message.)
       e.encode_keep_buffer(false)
       e.encode_keep_buffer(true)
     end
     return s
   end
 end
-local encodeUser = newEncoder(M.MAX_DEPTH)
+local encodeUser = newEncoder(M.MAX_DEPTH, true)
 local encode = newEncoder(M.MAX_DEPTH + 8)
 local dec = require('cjson.safe').new()
 dec.decode_max_depth(M.MAX_DEPTH + 8)
@@ -88,16 +97,28 @@ local function explain(v, path, seen, depth)
   return nil
 end
 
--- Raises ERR_IPC_MESSAGE_TOO_LARGE (at `level`) when an encoded message is over the limit.
+-- Frees a body from M.encode or M.pack once it is sent (or not needed): a large one is a blob
+-- whose buffer would otherwise wait for the GC (the channel keeps what it still has queued).
+function M.release(body)
+  if type(body) == 'userdata' then
+    body:release()
+  end
+end
+
+-- Raises ERR_IPC_MESSAGE_TOO_LARGE (at `level`) when an encoded message is over the limit
+-- (releasing it: it will not be sent).
 function M.checkSize(body, level)
-  if #body > M.MAX_BYTES then
+  local n = #body
+  if n > M.MAX_BYTES then
+    M.release(body)
     error(('ERR_IPC_MESSAGE_TOO_LARGE: the message is %d bytes encoded, over the limit of %d bytes')
-      :format(#body, M.MAX_BYTES), level + 1)
+      :format(n, M.MAX_BYTES), level + 1)
   end
 end
 
 -- Encodes a message or raises ERR_INVALID_ARG_TYPE naming the problem (at `level`), or
--- ERR_IPC_MESSAGE_TOO_LARGE.
+-- ERR_IPC_MESSAGE_TOO_LARGE. The result is a string, or a blob for 64 KiB or more (see
+-- newEncoder): a body for the channel's send, to be given to M.release once sent.
 function M.encode(msg, level)
   if msg == nil then
     error('ERR_MISSING_ARGS: the message to send is nil', level)
@@ -154,7 +175,7 @@ function M.pack(msg, handle, level)
   if not desc then
     error('ERR_INVALID_HANDLE_TYPE: this handle type cannot be sent', level)
   end
-  M.encode(msg, level + 1) -- the user's part within the limits
+  M.release(M.encode(msg, level + 1)) -- the user's part within the limits
   local body = encode({ desc, msg })
   M.checkSize(body, level)
   return M.KIND_HANDLE, body, fds

@@ -53,7 +53,7 @@ function M.primary(cluster)
 
   function process.sendTo(target, msg)
     checkTarget(target, 2)
-    ipc.encode(msg, 3)
+    ipc.release(ipc.encode(msg, 3)) -- raises what sending it would
     return relay(target, msg, 'master')
   end
 
@@ -190,7 +190,7 @@ function M.worker(cluster)
 
   function process.sendTo(target, msg)
     checkTarget(target, 2)
-    ipc.encode(msg, 3)
+    ipc.release(ipc.encode(msg, 3)) -- raises what sending it would
     if target == 'master' and noMaster then
       if not warned then
         warned = true
@@ -203,7 +203,7 @@ function M.worker(cluster)
   end
 
   function process.broadcast(msg)
-    ipc.encode(msg, 3)
+    ipc.release(ipc.encode(msg, 3)) -- raises what sending it would
     return cluster._sendInternal({ cmd = 'broadcast', msg = msg })
   end
 

@@ -154,9 +154,11 @@ return function(cluster)
     local kind, body, fds = ipc.pack(msg, handle, 2)
     local ch = self._channel
     if not ch then
+      ipc.release(body)
       return closedSend(self, fn)
     end
     local ok = ch:sendUser(kind, body, fds)
+    ipc.release(body)
     if ok == nil then
       return closedSend(self, fn)
     end
@@ -656,5 +658,6 @@ return function(cluster)
         w._channel:send(kind, body)
       end
     end
+    ipc.release(body)
   end
 end

@@ -286,6 +286,7 @@ return function(cluster)
     if channel then
       ok = channel:sendUser(kind, body, fds)
     end
+    ipc.release(body)
     if ok == nil then
       return closedError(fn)
     end
