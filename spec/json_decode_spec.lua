@@ -15,7 +15,7 @@ local orig_safe = require('spec.helpers.cjson_orig_safe')
 
 local SEED = tonumber(os.getenv('LC_JSON_SEED')) or os.time()
 local random = math.random
-local concat, fmt, char = table.concat, string.format, string.char
+local concat, fmt = table.concat, string.format
 
 -- A canonical text of a decoded value: numbers as %a (exact, -0 told from 0), strings %q,
 -- tables with sorted keys, their length, entry count and whether they have a metatable.
@@ -90,15 +90,16 @@ local function digits(n, first)
   return concat(t)
 end
 
-local SPECIAL_NUMBERS = { '0', '-0', '0.0', '-0.0', '0e0', '-0e-5', '0E+300', '-0.000e99', '1', '-1', '9007199254740992',
-  '9007199254740993', '-9007199254740993', '9007199254740992.5', '18446744073709551616', '18446744073709551615',
-  '1e19', '9999999999999999999', '99999999999999999999', '10000000000000000000', '1.7976931348623157e308',
-  '1.7976931348623158e308', '1.7976931348623159e308', '-1e309', '4.9e-324', '2.4703282292062327e-324',
-  '2.4703282292062328e-324', '1e-400', '2.2250738585072011e-308', '2.2250738585072014e-308', '0.1', '0.2', '0.3',
-  '0.30000000000000004', '123456789012345678901234567890', '1e22', '1e23', '9.999999999999999e22', '1e-22', '1e-23',
-  '0.000001', '1e-7', '123.456e-3', '5e-324', '8.98846567431158e307', '1E5', '1e+5', '1e-0005', '1e00000000000000001',
-  '1e99999999999', '-1e-99999999999', '0.' .. string.rep('0', 30) .. '1', '1' .. string.rep('0', 40),
-  '3.14159265358979323846264338327950288', '2.718281828459045', '-123', '100', '1000000000000000000000' }
+local SPECIAL_NUMBERS = { '0', '-0', '0.0', '-0.0', '0e0', '-0e-5', '0E+300', '-0.000e99', '1', '-1',
+  '9007199254740992', '9007199254740993', '-9007199254740993', '9007199254740992.5', '18446744073709551616',
+  '18446744073709551615', '1e19', '9999999999999999999', '99999999999999999999', '10000000000000000000',
+  '1.7976931348623157e308', '1.7976931348623158e308', '1.7976931348623159e308', '-1e309', '4.9e-324',
+  '2.4703282292062327e-324', '2.4703282292062328e-324', '1e-400', '2.2250738585072011e-308',
+  '2.2250738585072014e-308', '0.1', '0.2', '0.3', '0.30000000000000004', '123456789012345678901234567890', '1e22',
+  '1e23', '9.999999999999999e22', '1e-22', '1e-23', '0.000001', '1e-7', '123.456e-3', '5e-324',
+  '8.98846567431158e307', '1E5', '1e+5', '1e-0005', '1e00000000000000001', '1e99999999999', '-1e-99999999999',
+  '0.' .. string.rep('0', 30) .. '1', '1' .. string.rep('0', 40), '3.14159265358979323846264338327950288',
+  '2.718281828459045', '-123', '100', '1000000000000000000000' }
 
 local function number()
   local r = random(12)
@@ -235,16 +236,17 @@ local function mutate(s)
 end
 
 local ODD = { '', ' ', '\t\n', '[', '{', ']', '}', '[1,]', '[,1]', '[1 2]', '{"a":1,}', '{"a" 1}', '{"a":}', '{1:2}',
-  '{a:1}', "{'a':1}", '01', '-01', '00', '-', '--1', '+1', '0x10', '0X1f', '-0x10', '1.', '-1.', '.5', '1e', '1e+', '1E-',
-  '1e5.5', '1.5.5', 'NaN', 'nan', '-nan', 'inf', 'Inf', '-inf', 'Infinity', '-Infinity', 'infinity', 'tru', 'truex',
-  'true false', 'nul', 'nulll', 'fals', 'falsey', '"abc', '"\\x"', '"\\u12"', '"\\u12G4"', '"\\uD800"', '"\\uDC00"',
-  '"\\uD800\\u0041"', '"\\uD800x"', '"\\uD800\\uD800"', '"\\uDBFF\\uE000"', '"\\', '"\\"', '[1]x', '[1] [2]', '\0', '1\0',
-  '[1]\0', '{"a":1}\0garbage', '"a\0b"', '[\0]', ' \0', '\0\0', 'a', '[1,2]]', '{"a":1}}', '[[[]]', '"\t"',
-  '"\1\2\3"', '1 2', '[1]  ', '  "x"  ', '[1e999]', '[-1e999]', '[0.0000000000000000000000000000000001e-300]',
-  '{"a":1,"a":2}', '{"a":1,"\\u0061":2}', '[true,false,null]', '-0', '[-0]', '1.0e', '1.0e+', '[1.0e]', '[1,1.]',
-  '{"a":01}', '[0x]', '[00]', '[-]', '[+]', '[.]', '[e]', '["a",]', '{"":""}', '"\\/"', '["\\u0000"]', '\239\187\191[1]',
-  '[1]\r\n', '\r\n[1]', '[ ]', '{ }', '[\n]', '{"a":[{"b":[{"c":[]}]}]}', '-Infinityx', 'nanx', '0x', '0xg', '1e5x',
-  '[1}', '{"a":1]', '{"a"', '{"a":', '{"a":1', '[1', '[1,' }
+  '{a:1}', "{'a':1}", '01', '-01', '00', '-', '--1', '+1', '0x10', '0X1f', '-0x10', '1.', '-1.', '.5', '1e', '1e+',
+  '1E-', '1e5.5', '1.5.5', 'NaN', 'nan', '-nan', 'inf', 'Inf', '-inf', 'Infinity', '-Infinity', 'infinity', 'tru',
+  'truex', 'true false', 'nul', 'nulll', 'fals', 'falsey', '"abc', '"\\x"', '"\\u12"', '"\\u12G4"', '"\\uD800"',
+  '"\\uDC00"', '"\\uD800\\u0041"', '"\\uD800x"', '"\\uD800\\uD800"', '"\\uDBFF\\uE000"', '"\\', '"\\"', '[1]x',
+  '[1] [2]', '\0', '1\0', '[1]\0', '{"a":1}\0garbage', '"a\0b"', '[\0]', ' \0', '\0\0', 'a', '[1,2]]', '{"a":1}}',
+  '[[[]]', '"\t"', '"\1\2\3"', '1 2', '[1]  ', '  "x"  ', '[1e999]', '[-1e999]',
+  '[0.0000000000000000000000000000000001e-300]', '{"a":1,"a":2}', '{"a":1,"\\u0061":2}', '[true,false,null]', '-0',
+  '[-0]', '1.0e', '1.0e+', '[1.0e]', '[1,1.]', '{"a":01}', '[0x]', '[00]', '[-]', '[+]', '[.]', '[e]', '["a",]',
+  '{"":""}', '"\\/"', '["\\u0000"]', '\239\187\191[1]', '[1]\r\n', '\r\n[1]', '[ ]', '{ }', '[\n]',
+  '{"a":[{"b":[{"c":[]}]}]}', '-Infinityx', 'nanx', '0x', '0xg', '1e5x', '[1}', '{"a":1]', '{"a"', '{"a":', '{"a":1',
+  '[1', '[1,' }
 
 local function deep(n, open, close, inner)
   return string.rep(open, n) .. (inner or '') .. string.rep(close, n)
@@ -284,7 +286,8 @@ describe('cjson.decode fast path (runtime/json_decode.c)', function()
       local want = canon(orig.decode(s))
       local got = fast(s)
       if got == nil or canon(got) ~= want then
-        error(('seed %d doc %d: fast path %s\n%s\nwant %s\ngot  %s'):format(SEED, i, got == nil and 'declined' or 'differs',
+        error(('seed %d doc %d: fast path %s\n%s\nwant %s\ngot  %s'):format(SEED, i,
+          got == nil and 'declined' or 'differs',
           s:sub(1, 400), want:sub(1, 400), got == nil and '-' or canon(got):sub(1, 400)))
       end
       assert.are.equal(want, canon(cjson.decode(s)))
@@ -336,7 +339,8 @@ describe('cjson.decode fast path (runtime/json_decode.c)', function()
     for i, s in ipairs(inputs) do
       local want, got = outcome(orig.decode, s), outcome(cjson.decode, s)
       if want ~= got then
-        error(('seed %d input %d %q:\nwant %s\ngot  %s'):format(SEED, i, s:sub(1, 300), want:sub(1, 300), got:sub(1, 300)))
+        error(('seed %d input %d %q:\nwant %s\ngot  %s'):format(SEED, i, s:sub(1, 300), want:sub(1, 300),
+          got:sub(1, 300)))
       end
       assert.are.equal(safeOutcome(orig_safe.decode, s), safeOutcome(csafe.decode, s))
       -- The fast path itself takes only what lua-cjson decodes, and then decodes it the same.
@@ -437,7 +441,8 @@ describe('cjson.decode fast path (runtime/json_decode.c)', function()
     end
     local numbers = { '01', '-01', '0x1F', '-0x10', 'inf', '-inf', 'Infinity', '-Infinity', 'nan', 'NaN', '-nan', '+1',
       '1.', '.5', '1e5', '-0', '0', '[1,0x2]', '[01]', '{"a":-inf}', '[1.]' }
-    for _, p in ipairs({ { cjson, orig, outcome }, { csafe, orig_safe, safeOutcome }, { cjson.new(), orig.new(), outcome },
+    for _, p in ipairs({ { cjson, orig, outcome }, { csafe, orig_safe, safeOutcome },
+      { cjson.new(), orig.new(), outcome },
       { csafe.new(), orig_safe.new(), safeOutcome } }) do
       local ours, theirs, out = p[1], p[2], p[3]
       for _, setting in ipairs({ false, true, 'off', 'on' }) do
