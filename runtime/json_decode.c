@@ -51,12 +51,39 @@ int lc_json_decode_buf(lua_State *L, const char *buf, size_t len, int max_depth)
 // parser recurses once per level (lua-cjson does too).
 #define DEPTH_CAP 1024
 
+// Short strings met before, by their bytes: a decode of JSON API bodies meets the same keys
+// (and often the same short values) in every document, and lua_rawgeti of the string kept
+// at the slot is half the instructions of lua_pushlstring, which hashes the bytes and looks
+// them up among all interned strings. Direct-mapped; slot i's string is t[i + 1] of a Lua
+// table kept with it (which keeps the strings alive). A string is identified by its length
+// and two 8-byte words covering its bytes (overlapping when it is 9 to 15 bytes long).
+// Storing a missed string costs about twice what a hit saves, so a decode stores at most
+// BUDGET keys and BUDGET values, plus one more of a kind for each hit of that kind: a
+// document of repeated keys and unique values (ids, names) stores its keys only, and one of
+// unique strings costs the lookups, not the stores.
+#define CACHE_SLOTS 256
+#define CACHE_MAX_LEN 16
+#define BUDGET 16
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+#define CACHE 1
+#else
+#define CACHE 0 // the masks below assume little-endian loads
+#endif
+
+typedef struct {
+  uint64_t w0, w1;
+  uint32_t len; // UINT32_MAX: empty
+} cache_entry;
+
 typedef struct {
   lua_State *L;
   const char *p;   // the next byte to read
   const char *end; // *end == '\0': the parser stops on it like on any other NUL
   int depth;
   int max_depth;
+  cache_entry *cache; // NULL: none
+  int cache_idx;      // the stack index of the cache's Lua table
+  int budget[2];      // misses that may still replace an entry: values, keys
 } parser;
 
 // Bytes that end the plain run of a string.
@@ -160,9 +187,43 @@ static __attribute__((noinline)) int parse_escaped(parser *d, const char *s, con
   return 1;
 }
 
+// Pushes the string of len bytes at s (no escapes), from the cache when it is there.
+static void push_string(parser *d, const char *s, size_t len, int is_key) {
+#if CACHE
+  if (d->cache && len <= CACHE_MAX_LEN && d->end - s >= 8) {
+    uint64_t w0, w1 = 0, h;
+    cache_entry *e;
+    int slot;
+    memcpy(&w0, s, 8); // within the text: at least 8 bytes are left
+    if (len < 8)
+      w0 &= ((uint64_t)1 << (8 * len)) - 1;
+    else if (len > 8)
+      memcpy(&w1, s + len - 8, 8);
+    h = (w0 ^ (w1 * 0x9E3779B97F4A7C15u) ^ len) * 0xFF51AFD7ED558CCDu;
+    slot = (int)(h >> 56);
+    e = &d->cache[slot];
+    if (e->len == len && e->w0 == w0 && e->w1 == w1) {
+      lua_rawgeti(d->L, d->cache_idx, slot + 1);
+      d->budget[is_key]++;
+      return;
+    }
+    lua_pushlstring(d->L, s, len);
+    if (d->budget[is_key] == 0) return;
+    d->budget[is_key]--;
+    lua_pushvalue(d->L, -1);
+    lua_rawseti(d->L, d->cache_idx, slot + 1);
+    e->len = (uint32_t)len;
+    e->w0 = w0;
+    e->w1 = w1;
+    return;
+  }
+#endif
+  lua_pushlstring(d->L, s, len);
+}
+
 // A string from its opening quote; pushes it. *escaped is set when it held an escape (its
 // bytes then differ from the text's).
-static int parse_string(parser *d, int *escaped) {
+static int parse_string(parser *d, int *escaped, int is_key) {
   const char *s = d->p + 1, *q = s;
   const uint64_t ones = 0x0101010101010101u, highs = 0x8080808080808080u;
 
@@ -180,7 +241,7 @@ static int parse_string(parser *d, int *escaped) {
   while (!string_stop[(unsigned char)*q])
     q++;
   if (*q == '"') {
-    lua_pushlstring(d->L, s, (size_t)(q - s));
+    push_string(d, s, (size_t)(q - s), is_key);
     d->p = q + 1;
     *escaped = 0;
     return 1;
@@ -372,7 +433,7 @@ static int parse_object(parser *d) {
     for (;;) {
       const char *key = d->p + 1;
       uint64_t bits;
-      if (*d->p != '"' || !parse_string(d, &escaped)) return 0;
+      if (*d->p != '"' || !parse_string(d, &escaped, 1)) return 0;
       // An escaped key's bytes are not the text's: such an object keeps its order.
       bits = key_bits(key, (size_t)(d->p - 1 - key));
       dup |= escaped || (seen & bits) == bits;
@@ -411,7 +472,7 @@ static int parse_value(parser *d) {
   case '[':
     return parse_array(d);
   case '"':
-    return parse_string(d, &escaped);
+    return parse_string(d, &escaped, 0);
   case '-':
   case '0':
   case '1':
@@ -448,8 +509,10 @@ static int parse_value(parser *d) {
 // is), nesting at most max_depth deep. Pushes the value and returns 1, or returns 0 with the
 // stack as it was when the text is not JSON this parser handles (lua-cjson's decode must
 // then be asked: it may accept it or give the error).
-int lc_json_decode_buf(lua_State *L, const char *buf, size_t len, int max_depth) {
-  parser d = {L, buf, buf + len, 0, max_depth < DEPTH_CAP ? max_depth : DEPTH_CAP};
+static int decode(lua_State *L, const char *buf, size_t len, int max_depth, cache_entry *cache,
+                  int cache_idx) {
+  parser d = {L,     buf,       buf + len,       0, max_depth < DEPTH_CAP ? max_depth : DEPTH_CAP,
+              cache, cache_idx, {BUDGET, BUDGET}};
   int top = lua_gettop(L);
 
   skip_ws(&d);
@@ -461,9 +524,14 @@ int lc_json_decode_buf(lua_State *L, const char *buf, size_t len, int max_depth)
   return 0;
 }
 
+int lc_json_decode_buf(lua_State *L, const char *buf, size_t len, int max_depth) {
+  return decode(L, buf, len, max_depth, NULL, 0);
+}
+
 // The instance's decode settings the fast path models (upvalue of both closures below).
 typedef struct {
   int max_depth;
+  cache_entry cache[CACHE_SLOTS]; // its strings: the table in fast_decode's upvalue 2
 } decode_cfg;
 
 // fast(...): the decoded value, or nothing when lua-cjson's decode must run.
@@ -473,7 +541,8 @@ static int fast_decode(lua_State *L) {
   const char *s;
   if (lua_gettop(L) != 1 || lua_type(L, 1) != LUA_TSTRING) return 0;
   s = lua_tolstring(L, 1, &len);
-  return lc_json_decode_buf(L, s, len, cfg->max_depth);
+  lua_pushvalue(L, lua_upvalueindex(2)); // the cache's strings, at index 2
+  return decode(L, s, len, cfg->max_depth, cfg->cache, 2);
 }
 
 // decode_max_depth([depth]): the original's argument checks first, made here so a bad
@@ -522,6 +591,7 @@ void lc_json_decode_install(lua_State *L, int safe) {
   int mod = lua_gettop(L), cfg_idx;
   decode_cfg *cfg = lua_newuserdata(L, sizeof(*cfg));
   cfg_idx = lua_gettop(L);
+  memset(cfg->cache, 0xFF, sizeof(cfg->cache));
 
   lua_getfield(L, mod, "decode_max_depth"); // the current setting, from the original
   lua_pushvalue(L, -1);
@@ -543,7 +613,8 @@ void lc_json_decode_install(lua_State *L, int safe) {
     lua_rawset(L, LUA_REGISTRYINDEX);
   }
   lua_pushvalue(L, cfg_idx);
-  lua_pushcclosure(L, fast_decode, 1);
+  lua_createtable(L, CACHE_SLOTS, 0);
+  lua_pushcclosure(L, fast_decode, 2);
   lua_getfield(L, mod, "decode");
   lua_call(L, 2, 1);
   lua_setfield(L, mod, "decode");
