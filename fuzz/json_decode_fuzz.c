@@ -4,7 +4,9 @@
 // too, to the same value (numbers compared bit for bit, strings byte for byte, tables entry
 // for entry). Declining is always allowed (lua-cjson then runs, as in the binary). The text is
 // given to the fast path in a heap copy of exactly its length plus the NUL the parser stops
-// on, so ASan reports any read past it.
+// on, so ASan reports any read past it; and, as a Lua string, to the fast function the
+// binary's cjson module gets (runtime/cjson.c's opener), whose string cache lives across
+// inputs.
 #include <lauxlib.h>
 #include <lua.h>
 #include <lualib.h>
@@ -15,6 +17,7 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int luaopen_cjson(lua_State *L);
+int lc_cjson_luaopen(lua_State *L);
 int lc_json_decode_buf(lua_State *L, const char *buf, size_t len, int max_depth);
 
 static lua_State *L;
@@ -72,12 +75,23 @@ static int same(int a, int b) {
   }
 }
 
-static void check(const uint8_t *data, size_t size, int orig_idx, int depth) {
+#define FAST_FN 3 // stack index of the installed fast function
+
+static void check(const uint8_t *data, size_t size, int orig_idx, int depth, int cached) {
   char *copy = malloc(size + 1);
   memcpy(copy, data, size);
   copy[size] = '\0';
-  int top = lua_gettop(L);
-  if (lc_json_decode_buf(L, copy, size, depth)) {
+  int top = lua_gettop(L), took;
+  if (cached) {
+    lua_pushvalue(L, FAST_FN);
+    lua_pushlstring(L, (const char *)data, size);
+    lua_call(L, 1, 1); // nil: declined (a decoded value never is)
+    took = !lua_isnil(L, -1);
+    if (!took) lua_pop(L, 1);
+  } else {
+    took = lc_json_decode_buf(L, copy, size, depth);
+  }
+  if (took) {
     int fast = lua_gettop(L);
     if (fast != top + 1) fail("fast path left the stack unbalanced", data, size);
     lua_getfield(L, orig_idx, "decode");
@@ -110,9 +124,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     lua_getfield(L, 2, "decode_max_depth");
     lua_pushinteger(L, 3);
     lua_call(L, 1, 0);
+    lc_cjson_luaopen(L); // [cjson(1000) cjson(3) ours]
+    lua_getfield(L, 3, "decode");
+    lua_getupvalue(L, -1, 1); // its fast function
+    lua_replace(L, FAST_FN);
+    lua_settop(L, FAST_FN);
   }
-  check(data, size, 1, 1000);
-  check(data, size, 2, 3);
+  check(data, size, 1, 1000, 0);
+  check(data, size, 2, 3, 0);
+  check(data, size, 1, 1000, 1);
   if (++runs % 1000 == 0) lua_gc(L, LUA_GCCOLLECT, 0);
   return 0;
 }

@@ -469,6 +469,36 @@ describe('cjson.decode fast path (runtime/json_decode.c)', function()
     assert.matches('too many nested', err)
   end)
 
+  it('gives every short string its own bytes: strings alike but for one byte, as keys and values', function()
+    -- Strings of up to 16 bytes come from a cache (runtime/json_decode.c) keyed by their
+    -- length and bytes; thousands of near-identical ones fill every slot several times over.
+    if not orig then
+      pending('Debian cjson.so (lua-cjson) not installed')
+      return
+    end
+    local alphabet = { 'a', 'b', 'é', '\1', ' ', '~' }
+    for _ = 1, 20 do
+      local vals, keys = {}, {}
+      for i = 1, 600 do
+        local len = random(0, 17)
+        local prefix = string.rep('p', random(0, len))
+        local t = { prefix }
+        for _ = #prefix + 1, len do
+          t[#t + 1] = alphabet[random(#alphabet)]
+        end
+        local sv = '"' .. concat(t) .. '"'
+        vals[i] = sv
+        keys[i] = sv .. ':' .. sv
+      end
+      for _, s in ipairs({ '[' .. concat(vals, ',') .. ']', '{' .. concat(keys, ',') .. '}',
+        '[' .. concat(vals, ',') .. ',' .. '{' .. concat(keys, ',') .. '}]' }) do
+        local want = canon(orig.decode(s))
+        assert.are.equal(want, canon(fast(s)))
+        assert.are.equal(want, canon(fast(s)))
+      end
+    end
+  end)
+
   it('leaves the byte after a Lua string\'s end alone: strings of every length up to 40', function()
     -- The parser stops on the NUL Lua keeps after every string; each cut of one text must
     -- decode (or be declined) exactly as lua-cjson does, never reading on.
