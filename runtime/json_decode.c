@@ -531,6 +531,8 @@ static int decode(lua_State *L, const char *buf, size_t len, int max_depth, cach
               cache, cache_idx, {BUDGET, BUDGET}};
   int top = lua_gettop(L);
 
+  // The root value and a luaL_Buffer's pieces (containers check for their own slots).
+  if (!lua_checkstack(L, 24)) return 0;
   skip_ws(&d);
   if (parse_value(&d)) {
     skip_ws(&d);
