@@ -4,15 +4,16 @@
 // buffer, copies every string there before lua_pushlstring, and fills every table key by key
 // from empty. This parser reads the text once, pushes strings straight from it, and builds
 // each object or array with its exact size: its entries are collected on the Lua stack and
-// the table is created when it closes (bench/realistic/ir: ~86k -> ~NNk instructions for the
-// 1.2 KB body of a JSON API request; docs/benchmarks.md).
+// the table is created when it closes (bench/realistic/ir: ~86k -> ~55k instructions for the
+// 1.2 KB body of a JSON API request, ~20k of them this file's; docs/benchmarks.md).
 //
 // It handles strict JSON (RFC 8259 grammar) and nothing else: anything it does not model (a
 // syntax error, a number strtod accepts but JSON does not (hex, inf, nan, "+1", "01", "1."),
 // a bad escape or lone surrogate, a NUL byte before the end, nesting beyond the instance's
-// decode_max_depth or past what fits on the C stack of one Lua call) makes it decline: it
-// drops what it built and the original decode runs on the same arguments, so every error
-// message, every odd input lua-cjson accepts and cjson.safe's (nil, err) are lua-cjson's own.
+// decode_max_depth or 1024 levels, more than fits on the Lua stack of one C call) makes it
+// decline: it drops what it built and the original decode runs on the same arguments, so
+// every error message, every odd input lua-cjson accepts and cjson.safe's (nil, err) are
+// lua-cjson's own.
 // For what it accepts it produces what lua-cjson produces: numbers converted correctly
 // rounded, as lua-cjson's strtod does (fpconv.c: both paths are exact); strings byte for
 // byte as written, control characters included, \u escapes and surrogate pairs as UTF-8;
