@@ -48,9 +48,14 @@ int lc_json_decode_buf(lua_State *L, const char *buf, size_t len, int max_depth)
 // their count; a longer one gets its table then and is continued in chunks of this many, the
 // table growing as LuaJIT grows it for lua-cjson.
 #define CHUNK 64
-// Slots a container checks for when it opens: CHUNK key-value pairs, the nested value being
-// built, and a luaL_Buffer's few pieces.
-#define CONTAINER_SLOTS (2 * CHUNK + 24)
+// Stack room: lua_checkstack when a container opens and after every ROOM_EVERY of its
+// entries, not once for all of them: LuaJIT's GC may halve the running thread's stack during
+// any allocation (lj_state_shrinkstack counts the slots in use, not what lua_checkstack
+// promised), though only a stack over 94 slots and over 4 times the slots in use, so at
+// least 24 stay free. ROOM_EVERY entries (2 slots each), a nested container's placeholder
+// and flush_object's 2 stay within that; a luaL_Buffer checks for its pieces itself.
+#define ROOM 40
+#define ROOM_EVERY 4
 // Deeper documents are left to lua-cjson even when its decode_max_depth allows them: the
 // parser recurses once per level (lua-cjson does too).
 #define DEPTH_CAP 1024
@@ -181,6 +186,8 @@ static const char *unescape(const char *p, luaL_Buffer *b) {
 // every level of the recursion.
 static __attribute__((noinline)) int parse_escaped(parser *d, const char *s, const char *q) {
   luaL_Buffer b;
+  // Its pieces (up to ~12 slots) are pushed without checks of their own.
+  if (!lua_checkstack(d->L, ROOM)) return 0;
   luaL_buffinit(d->L, &b);
   for (;;) {
     luaL_addlstring(&b, s, (size_t)(q - s));
@@ -193,6 +200,24 @@ static __attribute__((noinline)) int parse_escaped(parser *d, const char *s, con
   d->p = q + 1;
   return 1;
 }
+
+#if CACHE
+// A cache miss: pushes the string and, within the budget, stores it in slot.
+static __attribute__((noinline)) void cache_store(parser *d, const char *s, size_t len, int is_key,
+                                                  cache_entry *e, int slot) {
+  uint64_t w0 = 0, w1 = 0;
+  lua_pushlstring(d->L, s, len);
+  if (d->budget[is_key] == 0) return;
+  d->budget[is_key]--;
+  lua_pushvalue(d->L, -1);
+  lua_rawseti(d->L, d->cache_idx, slot + 1);
+  memcpy(&w0, s, len < 8 ? len : 8);
+  if (len > 8) memcpy(&w1, s + len - 8, 8);
+  e->len = (uint32_t)len;
+  e->w0 = w0;
+  e->w1 = w1;
+}
+#endif
 
 // Pushes the string of len bytes at s (no escapes), from the cache when it is there.
 static void push_string(parser *d, const char *s, size_t len, int is_key) {
@@ -214,14 +239,7 @@ static void push_string(parser *d, const char *s, size_t len, int is_key) {
       d->budget[is_key]++;
       return;
     }
-    lua_pushlstring(d->L, s, len);
-    if (d->budget[is_key] == 0) return;
-    d->budget[is_key]--;
-    lua_pushvalue(d->L, -1);
-    lua_rawseti(d->L, d->cache_idx, slot + 1);
-    e->len = (uint32_t)len;
-    e->w0 = w0;
-    e->w1 = w1;
+    cache_store(d, s, len, is_key, e, slot);
     return;
   }
 #endif
@@ -405,7 +423,7 @@ static int parse_array(parser *d) {
   lua_State *L = d->L;
   int base, made = 0, done = 0, n = 0;
 
-  if (++d->depth > d->max_depth || !lua_checkstack(L, CONTAINER_SLOTS)) return 0;
+  if (++d->depth > d->max_depth || !lua_checkstack(L, ROOM)) return 0;
   d->p++;
   lua_pushnil(L); // the table's slot
   base = lua_gettop(L);
@@ -413,7 +431,8 @@ static int parse_array(parser *d) {
   if (*d->p != ']') {
     for (;;) {
       if (!parse_value(d)) return 0;
-      if (++n == CHUNK) {
+      if (++n % ROOM_EVERY == 0 && !lua_checkstack(L, ROOM)) return 0;
+      if (n == CHUNK) {
         flush_array(L, base, &made, done, n);
         done += n;
         n = 0;
@@ -441,7 +460,7 @@ static int parse_object(parser *d) {
   uint64_t seen = 0;
   int dup = 0; // two keys may be equal
 
-  if (++d->depth > d->max_depth || !lua_checkstack(L, CONTAINER_SLOTS)) return 0;
+  if (++d->depth > d->max_depth || !lua_checkstack(L, ROOM)) return 0;
   d->p++;
   lua_pushnil(L);
   base = lua_gettop(L);
@@ -460,7 +479,8 @@ static int parse_object(parser *d) {
       d->p++;
       skip_ws(d);
       if (!parse_value(d)) return 0;
-      if (++n == CHUNK) {
+      if (++n % ROOM_EVERY == 0 && !lua_checkstack(L, ROOM)) return 0;
+      if (n == CHUNK) {
         flush_object(L, base, &made, n, dup);
         n = 0;
       }
