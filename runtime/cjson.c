@@ -145,14 +145,18 @@ void lc_cjson_rawseti(lua_State *L, int idx, int n) {
 // The modules `cjson` and `cjson.safe` as the binary preloads them: lua-cjson's own, then
 // each fast path installed on the module table (it wraps the functions it speeds up and
 // keeps the originals for everything it does not handle). An install that wraps `new` makes
-// the instances it returns get the same treatment. runtime/json_encode.c: cjson.encode.
+// the instances it returns get the same treatment. runtime/json_decode.c's decoder takes
+// every valid document first (the learning above now serves the documents it leaves to
+// lua-cjson); runtime/json_encode.c: cjson.encode.
 int luaopen_cjson(lua_State *L);
 int luaopen_cjson_safe(lua_State *L);
 int lc_cjson_luaopen(lua_State *L);
 int lc_cjson_safe_luaopen(lua_State *L);
+void lc_json_decode_install(lua_State *L, int safe); // runtime/json_decode.c
 
 static void install_fast_paths(lua_State *L, int safe) {
   lc_json_encode_install(L, safe);
+  lc_json_decode_install(L, safe);
 }
 
 int lc_cjson_luaopen(lua_State *L) {

@@ -84,7 +84,8 @@ int lc_ipc_frame_space(lc_ipc_frame_decoder_t *d, char **p, size_t *len) {
     if (d->cap < want) {
       // A large frame's buffer is rounded up, so the next one, a few bytes larger, fits.
       size_t alloc = big != 0 ? (want + READ_CHUNK - 1) / READ_CHUNK * READ_CHUNK : want;
-      char *nb = realloc(d->buf, alloc);
+      // One byte more than cap: a consumer may put a NUL after a frame's body (ipc.c).
+      char *nb = realloc(d->buf, alloc + 1);
       if (nb == NULL) return LC_IPC_FRAME_ENOMEM;
       d->buf = nb;
       d->cap = alloc;

@@ -51,7 +51,9 @@ enum {
 };
 
 /// One decoded frame. `body` points into the decoder's buffer and stays valid until the next
-/// lc_ipc_frame_space or lc_ipc_frame_commit call; `fds` now belong to the caller.
+/// lc_ipc_frame_space or lc_ipc_frame_commit call; `fds` now belong to the caller. The byte
+/// after the body is in the buffer too (the buffer has one spare byte past `cap`): a caller
+/// may change it while it uses the body, and restore it before the decoder's next call.
 typedef struct {
   const char *body;
   uint32_t len;

@@ -54,8 +54,10 @@ local function newEncoder(depth, blobs)
 end
 local encodeUser = newEncoder(M.MAX_DEPTH, true)
 local encode = newEncoder(M.MAX_DEPTH + 8)
+-- Frames' JSON is decoded in C as it is read (runtime/ipc.c, a negative kind), to the same
+-- depth; this instance decodes the rest (which the C fast path leaves to lua-cjson).
 local dec = require('cjson.safe').new()
-dec.decode_max_depth(M.MAX_DEPTH + 8)
+dec.decode_max_depth(core.ipc_decode_depth) -- M.MAX_DEPTH + 8
 local decode = dec.decode
 local null = cjson.null
 
@@ -219,7 +221,9 @@ function Channel:_init(fd, owner)
         lost, fds = fds, false
       end
       local value
-      if kind == KIND_STRING then
+      if kind < 0 then
+        kind, value = -kind, body
+      elseif kind == KIND_STRING then
         kind, value = KIND_USER, body
       else
         value = decode(body)
