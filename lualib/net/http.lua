@@ -35,6 +35,14 @@ end
 
 local M = {}
 
+-- A server connection's fields (Conn, below): indices into its table's array part.
+local SERVER, SOCKET, PARSER = 1, 2, 3
+local ACTIVE = 4 -- the response being written; the ones after it wait in conn[RARE].queue
+local REQ = 5 -- the request whose body is arriving
+local IDLE_SINCE = 6 -- loop time (ms) the connection went idle, false while busy
+local SLOT = 7 -- index in server._conns, 0 once removed
+local RARE = 8 -- false, or the table Conn:_rare() makes
+
 -- Backpressure (memory stays bounded whatever the peer does). A server connection stops
 -- reading its socket while the request's body that the handler has not taken yet is over
 -- BODY_HWM, while more than PIPELINE_MAX responses wait behind the active one, or while the
@@ -403,7 +411,7 @@ function IncomingMessage:pause()
   self._paused = true
   if self._conn then
     -- Only while its body is arriving: the connection's next request is not this one's.
-    if self._conn.req == self then
+    if self._conn[REQ] == self then
       self._conn:_setStop('stopUser', true)
     end
   elseif self._onPause then
@@ -462,7 +470,7 @@ ServerResponse._pending = false -- http_send argument lists held while an earlie
 local ResponseMT = {}
 ResponseMT.__index = function(self, k)
   if k == 'socket' or k == 'connection' then
-    return rawget(self, '_conn').socket
+    return rawget(self, '_conn')[SOCKET]
   elseif k == 'writableEnded' then
     return rawget(self, 'finished')
   end
@@ -491,7 +499,7 @@ end
 -- Sends (or, when not this connection's turn, keeps) one http_send call.
 function ServerResponse:_send(status, reason, headers, names, flags, len, body)
   local conn = self._conn
-  if conn.active ~= self then
+  if conn[ACTIVE] ~= self then
     local p = self._pending
     if not p then
       p = {}
@@ -501,7 +509,7 @@ function ServerResponse:_send(status, reason, headers, names, flags, len, body)
     self._needDrain = true
     return false
   end
-  local h, rare = conn.socket._handle, conn.rare
+  local h, rare = conn[SOCKET]._handle, conn[RARE]
   if not h or (rare and rare.closing) then
     return false
   end
@@ -527,7 +535,7 @@ function ServerResponse:_activate()
   local p = self._pending
   if p then
     self._pending = false
-    local h = self._conn.socket._handle
+    local h = self._conn[SOCKET]._handle
     for i = 1, #p do
       local a = p[i]
       if h and not h:is_closing() then
@@ -711,7 +719,7 @@ function ServerResponse:_sendHead(body, last)
       self._keepAlive = false
     end
   else
-    if conn.server._closing or conn.socket._readEnded then
+    if conn[SERVER]._closing or conn[SOCKET]._readEnded then
       self._keepAlive = false
     end
     flags = flags + (self._keepAlive and F.KEEPALIVE or F.CLOSE)
@@ -731,7 +739,7 @@ local function userTE(self)
 end
 
 function ServerResponse:writeContinue()
-  if self._conn.active == self then
+  if self._conn[ACTIVE] == self then
     self:_send(nil, nil, nil, nil, F.CONTINUE, nil, nil)
   end
 end
@@ -825,7 +833,7 @@ function ServerResponse:finish(data, fn)
   if fn then
     self:once('finish', fn)
   end
-  if self._conn.active == self then
+  if self._conn[ACTIVE] == self then
     self:_done()
   end
   return self
@@ -841,7 +849,7 @@ function ServerResponse:_done()
     req._queue = nil
     req._qbytes = 0
     local conn = self._conn
-    if conn.rare then
+    if conn[RARE] then
       conn:_setStop('stopBody', false)
       conn:_setStop('stopUser', false)
     end
@@ -876,15 +884,15 @@ local function onParserEvent(self, ev, a, b, c, d, e, f, g, h)
   if ev == 'head' then
     self:_onHead(a, b, c, d, e, f, g, h)
   elseif ev == 'body' then
-    local req = self.req
+    local req = self[REQ]
     current = req._res
     req:_push(a)
     current = false
   elseif ev == 'done' then
-    local req = self.req
-    self.req = false
+    local req = self[REQ]
+    self[REQ] = false
     -- The body is whole: nothing more to hold back for it.
-    if self.rare then
+    if self[RARE] then
       self:_setStop('stopBody', false)
       self:_setStop('stopUser', false)
     end
@@ -922,31 +930,25 @@ local function parserLimits(server)
   return o
 end
 
--- One constructor with every field of the common path (false rather than nil), so a
--- connection costs one allocation and no rehash: this runs once per connection. Constant
--- values only in the constructor, variable ones stored after (see IncomingMessage.new).
--- At most 8 keys: LuaJIT sizes a table's hash part to a power of two, and every idle
--- keep-alive connection holds this table, so a 9th key doubles it (+192 bytes). What a
--- keep-alive request does not touch is elsewhere: the state of rare paths (closing,
+-- A connection's fields are its table's array part, by these indices (conn[ACTIVE]), not
+-- named keys: every idle keep-alive connection holds this table, and an array slot is 8
+-- bytes where a hash node is 24 (LuaJIT's GC64), so 8 fields cost 136 bytes instead of 256
+-- (docs/architecture.md, "What an idle keep-alive connection holds"). One constructor with
+-- every field (false rather than nil) makes it one allocation with its array inside
+-- (TDUP of a constant template; constant values only, variable ones stored after: see
+-- IncomingMessage.new), and an index read is no slower than a key's. Methods still come
+-- from the class (Conn): the hash part is empty, so a method lookup misses at once.
+-- What a keep-alive request does not touch is elsewhere: the state of rare paths (closing,
 -- pipelined responses, the reasons reading stopped, a pending error, an upgrade) in
--- `rare`, one field read per response while it is false (a key missing from this table
--- would cost a failed hash walk and a lookup in the class on every read); the handle is
--- socket._handle, and "served a request" is the parser's (parser:state()).
+-- conn[RARE], one read per response while it is false; the handle is socket._handle, and
+-- "served a request" is the parser's (parser:state()). The indices are at the top of the
+-- file (SERVER ... RARE): the message classes read a connection's fields too.
 function Conn.new(server, socket)
-  local self = {
-    server = false,
-    socket = false,
-    parser = false,
-    active = false, -- the response being written; the ones after it wait in rare.queue
-    req = false, -- the request whose body is arriving
-    idleSince = false,
-    slot = 0, -- index in server._conns
-    rare = false, -- false, or the table Conn:_rare() makes
-  }
-  self.server, self.socket = server, socket
-  self.idleSince = now()
+  local self = { false, false, false, false, false, false, 0, false }
+  self[SERVER], self[SOCKET] = server, socket
+  self[IDLE_SINCE] = now()
   setmetatable(self, Conn)
-  self.parser = attach(socket._handle, 'request', onParserEvent, parserLimits(server), self)
+  self[PARSER] = attach(socket._handle, 'request', onParserEvent, parserLimits(server), self)
   return self
 end
 
@@ -960,7 +962,7 @@ Conn.allowHalfOpen = true
 -- queued), stopWrite (the write queue), stopUser (req:pause()); pendingError, a parse
 -- error's status to answer once the active response is done; upgradeReq.
 function Conn:_rare()
-  local rare = self.rare
+  local rare = self[RARE]
   if not rare then
     rare = {
       closing = false,
@@ -972,32 +974,32 @@ function Conn:_rare()
       pendingError = false,
       upgradeReq = false,
     }
-    self.rare = rare
+    self[RARE] = rare
   end
   return rare
 end
 
 function Conn:_isClosing()
-  local rare = self.rare
+  local rare = self[RARE]
   return rare and rare.closing or false
 end
 
 -- Whether reading is stopped for `field`, one of the stop* reasons.
 function Conn:_stopped(field)
-  local rare = self.rare
+  local rare = self[RARE]
   return rare and rare[field] or false
 end
 
 function Conn:_onHead(method, url, version, raw, keepAlive, upgrade, complete, hasExpect)
-  local server = self.server
-  local req = IncomingMessage._newRequest(self.socket, method, url, version, raw)
+  local server = self[SERVER]
+  local req = IncomingMessage._newRequest(self[SOCKET], method, url, version, raw)
   if upgrade then
     self:_rare().upgradeReq = req
     return
   end
   local res = ServerResponse.new(self, req, keepAlive)
-  if not self.active then
-    self.active = res
+  if not self[ACTIVE] then
+    self[ACTIVE] = res
   else
     local rare = self:_rare()
     local q = rare.queue
@@ -1010,12 +1012,12 @@ function Conn:_onHead(method, url, version, raw, keepAlive, upgrade, complete, h
       self:_setStop('stopPipe', true)
     end
   end
-  self.idleSince = false
+  self[IDLE_SINCE] = false
   if complete then
     req.complete = true
     req._queue = END_ONLY
   else
-    self.req = req
+    self[REQ] = req
     req._conn, req._res = self, res
   end
   current = res
@@ -1045,7 +1047,7 @@ end
 -- Starts or stops reading the socket: `field` (one of the stop* reasons) is set to `on`;
 -- reading goes on only when no reason holds.
 function Conn:_setStop(field, on)
-  local rare = self.rare
+  local rare = self[RARE]
   if (rare and rare[field] or false) == on then
     return
   end
@@ -1056,24 +1058,24 @@ function Conn:_setStop(field, on)
     -- rest of a read full of pipelined requests waits unparsed. Resuming parses what waited
     -- (its handlers may stop it again: hence the flags are read again below).
     if on then
-      self.parser:pause()
+      self[PARSER]:pause()
     else
-      self.parser:resume()
+      self[PARSER]:resume()
     end
   end
-  local h = self.socket._handle
+  local h = self[SOCKET]._handle
   if not h or rare.closing or h:is_closing() then
     return
   end
   if on then
     h:read_stop()
-  elseif not (rare.stopBody or rare.stopPipe or rare.stopWrite or rare.stopUser) and not self.socket._readEnded then
+  elseif not (rare.stopBody or rare.stopPipe or rare.stopWrite or rare.stopUser) and not self[SOCKET]._readEnded then
     h:read_start()
   end
 end
 
 function Conn:_responseDone(res)
-  local rare = self.rare
+  local rare = self[RARE]
   local nextRes = false
   if rare then
     local q = rare.queue
@@ -1084,7 +1086,7 @@ function Conn:_responseDone(res)
       self:_setStop('stopPipe', false)
     end
   end
-  self.active = nextRes
+  self[ACTIVE] = nextRes
   if not res._keepAlive then
     -- Everything after a closing response is dropped; the socket closes once flushed.
     self:_closeAfterFlush()
@@ -1094,16 +1096,16 @@ function Conn:_responseDone(res)
     nextRes:_activate()
   elseif rare and rare.pendingError then
     self:_sendError(rare.pendingError)
-  elseif self.socket._readEnded or self.server._closing then
+  elseif self[SOCKET]._readEnded or self[SERVER]._closing then
     self:_closeAfterFlush()
-  elseif not self.req then
-    self.idleSince = now()
+  elseif not self[REQ] then
+    self[IDLE_SINCE] = now()
   end
 end
 
 function Conn:_checkDrain()
-  local res = self.active
-  if res and res._needDrain and self.socket._handle:write_queue_size() < 16384 then
+  local res = self[ACTIVE]
+  if res and res._needDrain and self[SOCKET]._handle:write_queue_size() < 16384 then
     res._needDrain = false
     res:emit('drain')
   end
@@ -1119,7 +1121,7 @@ local function graceSweep()
   local t = now()
   for conn, deadline in pairs(graceConns) do
     if t >= deadline then
-      conn.socket:destroy()
+      conn[SOCKET]:destroy()
     end
   end
 end
@@ -1150,13 +1152,13 @@ function Conn:_closeAfterFlush()
     return
   end
   rare.closing = true
-  self.parser:detach()
+  self[PARSER]:detach()
   -- Half-close once the queued writes are flushed, and close when the client closes its
   -- side (net destroys a half-closed socket on 'end', and once the shutdown is done when the
   -- client's side had ended before). Closing at once with unread input would send a reset
   -- that can destroy the response before the client reads it; a client that never closes
   -- gets a short grace period (_sockFinish).
-  self.socket:finish()
+  self[SOCKET]:finish()
 end
 
 -- Socket events (net's owner hooks, called before the socket's own listeners).
@@ -1167,15 +1169,15 @@ function Conn:_sockEnd()
   -- EOF inside a request (its head or its body): it can never complete, so it ends now
   -- ('aborted', then 'close', from _onClose) and its socket closes, rather than holding
   -- the fd until requestTimeout.
-  if self.req or self.parser:state() then
+  if self[REQ] or self[PARSER]:state() then
     self:destroy()
-  elseif not self.active then
+  elseif not self[ACTIVE] then
     self:_closeAfterFlush()
   end
 end
 
 function Conn:_sockFinish()
-  local socket = self.socket
+  local socket = self[SOCKET]
   if self:_isClosing() and not graceConns[self] and not socket._readEnded then
     graceAdd(self)
   end
@@ -1191,9 +1193,9 @@ end
 -- The connection takes the socket's errors: one without a listener of the socket's own is
 -- not uncaught.
 function Conn:_sockError(err)
-  local server = self.server
+  local server = self[SERVER]
   if not self:_isClosing() and server:listenerCount('clientError') > 0 then
-    server:emit('clientError', err, self.socket)
+    server:emit('clientError', err, self[SOCKET])
   end
   return true
 end
@@ -1202,17 +1204,17 @@ function Conn:_sockClose()
   if graceConns[self] then
     graceRemove(self)
   end
-  self.server:_removeConn(self)
+  self[SERVER]:_removeConn(self)
   self:_onClose()
 end
 
 -- After the socket's 'close': the server, the socket's owner before us, counts it.
 function Conn:_sockClosed()
-  self.server:_connectionClosed()
+  self[SERVER]:_connectionClosed()
 end
 
 function Conn:_sendError(status)
-  local h = self.socket._handle
+  local h = self[SOCKET]._handle
   if h and not h:is_closing() then
     http_send(h, status, nil, nil, nil, F.CLOSE + F.DATE, 0, nil)
   end
@@ -1222,21 +1224,21 @@ end
 function Conn:_onParseError(status, code, message)
   local err = events.makeError(code, message, { bytesParsed = 0 })
   err.statusCode = status
-  local server = self.server
-  local req = self.req
+  local server = self[SERVER]
+  local req = self[REQ]
   if req then
-    self.req = false
+    self[REQ] = false
     req.aborted = true
     req:emit('aborted')
   end
   if server:listenerCount('clientError') > 0 then
-    server:emit('clientError', err, self.socket)
+    server:emit('clientError', err, self[SOCKET])
     return
   end
   -- A body that fails to parse (a bad chunk) ends its request: when that request's response
   -- is the one to write and has not started, the 400 goes now (as Node's), since the
   -- handler may be waiting for an 'end' that never comes.
-  local active = self.active
+  local active = self[ACTIVE]
   if active and req and active.req == req and not active.headersSent then
     self:_sendError(status)
   elseif active then
@@ -1250,12 +1252,12 @@ function Conn:_onUpgrade(rest)
   local rare = self:_rare()
   local req = rare.upgradeReq
   rare.upgradeReq = false
-  self.parser:detach()
-  self.server:_removeConn(self)
-  if req and self.server:listenerCount('upgrade') > 0 then
-    self.server:emit('upgrade', req, self.socket, rest)
+  self[PARSER]:detach()
+  self[SERVER]:_removeConn(self)
+  if req and self[SERVER]:listenerCount('upgrade') > 0 then
+    self[SERVER]:emit('upgrade', req, self[SOCKET], rest)
   else
-    self.socket:destroy()
+    self[SOCKET]:destroy()
   end
 end
 
@@ -1264,7 +1266,7 @@ function Conn:_sweep(t, server)
   if self:_isClosing() then
     return
   end
-  local inMessage, headersDone, started = self.parser:state()
+  local inMessage, headersDone, started = self[PARSER]:state()
   if inMessage then
     local limit = (not headersDone) and server.headersTimeout or nil
     local rt = server.requestTimeout
@@ -1272,37 +1274,37 @@ function Conn:_sweep(t, server)
       limit = rt
     end
     if limit and limit > 0 and t - started >= limit then
-      self.parser:detach()
-      if self.active and self.active.headersSent then
+      self[PARSER]:detach()
+      if self[ACTIVE] and self[ACTIVE].headersSent then
         self:destroy()
       else
         self:_sendError(408)
       end
     end
-  elseif self.idleSince and server.keepAliveTimeout and server.keepAliveTimeout > 0
-    and t - self.idleSince >= server.keepAliveTimeout then
+  elseif self[IDLE_SINCE] and server.keepAliveTimeout and server.keepAliveTimeout > 0
+    and t - self[IDLE_SINCE] >= server.keepAliveTimeout then
     self:destroy()
   end
 end
 
 function Conn:destroy(err)
   self:_rare().closing = true
-  self.parser:detach()
-  self.socket:destroy(err)
+  self[PARSER]:detach()
+  self[SOCKET]:destroy(err)
 end
 
 function Conn:_onClose()
   local rare = self:_rare()
   rare.closing = true
-  self.parser:detach()
-  local req = self.req
+  self[PARSER]:detach()
+  local req = self[REQ]
   if req and not req.complete then
     req.aborted = true
     req:emit('aborted')
     req:emit('close')
   end
-  if self.active then
-    self.active:emit('close')
+  if self[ACTIVE] then
+    self[ACTIVE]:emit('close')
   end
   local q = rare.queue
   if q then
@@ -1356,27 +1358,27 @@ function Server:_httpConnection(socket)
   end
   socket:setNoDelay(true)
   local conn = Conn.new(self, socket)
-  -- _conns is an array (conn.slot is the index): no hash insert and delete per connection.
+  -- _conns is an array (conn[SLOT] is the index): no hash insert and delete per connection.
   local conns = self._conns
   local n = #conns + 1
   conns[n] = conn
-  conn.slot = n
+  conn[SLOT] = n
   socket._owner = conn
 end
 
 function Server:_removeConn(conn)
-  local i = conn.slot
+  local i = conn[SLOT]
   if i == 0 then
     return
   end
-  conn.slot = 0
+  conn[SLOT] = 0
   local conns = self._conns
   local n = #conns
   local last = conns[n]
   conns[n] = nil
   if last ~= conn then
     conns[i] = last
-    last.slot = i
+    last[SLOT] = i
   end
 end
 
@@ -1456,9 +1458,9 @@ function Server:closeIdleConnections(spareMs)
   local conns = self._conns
   for i = #conns, 1, -1 do
     local conn = conns[i]
-    if conn and not conn.active then
-      local inMessage, _, _, served = conn.parser:state()
-      local spare = spareMs and (not served or (conn.idleSince and t - conn.idleSince < spareMs))
+    if conn and not conn[ACTIVE] then
+      local inMessage, _, _, served = conn[PARSER]:state()
+      local spare = spareMs and (not served or (conn[IDLE_SINCE] and t - conn[IDLE_SINCE] < spareMs))
       if not inMessage and not spare then
         conn:destroy()
       end
