@@ -42,6 +42,8 @@ local REQ = 5 -- the request whose body is arriving
 local IDLE_SINCE = 6 -- loop time (ms) the connection went idle, false while busy
 local SLOT = 7 -- index in server._conns, 0 once removed
 local RARE = 8 -- false, or the table Conn:_rare() makes
+-- Two of a socket's internal fields (net.lua's newSocket): its owner and "its read side ended".
+local S_OWNER, S_READ_ENDED = net._SOCK_OWNER, net._SOCK_READ_ENDED
 
 -- Backpressure (memory stays bounded whatever the peer does). A server connection stops
 -- reading its socket while the request's body that the handler has not taken yet is over
@@ -530,6 +532,11 @@ function ServerResponse:_send(status, reason, headers, names, flags, len, body)
   return ok
 end
 
+-- Whether this response is its connection's turn to write (_sendfile.lua).
+function ServerResponse:_isActive()
+  return self._conn[ACTIVE] == self
+end
+
 -- Becomes the active response: writes what it kept.
 function ServerResponse:_activate()
   local p = self._pending
@@ -719,7 +726,7 @@ function ServerResponse:_sendHead(body, last)
       self._keepAlive = false
     end
   else
-    if conn[SERVER]._closing or conn[SOCKET]._readEnded then
+    if conn[SERVER]._closing or conn[SOCKET][S_READ_ENDED] then
       self._keepAlive = false
     end
     flags = flags + (self._keepAlive and F.KEEPALIVE or F.CLOSE)
@@ -1069,7 +1076,7 @@ function Conn:_setStop(field, on)
   end
   if on then
     h:read_stop()
-  elseif not (rare.stopBody or rare.stopPipe or rare.stopWrite or rare.stopUser) and not self[SOCKET]._readEnded then
+  elseif not (rare.stopBody or rare.stopPipe or rare.stopWrite or rare.stopUser) and not self[SOCKET][S_READ_ENDED] then
     h:read_start()
   end
 end
@@ -1096,7 +1103,7 @@ function Conn:_responseDone(res)
     nextRes:_activate()
   elseif rare and rare.pendingError then
     self:_sendError(rare.pendingError)
-  elseif self[SOCKET]._readEnded or self[SERVER]._closing then
+  elseif self[SOCKET][S_READ_ENDED] or self[SERVER]._closing then
     self:_closeAfterFlush()
   elseif not self[REQ] then
     self[IDLE_SINCE] = now()
@@ -1178,7 +1185,7 @@ end
 
 function Conn:_sockFinish()
   local socket = self[SOCKET]
-  if self:_isClosing() and not graceConns[self] and not socket._readEnded then
+  if self:_isClosing() and not graceConns[self] and not socket[S_READ_ENDED] then
     graceAdd(self)
   end
 end
@@ -1363,7 +1370,7 @@ function Server:_httpConnection(socket)
   local n = #conns + 1
   conns[n] = conn
   conn[SLOT] = n
-  socket._owner = conn
+  socket[S_OWNER] = conn
 end
 
 function Server:_removeConn(conn)

@@ -7,7 +7,7 @@
 -- arrive here. Accepting a connection creates one table (the socket) and no closure, reading
 -- and writing none; closing creates one closure (the close callback).
 --
--- A socket's owner (`socket._owner`: the server that accepted it, or http's connection once
+-- A socket's owner (`socket[OWNER]`: the server that accepted it, or http's connection once
 -- it takes the socket over) is told of the socket's end, finish, drain, error and close
 -- (`owner:_sockEnd()` ...) before the socket's listeners, as the first listener would be,
 -- without a closure and a listener list per connection, and of the close after them
@@ -121,6 +121,11 @@ end
 
 local Socket = class(Emitter)
 
+-- A socket's internal fields: indices into its table's array part (see newSocket). http.lua
+-- reads two of them (net._SOCK_OWNER, net._SOCK_READ_ENDED).
+local OWNER, TIMEOUT_MS, READ_ENDED, WRITE_ENDED = 1, 2, 3, 4
+net._SOCK_OWNER, net._SOCK_READ_ENDED = OWNER, READ_ENDED
+
 -- Read-only properties computed on demand (Node's getters), so an accepted connection costs
 -- no getpeername/getsockname unless asked.
 local getters = {}
@@ -165,7 +170,7 @@ end
 -- A socket's own allowHalfOpen is stored only when set (a client's option); an accepted one
 -- has its owner's (the server's, or http's connection: true).
 function getters.allowHalfOpen(s)
-  local owner = s._owner
+  local owner = s[OWNER]
   return owner and owner.allowHalfOpen == true or false
 end
 function getters.readyState(s)
@@ -173,9 +178,9 @@ function getters.readyState(s)
     return 'opening'
   elseif s.destroyed or not s._handle then
     return 'closed'
-  elseif s._readEnded then
-    return s._writeEnded and 'closed' or 'writeOnly'
-  elseif s._writeEnded then
+  elseif s[READ_ENDED] then
+    return s[WRITE_ENDED] and 'closed' or 'writeOnly'
+  elseif s[WRITE_ENDED] then
     return 'readOnly'
   end
   return 'open'
@@ -199,26 +204,30 @@ end
 -- Constant values only in the constructor, variable ones stored after: the embedded bytecode
 -- (string.dump) keeps only a template's constant-valued keys, so `{ k = variable }` would add
 -- k as a new key (growing, even rehashing, the table) instead of filling a slot.
--- At most 8 keys: the hash part is a power of two and every idle connection holds this
--- table, so a 9th key would double it (+192 bytes). Fields no common path reads are stored
--- only when set, and read with rawget where a miss must not call __index: _timer (with
--- setTimeout), _paused (pause, pauseOnCreate/Connect), allowHalfOpen (a client's option;
--- an accepted socket has its owner's), _pendingBytes (writes queued while connecting).
--- `pending` is computed (getters), the byte counts stay readable on the closed handle
--- (stream:bytes()), "the shutdown is done" is _writeEnded == 'flushed', and the server
--- that accepted the socket is its first owner.
+-- Every idle connection holds this table, so it is kept small: four named keys (the public
+-- connecting and destroyed, _handle, which other modules read, and the emitter's _events:
+-- a hash part of 4 nodes, 24 bytes each) and the internal fields in its array part, by
+-- index (8 bytes a slot): socket[OWNER], [TIMEOUT_MS], [READ_ENDED], [WRITE_ENDED]; 200
+-- bytes instead of the 8-key hash's 256. A 5th named key doubles the hash part (+96 bytes).
+-- Fields no common path reads are stored only when set, and read with rawget where a miss
+-- must not call __index: _timer (with setTimeout), _paused (pause, pauseOnCreate/Connect),
+-- allowHalfOpen (a client's option; an accepted socket has its owner's), _pendingBytes
+-- (writes queued while connecting). `pending` is computed (getters), the byte counts stay
+-- readable on the closed handle (stream:bytes()), "the shutdown is done" is
+-- socket[WRITE_ENDED] == 'flushed', and the server that accepted the socket is its first
+-- owner.
 local function newSocket(handle, allowHalfOpen, owner)
   local self = {
+    false, -- OWNER
+    false, -- TIMEOUT_MS
+    false, -- READ_ENDED
+    false, -- WRITE_ENDED: true once finish() was called, 'flushed' once the shutdown is done
     connecting = false,
     destroyed = false,
     _handle = false,
-    _timeoutMs = false,
     _events = false,
-    _readEnded = false,
-    _writeEnded = false, -- true once finish() was called, 'flushed' once the shutdown is done
-    _owner = false,
   }
-  self._handle, self._owner = handle, owner
+  self._handle, self[OWNER] = handle, owner
   if allowHalfOpen and not owner then
     self.allowHalfOpen = true
   end
@@ -345,15 +354,15 @@ function Socket:address()
 end
 
 function Socket:_onData(chunk)
-  if self._timeoutMs then
-    self._timer:start(self._timeoutMs, 0)
+  if self[TIMEOUT_MS] then
+    self._timer:start(self[TIMEOUT_MS], 0)
   end
   self:emit('data', chunk)
 end
 
 function Socket:_onEnd()
-  self._readEnded = true
-  local owner = self._owner
+  self[READ_ENDED] = true
+  local owner = self[OWNER]
   if owner then
     owner:_sockEnd()
   end
@@ -365,18 +374,18 @@ function Socket:_onEnd()
   if half == nil then
     half = owner and owner.allowHalfOpen == true
   end
-  if not half and not self._writeEnded then
+  if not half and not self[WRITE_ENDED] then
     self:finish() -- destroys once the shutdown is done
-  elseif self._writeEnded == 'flushed' then
+  elseif self[WRITE_ENDED] == 'flushed' then
     self:destroy()
   end
 end
 
 function Socket:_onDrain()
-  if self._timeoutMs then
-    self._timer:start(self._timeoutMs, 0)
+  if self[TIMEOUT_MS] then
+    self._timer:start(self[TIMEOUT_MS], 0)
   end
-  local owner = self._owner
+  local owner = self[OWNER]
   if owner then
     owner:_sockDrain()
   end
@@ -435,7 +444,7 @@ function Socket:_onConnect(msg, code)
       setImmediate(Socket._onDrain, self)
     end
   end
-  if self._writeEnded then
+  if self[WRITE_ENDED] then
     self:_shutdown()
   end
   if not rawget(self, '_paused') then
@@ -460,7 +469,7 @@ function Socket:write(data, fn)
   if fn ~= nil and type(fn) ~= 'function' then
     error('ERR_INVALID_ARG_TYPE: callback must be a function', 2)
   end
-  if self._writeEnded or self.destroyed then
+  if self[WRITE_ENDED] or self.destroyed then
     local err = self.destroyed and makeError('ERR_STREAM_DESTROYED', 'cannot write after the socket was destroyed')
       or makeError('ERR_STREAM_WRITE_AFTER_END', 'write after end')
     if fn then
@@ -488,8 +497,8 @@ function Socket:write(data, fn)
     end
     return true
   end
-  if self._timeoutMs then
-    self._timer:start(self._timeoutMs, 0)
+  if self[TIMEOUT_MS] then
+    self._timer:start(self[TIMEOUT_MS], 0)
   end
   local ok, err, code = h:write(data, fn)
   if ok == nil then
@@ -514,13 +523,13 @@ function Socket:_onShutdown(err)
   if self.destroyed then
     return
   end
-  self._writeEnded = 'flushed'
-  local owner = self._owner
+  self[WRITE_ENDED] = 'flushed'
+  local owner = self[OWNER]
   if owner then
     owner:_sockFinish()
   end
   self:emit('finish')
-  if err ~= nil or self._readEnded then
+  if err ~= nil or self[READ_ENDED] then
     self:destroy()
   end
 end
@@ -542,10 +551,10 @@ function Socket:finish(data, fn)
   if fn ~= nil and type(fn) ~= 'function' then
     error('ERR_INVALID_ARG_TYPE: socket:finish: the callback must be a function, got ' .. type(fn), 2)
   end
-  if self._writeEnded or self.destroyed then
+  if self[WRITE_ENDED] or self.destroyed then
     return self
   end
-  self._writeEnded = true
+  self[WRITE_ENDED] = true
   if fn then
     self:once('finish', fn)
   end
@@ -567,13 +576,13 @@ function Socket:destroy(err)
   end
   self.destroyed = true
   self.connecting = false
-  self._readEnded = true
-  self._writeEnded = true
+  self[READ_ENDED] = true
+  self[WRITE_ENDED] = true
   local t = rawget(self, '_timer')
   if t then
     t:close()
     self._timer = false
-    self._timeoutMs = false
+    self[TIMEOUT_MS] = false
   end
   local h = self._handle
   if h ~= nil and not h:is_closing() then
@@ -588,7 +597,7 @@ end
 Socket.destroySoon = Socket.finish
 
 function Socket:_onClose(err)
-  local owner = self._owner
+  local owner = self[OWNER]
   if err ~= nil then
     if owner and owner:_sockError(err) then
       -- The owner took it, so it counts as a listener: no listener of the socket's own is
@@ -613,7 +622,7 @@ end
 function Socket:pause()
   self._paused = true
   local h = self._handle
-  if h ~= nil and not self.connecting and not self._readEnded then
+  if h ~= nil and not self.connecting and not self[READ_ENDED] then
     h:read_stop()
   end
   return self
@@ -624,7 +633,7 @@ function Socket:resume()
     self._paused = false
   end
   local h = self._handle
-  if h ~= nil and not self.connecting and not self._readEnded then
+  if h ~= nil and not self.connecting and not self[READ_ENDED] then
     h:read_start()
   end
   return self
@@ -687,7 +696,7 @@ function Socket:setTimeout(ms, fn)
     end
   end
   if n == 0 then
-    self._timeoutMs = false
+    self[TIMEOUT_MS] = false
     local t = rawget(self, '_timer')
     if t then
       t:stop()
@@ -697,7 +706,7 @@ function Socket:setTimeout(ms, fn)
   if self.destroyed then
     return self
   end
-  self._timeoutMs = n
+  self[TIMEOUT_MS] = n
   local t = rawget(self, '_timer')
   if not t then
     t = core.timer(function()
