@@ -83,13 +83,14 @@ typedef struct http_msg {
 } http_msg_t;
 
 // A parser: what an idle keep-alive connection holds (the stream, the limits, the
-// references), 56 bytes; llhttp's state and the message's are in `m`, NULL between messages.
+// references), 48 bytes; llhttp's state and the message's are in `m`, NULL between messages.
+// http_attach's ctx (a table: http.lua's connection) is the userdata's environment, not a
+// registry reference: one registry slot less per connection (has_ctx says it is set).
 typedef struct http_conn {
   lc_stream_t *stream; // the attached stream: NULL before, and once detached or closed (the
                        // stream tells its hook when it goes: conn_read with nread 0)
   int self_ref;        // keeps this userdata alive while attached
   int cb_ref;          // shared by every parser with a ctx (lc_util_ref_shared)
-  int ctx_ref;         // http_attach's ctx: events go to cb(ctx, event, ...); LUA_NOREF for none
   // Limits (0 = none).
   uint32_t max_header_size;
   uint32_t max_headers;
@@ -112,7 +113,16 @@ typedef struct http_conn {
   // llhttp is at the start of a message (taken afresh, or after a keep-alive message), so
   // the block may go back between messages (after a closing one llhttp refuses more data).
   unsigned reusable : 1;
+  unsigned has_ctx : 1; // events go to cb(ctx, event, ...), ctx being the userdata's env
 } http_conn_t;
+
+// Pushes the ctx of an attached parser (has_ctx): the environment of its userdata, which
+// self_ref anchors while attached.
+static void push_ctx(lua_State *L, http_conn_t *c) {
+  lua_rawgeti(L, LUA_REGISTRYINDEX, c->self_ref);
+  lua_getfenv(L, -1);
+  lua_remove(L, -2);
+}
 
 // Calls cb(event, ...) with nargs values on the stack. Returns nonzero when parsing must stop
 // (Lua detached the parser or closed the stream in the callback).
@@ -123,9 +133,9 @@ static int conn_emit(lua_State *L, http_conn_t *c, const char *event, int nargs)
   }
   lua_rawgeti(L, LUA_REGISTRYINDEX, c->cb_ref);
   lua_insert(L, -1 - nargs); // [cb, args...]
-  int has_ctx = c->ctx_ref != LUA_NOREF;
+  int has_ctx = c->has_ctx;
   if (has_ctx) {
-    lua_rawgeti(L, LUA_REGISTRYINDEX, c->ctx_ref);
+    push_ctx(L, c);
     lua_insert(L, -1 - nargs); // [cb, ctx, args...]
   }
   lua_pushstring(L, event);
@@ -480,8 +490,8 @@ static int deliver_head(lua_State *L, http_conn_t *c, int complete) {
   // The callback and event go first, so the arguments need no moving (conn_emit's inserts):
   // this runs once per request.
   lua_rawgeti(L, LUA_REGISTRYINDEX, c->cb_ref);
-  int has_ctx = c->ctx_ref != LUA_NOREF;
-  if (has_ctx) lua_rawgeti(L, LUA_REGISTRYINDEX, c->ctx_ref);
+  int has_ctx = c->has_ctx;
+  if (has_ctx) push_ctx(L, c);
   push_cached(L, &head_ref, "head");
   if (c->mode == MODE_REQUEST) {
     unsigned m = c->m->p.method;
@@ -752,20 +762,20 @@ static void read_limits(lua_State *L, int idx, http_conn_t *c) {
 // _core.http_attach(stream, mode, cb [, opts]) -> conn: the stream's reads go to the parser
 // until conn:detach(). mode: 'request' (server) or 'response' (client).
 // opts: {maxHeaderSize=, maxHeadersCount=, maxBodySize=} (0 or absent: no limit).
-// http_attach(stream, mode, cb, opts, ctx): with ctx (any value but nil), events go to
+// http_attach(stream, mode, cb, opts, ctx): with ctx (a table), events go to
 // cb(ctx, event, ...), so one function serves every connection (no closure per connection).
 static int new_conn(lua_State *L, int mode_idx, int stream_idx) {
   static const char *const modes[] = {"request", "response", NULL};
   int mode = luaL_checkoption(L, mode_idx, NULL, modes);
   luaL_checktype(L, mode_idx + 1, LUA_TFUNCTION);
   int ctx_idx = stream_idx && !lua_isnoneornil(L, mode_idx + 3) ? mode_idx + 3 : 0;
+  if (ctx_idx) luaL_checktype(L, ctx_idx, LUA_TTABLE);
   http_conn_t *c = lua_newuserdata(L, sizeof(*c)); // [.., conn]
   memset(c, 0, sizeof(*c));
   luaL_getmetatable(L, MT);
   lua_setmetatable(L, -2);
   c->mode = (unsigned)mode;
   c->self_ref = LUA_NOREF;
-  c->ctx_ref = LUA_NOREF;
   if (ctx_idx) {
     c->cb_ref = lc_util_ref_shared(L, mode_idx + 1); // one function for every connection
   } else {
@@ -775,7 +785,8 @@ static int new_conn(lua_State *L, int mode_idx, int stream_idx) {
   read_limits(L, mode_idx + 2, c);
   if (ctx_idx) {
     lua_pushvalue(L, ctx_idx);
-    c->ctx_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_setfenv(L, -2); // [.., conn]
+    c->has_ctx = 1;
   }
   if (stream_idx) {
     lc_stream_t *s = lc_stream_check(L, stream_idx);
@@ -813,8 +824,8 @@ static void conn_detach(lua_State *L, http_conn_t *c) {
   c->stream = NULL;
   luaL_unref(L, LUA_REGISTRYINDEX, c->self_ref);
   lc_util_unref(L, c->cb_ref);
-  luaL_unref(L, LUA_REGISTRYINDEX, c->ctx_ref);
-  c->self_ref = c->cb_ref = c->ctx_ref = LUA_NOREF;
+  c->self_ref = c->cb_ref = LUA_NOREF;
+  c->has_ctx = 0;
 }
 
 // conn:detach()
