@@ -75,7 +75,7 @@ local function sendfile(res, fd, size, fn)
       if fn then
         fn(err)
       end
-      return conn:destroy(err)
+      return conn:_destroy(err)
     end
     res:finish()
     if fn then

@@ -35,15 +35,19 @@ end
 
 local M = {}
 
--- A server connection's fields (Conn, below): indices into its table's array part.
-local SERVER, SOCKET, PARSER = 1, 2, 3
-local ACTIVE = 4 -- the response being written; the ones after it wait in conn[RARE].queue
-local REQ = 5 -- the request whose body is arriving
-local IDLE_SINCE = 6 -- loop time (ms) the connection went idle, false while busy
-local SLOT = 7 -- index in server._conns, 0 once removed
-local RARE = 8 -- false, or the table Conn:_rare() makes
+-- A server connection is its socket (Conn, below): its fields are indices into the socket's
+-- array part, after net's own (net._SOCK_FIELDS of them), and its methods are Conn's.
+local S_FIELDS = net._SOCK_FIELDS
+local SERVER, PARSER = S_FIELDS + 1, S_FIELDS + 2
+local ACTIVE = S_FIELDS + 3 -- the response being written; the ones after it wait in conn[RARE].queue
+local REQ = S_FIELDS + 4 -- the request whose body is arriving
+local IDLE_SINCE = S_FIELDS + 5 -- loop time (ms) the connection went idle, false while busy
+local SLOT = S_FIELDS + 6 -- index in server._conns, 0 once removed
+local RARE = S_FIELDS + 7 -- false, or the table Conn:_rare() makes
+assert(net._SOCK_ROOM >= 7, 'net allocates room for 7 connection fields')
 -- Two of a socket's internal fields (net.lua's newSocket): its owner and "its read side ended".
 local S_OWNER, S_READ_ENDED = net._SOCK_OWNER, net._SOCK_READ_ENDED
+local Conn = {} -- the connection's methods (below)
 
 -- Backpressure (memory stays bounded whatever the peer does). A server connection stops
 -- reading its socket while the request's body that the handler has not taken yet is over
@@ -472,7 +476,7 @@ ServerResponse._pending = false -- http_send argument lists held while an earlie
 local ResponseMT = {}
 ResponseMT.__index = function(self, k)
   if k == 'socket' or k == 'connection' then
-    return rawget(self, '_conn')[SOCKET]
+    return rawget(self, '_conn')
   elseif k == 'writableEnded' then
     return rawget(self, 'finished')
   end
@@ -511,7 +515,7 @@ function ServerResponse:_send(status, reason, headers, names, flags, len, body)
     self._needDrain = true
     return false
   end
-  local h, rare = conn[SOCKET]._handle, conn[RARE]
+  local h, rare = conn._handle, conn[RARE]
   if not h or (rare and rare.closing) then
     return false
   end
@@ -519,14 +523,14 @@ function ServerResponse:_send(status, reason, headers, names, flags, len, body)
   local ok, err = http_send(h, status, reason, headers, names, flags, len, body)
   if ok == nil then
     if err then
-      conn:destroy(events.fromUv(err))
+      Conn._destroy(conn, events.fromUv(err))
     end
     return false
   end
   if not ok then
     self._needDrain = true
-    if not conn:_stopped('stopWrite') then
-      conn:_setStop('stopWrite', true)
+    if not Conn._stopped(conn, 'stopWrite') then
+      Conn._setStop(conn, 'stopWrite', true)
     end
   end
   return ok
@@ -542,7 +546,7 @@ function ServerResponse:_activate()
   local p = self._pending
   if p then
     self._pending = false
-    local h = self._conn[SOCKET]._handle
+    local h = self._conn._handle
     for i = 1, #p do
       local a = p[i]
       if h and not h:is_closing() then
@@ -553,7 +557,7 @@ function ServerResponse:_activate()
   if self.finished then
     self:_done()
   elseif self._needDrain then
-    self._conn:_checkDrain()
+    Conn._checkDrain(self._conn)
   end
 end
 
@@ -726,7 +730,7 @@ function ServerResponse:_sendHead(body, last)
       self._keepAlive = false
     end
   else
-    if conn[SERVER]._closing or conn[SOCKET][S_READ_ENDED] then
+    if conn[SERVER]._closing or conn[S_READ_ENDED] then
       self._keepAlive = false
     end
     flags = flags + (self._keepAlive and F.KEEPALIVE or F.CLOSE)
@@ -857,11 +861,11 @@ function ServerResponse:_done()
     req._qbytes = 0
     local conn = self._conn
     if conn[RARE] then
-      conn:_setStop('stopBody', false)
-      conn:_setStop('stopUser', false)
+      Conn._setStop(conn, 'stopBody', false)
+      Conn._setStop(conn, 'stopUser', false)
     end
   end
-  self._conn:_responseDone(self)
+  Conn._responseDone(self._conn, self)
   self:emit('finish')
 end
 
@@ -878,18 +882,17 @@ function ServerResponse:setTimeout(ms, fn)
 end
 
 function ServerResponse:destroy(err)
-  self._conn:destroy(err)
+  Conn._destroy(self._conn, err)
 end
 
 ---------------------------------------------------------------------------------------------
 -- Conn: one server connection: its parser, the queue of responses, the timeouts' state.
 
-local Conn = class()
 
 -- The parser's events of every connection, called with the connection (http_attach's ctx).
 local function onParserEvent(self, ev, a, b, c, d, e, f, g, h)
   if ev == 'head' then
-    self:_onHead(a, b, c, d, e, f, g, h)
+    Conn._onHead(self, a, b, c, d, e, f, g, h)
   elseif ev == 'body' then
     local req = self[REQ]
     current = req._res
@@ -900,16 +903,16 @@ local function onParserEvent(self, ev, a, b, c, d, e, f, g, h)
     self[REQ] = false
     -- The body is whole: nothing more to hold back for it.
     if self[RARE] then
-      self:_setStop('stopBody', false)
-      self:_setStop('stopUser', false)
+      Conn._setStop(self, 'stopBody', false)
+      Conn._setStop(self, 'stopUser', false)
     end
     current = req._res
     req:_end()
     current = false
   elseif ev == 'error' then
-    self:_onParseError(a, b, c)
+    Conn._onParseError(self, a, b, c)
   elseif ev == 'upgrade' then
-    self:_onUpgrade(a)
+    Conn._onUpgrade(self, a)
   end
 end
 
@@ -937,26 +940,86 @@ local function parserLimits(server)
   return o
 end
 
--- A connection's fields are its table's array part, by these indices (conn[ACTIVE]), not
--- named keys: every idle keep-alive connection holds this table, and an array slot is 8
--- bytes where a hash node is 24 (LuaJIT's GC64), so 8 fields cost 136 bytes instead of 256
--- (docs/architecture.md, "What an idle keep-alive connection holds"). One constructor with
--- every field (false rather than nil) makes it one allocation with its array inside
--- (TDUP of a constant template; constant values only, variable ones stored after: see
--- IncomingMessage.new), and an index read is no slower than a key's. Methods still come
--- from the class (Conn): the hash part is empty, so a method lookup misses at once.
--- What a keep-alive request does not touch is elsewhere: the state of rare paths (closing,
--- pipelined responses, the reasons reading stopped, a pending error, an upgrade) in
--- conn[RARE], one read per response while it is false; the handle is socket._handle, and
--- "served a request" is the parser's (parser:state()). The indices are at the top of the
--- file (SERVER ... RARE): the message classes read a connection's fields too.
-function Conn.new(server, socket)
-  local self = { false, false, false, false, false, false, 0, false }
-  self[SERVER], self[SOCKET] = server, socket
-  self[IDLE_SINCE] = now()
-  setmetatable(self, Conn)
-  self[PARSER] = attach(socket._handle, 'request', onParserEvent, parserLimits(server), self)
-  return self
+-- A server connection is its socket: the connection's fields are the socket's array part,
+-- after net's own, by index (conn[ACTIVE]), and Conn's methods are found through the
+-- socket's metatable (connMeta). Every idle keep-alive connection holds this, so it costs
+-- no table of its own: 7 array slots (8 bytes each; net allocates them with the socket, see
+-- Server:_init's _connRoom) instead of a second table (136 bytes and an allocation);
+-- docs/architecture.md, "What an idle keep-alive connection holds". Every field is set
+-- (false rather than nil), so a read never reaches __index. Conn's methods are called as
+-- functions (Conn._onHead(conn, ...)) on the request path, where a method lookup would go
+-- through the socket's __index function; net's owner hooks (the socket is its own owner)
+-- and the body code's conn:_setStop() look them up. Conn names no method of the socket's
+-- class (not destroy: Conn._destroy; not _onClose: Conn._connClose), since it is looked up
+-- first. What a keep-alive request does not touch is elsewhere: the state of rare paths
+-- (closing, pipelined responses, the reasons reading stopped, a pending error, an upgrade)
+-- in conn[RARE], one read per response while it is false; the handle is socket._handle,
+-- and "served a request" is the parser's (parser:state()). The indices are at the top of
+-- the file (SERVER ... RARE): the message classes read a connection's fields too.
+local connMetas = {} -- a socket class's metatable -> the same with Conn's methods first
+
+-- The metatable of a connection's socket: its class's metamethods, and an __index that
+-- finds Conn's methods, then the class's own (copied flat into one table when the first
+-- connection of the class comes, so a method lookup is one call and one table read, as
+-- with the class's own __index function), then asks the class's __index (its getters).
+-- Out of connMeta, which runs per connection: a function making closures ends with UCLO,
+-- which the JIT does not compile.
+local function buildConnMeta(mt)
+  local d = {}
+  local flat = {}
+  local c = mt
+  while c ~= nil do
+    for k, v in pairs(c) do
+      if type(k) == 'string' and k:sub(1, 2) ~= '__' and flat[k] == nil then
+        flat[k] = v
+      end
+    end
+    local up = rawget(c, 'super')
+    if up == nil then
+      local m = getmetatable(c)
+      up = m and type(m.__index) == 'table' and m.__index or nil
+    end
+    c = up
+  end
+  for k, v in pairs(Conn) do
+    flat[k] = v
+  end
+  for k, v in pairs(mt) do
+    if type(k) == 'string' and k:sub(1, 2) == '__' then
+      d[k] = v -- metamethods
+    end
+  end
+  d.super = mt -- still an instance of its class (_cluster_handles' isA walks super)
+  local index = mt.__index
+  d.__index = function(self, k)
+    local v = flat[k]
+    if v ~= nil then
+      return v
+    end
+    if type(index) == 'function' then
+      return index(self, k)
+    end
+    return index[k]
+  end
+  connMetas[mt] = d
+  return d
+end
+
+local function connMeta(mt)
+  return connMetas[mt] or buildConnMeta(mt)
+end
+
+local function newConn(server, socket)
+  setmetatable(socket, connMeta(getmetatable(socket)))
+  socket[SERVER] = server
+  socket[PARSER] = false
+  socket[ACTIVE] = false
+  socket[REQ] = false
+  socket[IDLE_SINCE] = now()
+  socket[SLOT] = 0
+  socket[RARE] = false
+  socket[PARSER] = attach(socket._handle, 'request', onParserEvent, parserLimits(server), socket)
+  return socket
 end
 
 -- The socket's allowHalfOpen (net reads its owner's): the response goes out after the
@@ -999,16 +1062,16 @@ end
 
 function Conn:_onHead(method, url, version, raw, keepAlive, upgrade, complete, hasExpect)
   local server = self[SERVER]
-  local req = IncomingMessage._newRequest(self[SOCKET], method, url, version, raw)
+  local req = IncomingMessage._newRequest(self, method, url, version, raw)
   if upgrade then
-    self:_rare().upgradeReq = req
+    Conn._rare(self).upgradeReq = req
     return
   end
   local res = ServerResponse.new(self, req, keepAlive)
   if not self[ACTIVE] then
     self[ACTIVE] = res
   else
-    local rare = self:_rare()
+    local rare = Conn._rare(self)
     local q = rare.queue
     if not q then
       q = {}
@@ -1016,7 +1079,7 @@ function Conn:_onHead(method, url, version, raw, keepAlive, upgrade, complete, h
     end
     q[#q + 1] = res
     if #q >= PIPELINE_MAX then
-      self:_setStop('stopPipe', true)
+      Conn._setStop(self, 'stopPipe', true)
     end
   end
   self[IDLE_SINCE] = false
@@ -1058,7 +1121,7 @@ function Conn:_setStop(field, on)
   if (rare and rare[field] or false) == on then
     return
   end
-  rare = rare or self:_rare()
+  rare = rare or Conn._rare(self)
   rare[field] = on
   if field == 'stopPipe' then
     -- Too many responses queued: the parser stops after the current request too, so the
@@ -1070,13 +1133,13 @@ function Conn:_setStop(field, on)
       self[PARSER]:resume()
     end
   end
-  local h = self[SOCKET]._handle
+  local h = self._handle
   if not h or rare.closing or h:is_closing() then
     return
   end
   if on then
     h:read_stop()
-  elseif not (rare.stopBody or rare.stopPipe or rare.stopWrite or rare.stopUser) and not self[SOCKET][S_READ_ENDED] then
+  elseif not (rare.stopBody or rare.stopPipe or rare.stopWrite or rare.stopUser) and not self[S_READ_ENDED] then
     h:read_start()
   end
 end
@@ -1090,21 +1153,21 @@ function Conn:_responseDone(res)
       nextRes = table.remove(q, 1)
     end
     if rare.stopPipe and #q < PIPELINE_MAX / 2 then
-      self:_setStop('stopPipe', false)
+      Conn._setStop(self, 'stopPipe', false)
     end
   end
   self[ACTIVE] = nextRes
   if not res._keepAlive then
     -- Everything after a closing response is dropped; the socket closes once flushed.
-    self:_closeAfterFlush()
+    Conn._closeAfterFlush(self)
     return
   end
   if nextRes then
     nextRes:_activate()
   elseif rare and rare.pendingError then
-    self:_sendError(rare.pendingError)
-  elseif self[SOCKET][S_READ_ENDED] or self[SERVER]._closing then
-    self:_closeAfterFlush()
+    Conn._sendError(self, rare.pendingError)
+  elseif self[S_READ_ENDED] or self[SERVER]._closing then
+    Conn._closeAfterFlush(self)
   elseif not self[REQ] then
     self[IDLE_SINCE] = now()
   end
@@ -1112,7 +1175,7 @@ end
 
 function Conn:_checkDrain()
   local res = self[ACTIVE]
-  if res and res._needDrain and self[SOCKET]._handle:write_queue_size() < 16384 then
+  if res and res._needDrain and self._handle:write_queue_size() < 16384 then
     res._needDrain = false
     res:emit('drain')
   end
@@ -1128,7 +1191,7 @@ local function graceSweep()
   local t = now()
   for conn, deadline in pairs(graceConns) do
     if t >= deadline then
-      conn[SOCKET]:destroy()
+      conn:destroy()
     end
   end
 end
@@ -1154,7 +1217,7 @@ local function graceRemove(conn)
 end
 
 function Conn:_closeAfterFlush()
-  local rare = self:_rare()
+  local rare = Conn._rare(self)
   if rare.closing then
     return
   end
@@ -1165,44 +1228,44 @@ function Conn:_closeAfterFlush()
   -- client's side had ended before). Closing at once with unread input would send a reset
   -- that can destroy the response before the client reads it; a client that never closes
   -- gets a short grace period (_sockFinish).
-  self[SOCKET]:finish()
+  self:finish()
 end
 
 -- Socket events (net's owner hooks, called before the socket's own listeners).
 function Conn:_sockEnd()
-  if self:_isClosing() then
+  if Conn._isClosing(self) then
     return
   end
   -- EOF inside a request (its head or its body): it can never complete, so it ends now
   -- ('aborted', then 'close', from _onClose) and its socket closes, rather than holding
   -- the fd until requestTimeout.
   if self[REQ] or self[PARSER]:state() then
-    self:destroy()
+    Conn._destroy(self)
   elseif not self[ACTIVE] then
-    self:_closeAfterFlush()
+    Conn._closeAfterFlush(self)
   end
 end
 
 function Conn:_sockFinish()
-  local socket = self[SOCKET]
-  if self:_isClosing() and not graceConns[self] and not socket[S_READ_ENDED] then
+  local socket = self
+  if Conn._isClosing(self) and not graceConns[self] and not socket[S_READ_ENDED] then
     graceAdd(self)
   end
 end
 
 function Conn:_sockDrain()
-  if self:_stopped('stopWrite') then
-    self:_setStop('stopWrite', false)
+  if Conn._stopped(self, 'stopWrite') then
+    Conn._setStop(self, 'stopWrite', false)
   end
-  self:_checkDrain()
+  Conn._checkDrain(self)
 end
 
 -- The connection takes the socket's errors: one without a listener of the socket's own is
 -- not uncaught.
 function Conn:_sockError(err)
   local server = self[SERVER]
-  if not self:_isClosing() and server:listenerCount('clientError') > 0 then
-    server:emit('clientError', err, self[SOCKET])
+  if not Conn._isClosing(self) and server:listenerCount('clientError') > 0 then
+    server:emit('clientError', err, self)
   end
   return true
 end
@@ -1212,7 +1275,7 @@ function Conn:_sockClose()
     graceRemove(self)
   end
   self[SERVER]:_removeConn(self)
-  self:_onClose()
+  Conn._connClose(self)
 end
 
 -- After the socket's 'close': the server, the socket's owner before us, counts it.
@@ -1221,11 +1284,11 @@ function Conn:_sockClosed()
 end
 
 function Conn:_sendError(status)
-  local h = self[SOCKET]._handle
+  local h = self._handle
   if h and not h:is_closing() then
     http_send(h, status, nil, nil, nil, F.CLOSE + F.DATE, 0, nil)
   end
-  self:_closeAfterFlush()
+  Conn._closeAfterFlush(self)
 end
 
 function Conn:_onParseError(status, code, message)
@@ -1239,7 +1302,7 @@ function Conn:_onParseError(status, code, message)
     req:emit('aborted')
   end
   if server:listenerCount('clientError') > 0 then
-    server:emit('clientError', err, self[SOCKET])
+    server:emit('clientError', err, self)
     return
   end
   -- A body that fails to parse (a bad chunk) ends its request: when that request's response
@@ -1247,30 +1310,30 @@ function Conn:_onParseError(status, code, message)
   -- handler may be waiting for an 'end' that never comes.
   local active = self[ACTIVE]
   if active and req and active.req == req and not active.headersSent then
-    self:_sendError(status)
+    Conn._sendError(self, status)
   elseif active then
-    self:_rare().pendingError = status
+    Conn._rare(self).pendingError = status
   else
-    self:_sendError(status)
+    Conn._sendError(self, status)
   end
 end
 
 function Conn:_onUpgrade(rest)
-  local rare = self:_rare()
+  local rare = Conn._rare(self)
   local req = rare.upgradeReq
   rare.upgradeReq = false
   self[PARSER]:detach()
   self[SERVER]:_removeConn(self)
   if req and self[SERVER]:listenerCount('upgrade') > 0 then
-    self[SERVER]:emit('upgrade', req, self[SOCKET], rest)
+    self[SERVER]:emit('upgrade', req, self, rest)
   else
-    self[SOCKET]:destroy()
+    self:destroy()
   end
 end
 
 -- Called by the server's sweep: enforces headersTimeout, requestTimeout, keepAliveTimeout.
 function Conn:_sweep(t, server)
-  if self:_isClosing() then
+  if Conn._isClosing(self) then
     return
   end
   local inMessage, headersDone, started = self[PARSER]:state()
@@ -1283,25 +1346,25 @@ function Conn:_sweep(t, server)
     if limit and limit > 0 and t - started >= limit then
       self[PARSER]:detach()
       if self[ACTIVE] and self[ACTIVE].headersSent then
-        self:destroy()
+        Conn._destroy(self)
       else
-        self:_sendError(408)
+        Conn._sendError(self, 408)
       end
     end
   elseif self[IDLE_SINCE] and server.keepAliveTimeout and server.keepAliveTimeout > 0
     and t - self[IDLE_SINCE] >= server.keepAliveTimeout then
-    self:destroy()
+    Conn._destroy(self)
   end
 end
 
-function Conn:destroy(err)
-  self:_rare().closing = true
+function Conn:_destroy(err)
+  Conn._rare(self).closing = true
   self[PARSER]:detach()
-  self[SOCKET]:destroy(err)
+  self:destroy(err) -- the socket's (Conn has none)
 end
 
-function Conn:_onClose()
-  local rare = self:_rare()
+function Conn:_connClose()
+  local rare = Conn._rare(self)
   rare.closing = true
   self[PARSER]:detach()
   local req = self[REQ]
@@ -1339,6 +1402,7 @@ function Server:_init(options, fn)
   end
   options = options or {}
   net.Server._init(self, { allowHalfOpen = true })
+  self._connRoom = true -- accepted sockets have room for a connection's fields (newConn)
   self.keepAliveTimeout = options.keepAliveTimeout or 5000
   self.headersTimeout = options.headersTimeout or 60000
   self.requestTimeout = options.requestTimeout or 300000
@@ -1364,7 +1428,7 @@ function Server:_httpConnection(socket)
     return
   end
   socket:setNoDelay(true)
-  local conn = Conn.new(self, socket)
+  local conn = newConn(self, socket)
   -- _conns is an array (conn[SLOT] is the index): no hash insert and delete per connection.
   local conns = self._conns
   local n = #conns + 1
@@ -1410,7 +1474,7 @@ function Server:_startSweep()
     for i = #conns, 1, -1 do
       local conn = conns[i]
       if conn then
-        conn:_sweep(t, self)
+        Conn._sweep(conn, t, self)
       end
     end
   end, min)
@@ -1469,7 +1533,7 @@ function Server:closeIdleConnections(spareMs)
       local inMessage, _, _, served = conn[PARSER]:state()
       local spare = spareMs and (not served or (conn[IDLE_SINCE] and t - conn[IDLE_SINCE] < spareMs))
       if not inMessage and not spare then
-        conn:destroy()
+        Conn._destroy(conn)
       end
     end
   end
@@ -1480,7 +1544,7 @@ function Server:closeAllConnections()
   for i = #conns, 1, -1 do
     local conn = conns[i]
     if conn then
-      conn:destroy()
+      Conn._destroy(conn)
     end
   end
 end
@@ -1782,7 +1846,7 @@ local function answerUncaught()
     return
   end
   if res.headersSent then
-    res._conn:destroy()
+    Conn._destroy(res._conn)
     return
   end
   res._headers, res._names, res._headWritten, res._chunked = false, false, false, false

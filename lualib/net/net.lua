@@ -125,6 +125,9 @@ local Socket = class(Emitter)
 -- reads two of them (net._SOCK_OWNER, net._SOCK_READ_ENDED).
 local OWNER, TIMEOUT_MS, READ_ENDED, WRITE_ENDED = 1, 2, 3, 4
 net._SOCK_OWNER, net._SOCK_READ_ENDED = OWNER, READ_ENDED
+-- net's fields are the first _SOCK_FIELDS slots; a server with `_connRoom` set (http's)
+-- gets accepted sockets with _SOCK_ROOM more, allocated with the table, for its own fields.
+net._SOCK_FIELDS, net._SOCK_ROOM = 4, 7
 
 -- Read-only properties computed on demand (Node's getters), so an accepted connection costs
 -- no getpeername/getsockname unless asked.
@@ -215,18 +218,31 @@ end
 -- (writes queued while connecting). `pending` is computed (getters), the byte counts stay
 -- readable on the closed handle (stream:bytes()), "the shutdown is done" is
 -- socket[WRITE_ENDED] == 'flushed', and the server that accepted the socket is its first
--- owner.
-local function newSocket(handle, allowHalfOpen, owner)
-  local self = {
-    false, -- OWNER
-    false, -- TIMEOUT_MS
-    false, -- READ_ENDED
-    false, -- WRITE_ENDED: true once finish() was called, 'flushed' once the shutdown is done
-    connecting = false,
-    destroyed = false,
-    _handle = false,
-    _events = false,
-  }
+-- owner. With `room`, the array part has net._SOCK_ROOM slots more for the owner's fields
+-- (http's connection keeps its fields in its socket: no table of its own per connection).
+local function newSocket(handle, allowHalfOpen, owner, room)
+  local self
+  if room then
+    self = {
+      false, false, false, false, -- OWNER, TIMEOUT_MS, READ_ENDED, WRITE_ENDED
+      false, false, false, false, false, false, false, -- the owner's
+      connecting = false,
+      destroyed = false,
+      _handle = false,
+      _events = false,
+    }
+  else
+    self = {
+      false, -- OWNER
+      false, -- TIMEOUT_MS
+      false, -- READ_ENDED
+      false, -- WRITE_ENDED: true once finish() was called, 'flushed' once the shutdown is done
+      connecting = false,
+      destroyed = false,
+      _handle = false,
+      _events = false,
+    }
+  end
   self._handle, self[OWNER] = handle, owner
   if allowHalfOpen and not owner then
     self.allowHalfOpen = true
@@ -862,6 +878,8 @@ local Server = class(Emitter)
 local serverOptions = { allowHalfOpen = true, pauseOnConnect = true, noDelay = true, keepAlive = true,
   keepAliveInitialDelay = true }
 
+Server._connRoom = false -- true: accepted sockets have net._SOCK_ROOM more array slots
+
 function Server:_init(options, fn)
   if type(options) == 'function' then
     options, fn = nil, options
@@ -1131,7 +1149,7 @@ function Server:_onConnection(err, code)
   if h == nil then
     return
   end
-  local sock = newSocket(nil, self.allowHalfOpen, self)
+  local sock = newSocket(nil, self.allowHalfOpen, self, self._connRoom)
   local ch = h:accept(dispatch, sock)
   if ch == nil then
     return -- another process sharing the socket took it first
@@ -1142,7 +1160,7 @@ end
 
 -- Adopts a connected tcp handle (e.g. an fd the master accepted and passed) as if accepted.
 function Server:_addConnection(handle)
-  local sock = newSocket(handle, self.allowHalfOpen, self)
+  local sock = newSocket(handle, self.allowHalfOpen, self, self._connRoom)
   handle:set_callback(dispatch, sock)
   self:_newConnection(sock, handle)
   return sock
