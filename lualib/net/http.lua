@@ -1128,9 +1128,9 @@ function Conn:_setStop(field, on)
     -- rest of a read full of pipelined requests waits unparsed. Resuming parses what waited
     -- (its handlers may stop it again: hence the flags are read again below).
     if on then
-      self[PARSER]:pause()
+      self[PARSER]:http_pause()
     else
-      self[PARSER]:resume()
+      self[PARSER]:http_resume()
     end
   end
   local h = self._handle
@@ -1222,7 +1222,7 @@ function Conn:_closeAfterFlush()
     return
   end
   rare.closing = true
-  self[PARSER]:detach()
+  self[PARSER]:http_detach()
   -- Half-close once the queued writes are flushed, and close when the client closes its
   -- side (net destroys a half-closed socket on 'end', and once the shutdown is done when the
   -- client's side had ended before). Closing at once with unread input would send a reset
@@ -1239,7 +1239,7 @@ function Conn:_sockEnd()
   -- EOF inside a request (its head or its body): it can never complete, so it ends now
   -- ('aborted', then 'close', from _onClose) and its socket closes, rather than holding
   -- the fd until requestTimeout.
-  if self[REQ] or self[PARSER]:state() then
+  if self[REQ] or self[PARSER]:http_state() then
     Conn._destroy(self)
   elseif not self[ACTIVE] then
     Conn._closeAfterFlush(self)
@@ -1322,7 +1322,7 @@ function Conn:_onUpgrade(rest)
   local rare = Conn._rare(self)
   local req = rare.upgradeReq
   rare.upgradeReq = false
-  self[PARSER]:detach()
+  self[PARSER]:http_detach()
   self[SERVER]:_removeConn(self)
   if req and self[SERVER]:listenerCount('upgrade') > 0 then
     self[SERVER]:emit('upgrade', req, self, rest)
@@ -1336,7 +1336,7 @@ function Conn:_sweep(t, server)
   if Conn._isClosing(self) then
     return
   end
-  local inMessage, headersDone, started = self[PARSER]:state()
+  local inMessage, headersDone, started = self[PARSER]:http_state()
   if inMessage then
     local limit = (not headersDone) and server.headersTimeout or nil
     local rt = server.requestTimeout
@@ -1344,7 +1344,7 @@ function Conn:_sweep(t, server)
       limit = rt
     end
     if limit and limit > 0 and t - started >= limit then
-      self[PARSER]:detach()
+      self[PARSER]:http_detach()
       if self[ACTIVE] and self[ACTIVE].headersSent then
         Conn._destroy(self)
       else
@@ -1359,14 +1359,14 @@ end
 
 function Conn:_destroy(err)
   Conn._rare(self).closing = true
-  self[PARSER]:detach()
+  self[PARSER]:http_detach()
   self:destroy(err) -- the socket's (Conn has none)
 end
 
 function Conn:_connClose()
   local rare = Conn._rare(self)
   rare.closing = true
-  self[PARSER]:detach()
+  self[PARSER]:http_detach()
   local req = self[REQ]
   if req and not req.complete then
     req.aborted = true
@@ -1530,7 +1530,7 @@ function Server:closeIdleConnections(spareMs)
   for i = #conns, 1, -1 do
     local conn = conns[i]
     if conn and not conn[ACTIVE] then
-      local inMessage, _, _, served = conn[PARSER]:state()
+      local inMessage, _, _, served = conn[PARSER]:http_state()
       local spare = spareMs and (not served or (conn[IDLE_SINCE] and t - conn[IDLE_SINCE] < spareMs))
       if not inMessage and not spare then
         Conn._destroy(conn)

@@ -1150,7 +1150,7 @@ function Server:_onConnection(err, code)
     return
   end
   local sock = newSocket(nil, self.allowHalfOpen, self, self._connRoom)
-  local ch = h:accept(dispatch, sock)
+  local ch = h:accept(dispatch, sock, self._connRoom) -- room: the stream keeps the parser
   if ch == nil then
     return -- another process sharing the socket took it first
   end
