@@ -124,10 +124,12 @@ local Socket = class(Emitter)
 -- A socket's internal fields: indices into its table's array part (see newSocket). http.lua
 -- reads two of them (net._SOCK_OWNER, net._SOCK_READ_ENDED).
 local OWNER, TIMEOUT_MS, READ_ENDED, WRITE_ENDED = 1, 2, 3, 4
+-- The public `connecting` and `destroyed` too: read from outside through getters (below).
+local CONNECTING, DESTROYED = 5, 6
 net._SOCK_OWNER, net._SOCK_READ_ENDED = OWNER, READ_ENDED
 -- net's fields are the first _SOCK_FIELDS slots; a server with `_connRoom` set (http's)
 -- gets accepted sockets with _SOCK_ROOM more, allocated with the table, for its own fields.
-net._SOCK_FIELDS, net._SOCK_ROOM = 4, 7
+net._SOCK_FIELDS, net._SOCK_ROOM = 6, 7
 
 -- Read-only properties computed on demand (Node's getters), so an accepted connection costs
 -- no getpeername/getsockname unless asked.
@@ -165,10 +167,17 @@ function getters.bytesWritten(s)
   local _, w = s:_bytes()
   return w
 end
+-- socket.connecting and socket.destroyed (API): kept in the array part (newSocket).
+function getters.connecting(s)
+  return s[CONNECTING]
+end
+function getters.destroyed(s)
+  return s[DESTROYED]
+end
 -- Node's definition: no handle (not connected yet, or destroyed: Node drops the handle
 -- then), or connecting.
 function getters.pending(s)
-  return not s._handle or s.connecting or s.destroyed
+  return not s._handle or s[CONNECTING] or s[DESTROYED]
 end
 -- A socket's own allowHalfOpen is stored only when set (a client's option); an accepted one
 -- has its owner's (the server's, or http's connection: true).
@@ -177,9 +186,9 @@ function getters.allowHalfOpen(s)
   return owner and owner.allowHalfOpen == true or false
 end
 function getters.readyState(s)
-  if s.connecting then
+  if s[CONNECTING] then
     return 'opening'
-  elseif s.destroyed or not s._handle then
+  elseif s[DESTROYED] or not s._handle then
     return 'closed'
   elseif s[READ_ENDED] then
     return s[WRITE_ENDED] and 'closed' or 'writeOnly'
@@ -207,11 +216,13 @@ end
 -- Constant values only in the constructor, variable ones stored after: the embedded bytecode
 -- (string.dump) keeps only a template's constant-valued keys, so `{ k = variable }` would add
 -- k as a new key (growing, even rehashing, the table) instead of filling a slot.
--- Every idle connection holds this table, so it is kept small: four named keys (the public
--- connecting and destroyed, _handle, which other modules read, and the emitter's _events:
--- a hash part of 4 nodes, 24 bytes each) and the internal fields in its array part, by
--- index (8 bytes a slot): socket[OWNER], [TIMEOUT_MS], [READ_ENDED], [WRITE_ENDED]; 200
--- bytes instead of the 8-key hash's 256. A 5th named key doubles the hash part (+96 bytes).
+-- Every idle connection holds this table, so it is kept small: two named keys (_handle,
+-- which other modules read, and the emitter's _events: a hash part of 2 nodes, 24 bytes
+-- each) and the other fields in its array part, by index (8 bytes a slot):
+-- socket[OWNER], [TIMEOUT_MS], [READ_ENDED], [WRITE_ENDED], [CONNECTING], [DESTROYED] (the
+-- last two are API: socket.connecting and socket.destroyed read them through getters);
+-- 176 bytes instead of an 8-key hash's 256. A 3rd named key doubles the hash part (+48
+-- bytes).
 -- Fields no common path reads are stored only when set, and read with rawget where a miss
 -- must not call __index: _timer (with setTimeout), _paused (pause, pauseOnCreate/Connect),
 -- allowHalfOpen (a client's option; an accepted socket has its owner's), _pendingBytes
@@ -224,10 +235,8 @@ local function newSocket(handle, allowHalfOpen, owner, room)
   local self
   if room then
     self = {
-      false, false, false, false, -- OWNER, TIMEOUT_MS, READ_ENDED, WRITE_ENDED
+      false, false, false, false, false, false, -- OWNER ... DESTROYED
       false, false, false, false, false, false, false, -- the owner's
-      connecting = false,
-      destroyed = false,
       _handle = false,
       _events = false,
     }
@@ -237,8 +246,8 @@ local function newSocket(handle, allowHalfOpen, owner, room)
       false, -- TIMEOUT_MS
       false, -- READ_ENDED
       false, -- WRITE_ENDED: true once finish() was called, 'flushed' once the shutdown is done
-      connecting = false,
-      destroyed = false,
+      false, -- CONNECTING
+      false, -- DESTROYED
       _handle = false,
       _events = false,
     }
@@ -328,7 +337,7 @@ function Socket:_peer()
   local p = self._peername
   if p == nil then
     local h = self._handle
-    if h == nil or self.destroyed or h.getpeername == nil or self.connecting then
+    if h == nil or self[DESTROYED] or h.getpeername == nil or self[CONNECTING] then
       return nil
     end
     p = h:getpeername() or false
@@ -341,7 +350,7 @@ function Socket:_sockname()
   local a = self._socknameCache
   if a == nil then
     local h = self._handle
-    if h == nil or self.destroyed or self.connecting then
+    if h == nil or self[DESTROYED] or self[CONNECTING] then
       return nil
     end
     a = h:getsockname() or false
@@ -383,7 +392,7 @@ function Socket:_onEnd()
     owner:_sockEnd()
   end
   self:emit('end')
-  if self.destroyed then
+  if self[DESTROYED] then
     return
   end
   local half = rawget(self, 'allowHalfOpen')
@@ -413,7 +422,7 @@ function Socket:_onError(msg, code)
 end
 
 function Socket:_onConnect(msg, code)
-  if self.destroyed then
+  if self[DESTROYED] then
     return
   end
   local h = self._handle
@@ -434,7 +443,7 @@ function Socket:_onConnect(msg, code)
     end
     return self:destroy(fromUv(msg, code, extra))
   end
-  self.connecting = false
+  self[CONNECTING] = false
   self._addrs = nil
   if self._noDelay ~= nil and h.nodelay then
     h:nodelay(self._noDelay)
@@ -485,19 +494,19 @@ function Socket:write(data, fn)
   if fn ~= nil and type(fn) ~= 'function' then
     error('ERR_INVALID_ARG_TYPE: callback must be a function', 2)
   end
-  if self[WRITE_ENDED] or self.destroyed then
-    local err = self.destroyed and makeError('ERR_STREAM_DESTROYED', 'cannot write after the socket was destroyed')
+  if self[WRITE_ENDED] or self[DESTROYED] then
+    local err = self[DESTROYED] and makeError('ERR_STREAM_DESTROYED', 'cannot write after the socket was destroyed')
       or makeError('ERR_STREAM_WRITE_AFTER_END', 'write after end')
     if fn then
       setImmediate(fn, err)
     end
-    if not self.destroyed then
+    if not self[DESTROYED] then
       self:destroy(err)
     end
     return false
   end
   local h = self._handle
-  if self.connecting or h == nil then
+  if self[CONNECTING] or h == nil then
     local queue = self._queue
     if queue == nil then
       queue = {}
@@ -536,7 +545,7 @@ function Socket:_shutdown()
 end
 
 function Socket:_onShutdown(err)
-  if self.destroyed then
+  if self[DESTROYED] then
     return
   end
   self[WRITE_ENDED] = 'flushed'
@@ -567,14 +576,14 @@ function Socket:finish(data, fn)
   if fn ~= nil and type(fn) ~= 'function' then
     error('ERR_INVALID_ARG_TYPE: socket:finish: the callback must be a function, got ' .. type(fn), 2)
   end
-  if self[WRITE_ENDED] or self.destroyed then
+  if self[WRITE_ENDED] or self[DESTROYED] then
     return self
   end
   self[WRITE_ENDED] = true
   if fn then
     self:once('finish', fn)
   end
-  if self.connecting or self._handle == nil then
+  if self[CONNECTING] or self._handle == nil then
     return self -- _onConnect shuts down
   end
   self:_shutdown()
@@ -587,11 +596,11 @@ function Socket:destroy(err)
   if type(self) ~= 'table' then
     class.invalidThis('socket', 'destroy', self, 2)
   end
-  if self.destroyed then
+  if self[DESTROYED] then
     return self
   end
-  self.destroyed = true
-  self.connecting = false
+  self[DESTROYED] = true
+  self[CONNECTING] = false
   self[READ_ENDED] = true
   self[WRITE_ENDED] = true
   local t = rawget(self, '_timer')
@@ -638,7 +647,7 @@ end
 function Socket:pause()
   self._paused = true
   local h = self._handle
-  if h ~= nil and not self.connecting and not self[READ_ENDED] then
+  if h ~= nil and not self[CONNECTING] and not self[READ_ENDED] then
     h:read_stop()
   end
   return self
@@ -649,7 +658,7 @@ function Socket:resume()
     self._paused = false
   end
   local h = self._handle
-  if h ~= nil and not self.connecting and not self[READ_ENDED] then
+  if h ~= nil and not self[CONNECTING] and not self[READ_ENDED] then
     h:read_start()
   end
   return self
@@ -665,7 +674,7 @@ function Socket:setNoDelay(enable)
   end
   enable = enable == nil or enable == true
   local h = self._handle
-  if h ~= nil and not self.connecting then
+  if h ~= nil and not self[CONNECTING] then
     if h.nodelay then
       h:nodelay(enable)
     end
@@ -683,7 +692,7 @@ function Socket:setKeepAlive(enable, ms)
   enable = enable == true
   local secs = math.floor((tonumber(ms) or 0) / 1000)
   local h = self._handle
-  if h ~= nil and not self.connecting then
+  if h ~= nil and not self[CONNECTING] then
     if h.keepalive then
       h:keepalive(enable, secs)
     end
@@ -719,7 +728,7 @@ function Socket:setTimeout(ms, fn)
     end
     return self
   end
-  if self.destroyed then
+  if self[DESTROYED] then
     return self
   end
   self[TIMEOUT_MS] = n
@@ -736,14 +745,14 @@ function Socket:setTimeout(ms, fn)
 end
 
 function Socket:ref()
-  if self._handle and not self.destroyed then
+  if self._handle and not self[DESTROYED] then
     self._handle:ref()
   end
   return self
 end
 
 function Socket:unref()
-  if self._handle and not self.destroyed then
+  if self._handle and not self[DESTROYED] then
     self._handle:unref()
   end
   return self
@@ -792,7 +801,7 @@ function Socket:connect(...)
 end
 
 function Socket:_connect(opts, fn)
-  if self.connecting or self._handle then
+  if self[CONNECTING] or self._handle then
     error('ERR_SOCKET_CONNECTING: socket is already connecting or connected', 3)
   end
   if fn then
@@ -811,7 +820,7 @@ function Socket:_connect(opts, fn)
     self._keepAlive = true
     self._keepAliveSecs = math.floor((opts.keepAliveInitialDelay or 0) / 1000)
   end
-  self.connecting = true
+  self[CONNECTING] = true
   if opts.path then
     self._connectPath = opts.path
     local h = core.pipe(false, dispatch)
@@ -835,7 +844,7 @@ function Socket:_connect(opts, fn)
     family = nil
   end
   local ok, err, code = core.getaddrinfo(host, nil, family, function(err2, list, code2)
-    if self.destroyed then
+    if self[DESTROYED] then
       return
     end
     if err2 ~= nil or #list == 0 then
