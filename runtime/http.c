@@ -92,13 +92,18 @@ typedef struct http_msg {
 } http_msg_t;
 
 // A parser: what an idle keep-alive connection holds (the stream, the limits, the
-// references), 56 bytes; llhttp's state and the message's are in `m`, NULL between messages.
+// references), 48 bytes; llhttp's state and the message's are in `m`, NULL between messages.
+// Either a userdata of its own, whose environment is http_attach's ctx (a table: http.lua's
+// connection), or "embedded": the room of a stream created with it (lc_stream_room: an HTTP
+// server's connections), when the ctx is the stream's own (http.lua's connection is its
+// socket). An embedded parser has no Lua object (the stream's handle answers its methods),
+// no reference of its own (it lives and goes with the stream) and gets its ctx from the
+// stream: a userdata (~100 bytes) and a registry slot less per connection.
 typedef struct http_conn {
   lc_stream_t *stream; // the attached stream: NULL before, and once detached or closed (the
                        // stream tells its hook when it goes: conn_read with nread 0)
   int self_ref;        // keeps this userdata alive while attached
   int cb_ref;          // shared by every parser with a ctx (lc_util_ref_shared)
-  int ctx_ref;         // http_attach's ctx: events go to cb(ctx, event, ...); LUA_NOREF for none
   // Limits (0 = none).
   uint32_t max_header_size;
   uint32_t max_headers;
@@ -121,7 +126,26 @@ typedef struct http_conn {
   // llhttp is at the start of a message (taken afresh, or after a keep-alive message), so
   // the block may go back between messages (after a closing one llhttp refuses more data).
   unsigned reusable : 1;
+  unsigned has_ctx : 1;  // events go to cb(ctx, event, ...), ctx being the userdata's env
+  unsigned embedded : 1; // in its stream's room (see above)
+  uint8_t depth;         // conn_feed calls in progress: an embedded parser detached in a
+                         // callback gives its message state back once they returned
 } http_conn_t;
+
+_Static_assert(sizeof(http_conn_t) <= LC_STREAM_ROOM_SIZE, "a parser fits in a stream's room");
+
+// Pushes the ctx of an attached parser (has_ctx): the environment of its userdata, which
+// self_ref anchors while attached, or for an embedded one its stream's (the stream's handle
+// is alive while open).
+static void push_ctx(lua_State *L, http_conn_t *c) {
+  if (c->embedded) {
+    lc_handle_push_self(L, &c->stream->h);
+  } else {
+    lua_rawgeti(L, LUA_REGISTRYINDEX, c->self_ref);
+  }
+  lua_getfenv(L, -1);
+  lua_remove(L, -2);
+}
 
 // Calls cb(event, ...) with nargs values on the stack. Returns nonzero when parsing must stop
 // (Lua detached the parser or closed the stream in the callback).
@@ -132,9 +156,9 @@ static int conn_emit(lua_State *L, http_conn_t *c, const char *event, int nargs)
   }
   lua_rawgeti(L, LUA_REGISTRYINDEX, c->cb_ref);
   lua_insert(L, -1 - nargs); // [cb, args...]
-  int has_ctx = c->ctx_ref != LUA_NOREF;
+  int has_ctx = c->has_ctx;
   if (has_ctx) {
-    lua_rawgeti(L, LUA_REGISTRYINDEX, c->ctx_ref);
+    push_ctx(L, c);
     lua_insert(L, -1 - nargs); // [cb, ctx, args...]
   }
   lua_pushstring(L, event);
@@ -489,8 +513,8 @@ static int deliver_head(lua_State *L, http_conn_t *c, int complete) {
   // The callback and event go first, so the arguments need no moving (conn_emit's inserts):
   // this runs once per request.
   lua_rawgeti(L, LUA_REGISTRYINDEX, c->cb_ref);
-  int has_ctx = c->ctx_ref != LUA_NOREF;
-  if (has_ctx) lua_rawgeti(L, LUA_REGISTRYINDEX, c->ctx_ref);
+  int has_ctx = c->has_ctx;
+  if (has_ctx) push_ctx(L, c);
   push_cached(L, &head_ref, "head");
   if (c->mode == MODE_REQUEST) {
     unsigned m = c->m->p.method;
@@ -727,8 +751,12 @@ static void msg_release_idle(http_conn_t *c) {
 }
 
 static void conn_feed(lua_State *L, http_conn_t *c, const char *data, size_t len) {
+  c->depth++;
   conn_feed_msgs(L, c, data, len);
+  c->depth--;
   msg_release_idle(c);
+  // Detached during the feed: an embedded parser has no __gc to give the block back later.
+  if (c->embedded && c->depth == 0 && c->cb_ref == LUA_NOREF && c->m != NULL) msg_release(c);
 }
 
 // The stream's read hook: bytes go to the parser; EOF and errors to the stream's callback.
@@ -741,16 +769,19 @@ static void conn_read(lc_stream_t *s, ssize_t nread, const char *data) {
     conn_detach(L, c);
     return;
   }
-  lua_rawgeti(L, LUA_REGISTRYINDEX, c->self_ref); // [conn] anchors c for the whole call
+  // A parser userdata is anchored for the whole call (Lua may drop it in a callback); an
+  // embedded one lives until the stream's close callback, which cannot run during this one.
+  int anchor = !c->embedded;
+  if (anchor) lua_rawgeti(L, LUA_REGISTRYINDEX, c->self_ref); // [conn]
   if (nread > 0) {
     conn_feed(L, c, data, (size_t)nread);
-    lua_pop(L, 1); // []
+    if (anchor) lua_pop(L, 1); // []
     return;
   }
   uv_read_stop(&s->u.stream);
   // A response delimited by EOF completes here.
   if (nread == UV_EOF && c->mode == MODE_RESPONSE && c->in_message) conn_feed(L, c, NULL, 0);
-  lua_pop(L, 1); // []
+  if (anchor) lua_pop(L, 1); // []
   if (s->h.closing) return;
   if (nread == UV_EOF) {
     lc_stream_emit(L, s, "end", 0);
@@ -779,20 +810,46 @@ static void read_limits(lua_State *L, int idx, http_conn_t *c) {
 // _core.http_attach(stream, mode, cb [, opts]) -> conn: the stream's reads go to the parser
 // until conn:detach(). mode: 'request' (server) or 'response' (client).
 // opts: {maxHeaderSize=, maxHeadersCount=, maxBodySize=} (0 or absent: no limit).
-// http_attach(stream, mode, cb, opts, ctx): with ctx (any value but nil), events go to
+// http_attach(stream, mode, cb, opts, ctx): with ctx (a table), events go to
 // cb(ctx, event, ...), so one function serves every connection (no closure per connection).
+// The parser in the room of the stream at stream_idx, when it has room and ctx_idx is its
+// ctx; pushes the stream's handle (the parser's methods are the handle's http_* ones) and
+// returns 1, else pushes nothing and returns 0.
+static int embed(lua_State *L, int mode, int mode_idx, int stream_idx, int ctx_idx) {
+  lc_stream_t *s = lc_stream_check(L, stream_idx);
+  http_conn_t *c = lc_stream_room(s);
+  if (c == NULL || s->hook != NULL || !s->has_ctx) return 0;
+  lua_getfenv(L, stream_idx);
+  int same = lua_rawequal(L, -1, ctx_idx);
+  lua_pop(L, 1);
+  if (!same) return 0;
+  memset(c, 0, sizeof(*c));
+  c->mode = (unsigned)mode;
+  c->embedded = 1;
+  c->has_ctx = 1;
+  c->self_ref = LUA_NOREF;
+  c->cb_ref = lc_util_ref_shared(L, mode_idx + 1);
+  read_limits(L, mode_idx + 2, c);
+  c->stream = s;
+  s->hook = conn_read;
+  s->hook_data = c;
+  lua_pushvalue(L, stream_idx);
+  return 1;
+}
+
 static int new_conn(lua_State *L, int mode_idx, int stream_idx) {
   static const char *const modes[] = {"request", "response", NULL};
   int mode = luaL_checkoption(L, mode_idx, NULL, modes);
   luaL_checktype(L, mode_idx + 1, LUA_TFUNCTION);
   int ctx_idx = stream_idx && !lua_isnoneornil(L, mode_idx + 3) ? mode_idx + 3 : 0;
-  http_conn_t *c = lua_newuserdata(L, sizeof(*c)); // [.., conn]
+  if (ctx_idx) luaL_checktype(L, ctx_idx, LUA_TTABLE);
+  if (ctx_idx && embed(L, mode, mode_idx, stream_idx, ctx_idx)) return 1; // [.., stream]
+  http_conn_t *c = lua_newuserdata(L, sizeof(*c));                        // [.., conn]
   memset(c, 0, sizeof(*c));
   luaL_getmetatable(L, MT);
   lua_setmetatable(L, -2);
   c->mode = (unsigned)mode;
   c->self_ref = LUA_NOREF;
-  c->ctx_ref = LUA_NOREF;
   if (ctx_idx) {
     c->cb_ref = lc_util_ref_shared(L, mode_idx + 1); // one function for every connection
   } else {
@@ -802,7 +859,8 @@ static int new_conn(lua_State *L, int mode_idx, int stream_idx) {
   read_limits(L, mode_idx + 2, c);
   if (ctx_idx) {
     lua_pushvalue(L, ctx_idx);
-    c->ctx_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_setfenv(L, -2); // [.., conn]
+    c->has_ctx = 1;
   }
   if (stream_idx) {
     lc_stream_t *s = lc_stream_check(L, stream_idx);
@@ -824,8 +882,21 @@ static int http_new(lua_State *L) {
   return new_conn(L, 1, 0);
 }
 
+// The parser a method is called on: a parser userdata, or a tcp handle whose room holds one
+// (http_attach returned the handle). NULL for a handle that is closed or holds none: the
+// methods then do nothing (state() answers "no message").
 static http_conn_t *check_conn(lua_State *L) {
-  return luaL_checkudata(L, 1, MT);
+  void *p = lua_touserdata(L, 1);
+  if (p != NULL && lua_getmetatable(L, 1)) {
+    luaL_getmetatable(L, MT);
+    int parser = lua_rawequal(L, -1, -2);
+    lua_pop(L, 2);
+    if (parser) return p;
+  }
+  lc_handle_t **ud = luaL_checkudata(L, 1, "lc.tcp");
+  if (*ud == NULL) return NULL;
+  http_conn_t *c = lc_stream_room((lc_stream_t *)*ud);
+  return c != NULL && c->embedded ? c : NULL;
 }
 
 // Unhooks the stream (its reads go to Lua again) and drops our references. Safe to call
@@ -840,13 +911,21 @@ static void conn_detach(lua_State *L, http_conn_t *c) {
   c->stream = NULL;
   luaL_unref(L, LUA_REGISTRYINDEX, c->self_ref);
   lc_util_unref(L, c->cb_ref);
-  luaL_unref(L, LUA_REGISTRYINDEX, c->ctx_ref);
-  c->self_ref = c->cb_ref = c->ctx_ref = LUA_NOREF;
+  c->self_ref = c->cb_ref = LUA_NOREF;
+  c->has_ctx = 0;
+  // An embedded parser's memory goes with its stream, with no __gc: the message state goes
+  // back now, or once the feeds in progress returned (conn_feed), and what waited behind a
+  // pause with it.
+  if (c->embedded) {
+    c->paused = c->want_pause = 0;
+    if (c->depth == 0 && c->m != NULL) msg_release(c);
+  }
 }
 
 // conn:detach()
 static int conn_detach_m(lua_State *L) {
-  conn_detach(L, check_conn(L));
+  http_conn_t *c = check_conn(L);
+  if (c != NULL) conn_detach(L, c);
   return 0;
 }
 
@@ -857,13 +936,14 @@ static int conn_feed_m(lua_State *L) {
   size_t len;
   const char *data = luaL_checklstring(L, 2, &len);
   lua_settop(L, 2); // [conn, data] both stay anchored during the feed
-  conn_feed(L, c, data, len);
+  if (c != NULL) conn_feed(L, c, data, len);
   return 0;
 }
 
 // conn:pause(): parsing stops after the message in progress; what follows waits.
 static int conn_pause(lua_State *L) {
-  check_conn(L)->want_pause = 1;
+  http_conn_t *c = check_conn(L);
+  if (c != NULL) c->want_pause = 1;
   return 0;
 }
 
@@ -871,6 +951,7 @@ static int conn_pause(lua_State *L) {
 // Inside a parse (a handler answered at once), it only cancels the pause.
 static int conn_resume(lua_State *L) {
   http_conn_t *c = check_conn(L);
+  if (c == NULL) return 0;
   c->want_pause = 0;
   if (!c->paused || c->feeding) return 0;
   c->paused = 0;
@@ -891,6 +972,13 @@ static int conn_resume(lua_State *L) {
 // delivered)
 static int conn_state(lua_State *L) {
   http_conn_t *c = check_conn(L);
+  if (c == NULL) { // an embedded parser's stream is closed
+    lua_pushboolean(L, 0);
+    lua_pushboolean(L, 0);
+    lua_pushnumber(L, 0);
+    lua_pushboolean(L, 0);
+    return 4;
+  }
   lua_pushboolean(L, c->in_message);
   lua_pushboolean(L, c->headers_done);
   lua_pushnumber(L, c->m != NULL ? c->m->msg_start : 0);
@@ -900,13 +988,15 @@ static int conn_state(lua_State *L) {
 
 // conn:expect_head(bool): response mode; the next response answers a HEAD request.
 static int conn_expect_head(lua_State *L) {
-  check_conn(L)->expect_head = lua_toboolean(L, 2);
+  http_conn_t *c = check_conn(L);
+  if (c != NULL) c->expect_head = lua_toboolean(L, 2);
   return 0;
 }
 
 // conn:limits(opts)
 static int conn_limits(lua_State *L) {
-  read_limits(L, 2, check_conn(L));
+  http_conn_t *c = check_conn(L);
+  if (c != NULL) read_limits(L, 2, c);
   return 0;
 }
 
@@ -1537,6 +1627,14 @@ static int http_call(lua_State *L) {
   return 0;
 }
 
+// A server connection's parser is its stream's handle when embedded, else a parser
+// userdata: both answer these (tls.lua's parser too).
+static const luaL_Reg http_methods[] = {{"http_detach", conn_detach_m},
+                                        {"http_state", conn_state},
+                                        {"http_pause", conn_pause},
+                                        {"http_resume", conn_resume},
+                                        {NULL, NULL}};
+
 void lc_http_open(lua_State *L) {
   static const luaL_Reg methods[] = {{"detach", conn_detach_m}, {"feed", conn_feed_m},
                                      {"state", conn_state},     {"expect_head", conn_expect_head},
@@ -1545,9 +1643,17 @@ void lc_http_open(lua_State *L) {
   luaL_newmetatable(L, MT); // [core, mt]
   lua_newtable(L);
   luaL_register(L, NULL, methods);
+  luaL_register(L, NULL, http_methods); // the names http.lua's server uses (below)
   lua_setfield(L, -2, "__index");
   lua_pushcfunction(L, conn_gc);
   lua_setfield(L, -2, "__gc");
+  lua_pop(L, 1);                  // [core]
+  luaL_getmetatable(L, "lc.tcp"); // [core, tcpmt] (tcp.c opens first)
+  if (lua_istable(L, -1)) {
+    lua_getfield(L, -1, "__index");
+    luaL_register(L, NULL, http_methods);
+    lua_pop(L, 1);
+  }
   lua_pop(L, 1); // [core]
   static const luaL_Reg fns[] = {{"http_attach", http_attach},
                                  {"http_parser", http_new},

@@ -112,6 +112,7 @@ typedef struct lc_stream {
   uint8_t want_drain; // write() returned false; emit "drain" when the queue empties
   uint8_t kind;       // LC_STREAM_TCP, LC_STREAM_PIPE or LC_STREAM_TTY
   uint8_t has_ctx;    // events go to cb(ctx, event, ...), ctx being the userdata's env table
+  uint8_t room;       // a TCP stream allocated with LC_STREAM_ROOM_SIZE bytes after its handle
   union {
     uv_stream_t stream;
     uv_tcp_t tcp;
@@ -130,6 +131,16 @@ typedef struct {
 
 /// Bytes to allocate for a stream whose handle is `u.member` (tcp, pipe, tty).
 #define LC_STREAM_SIZE(member) (offsetof(lc_stream_t, u) + sizeof(((lc_stream_t *)0)->u.member))
+
+/// A TCP stream created with room (`_core.tcp(cb, true)`, `tcp:accept(cb, ctx, true)`: an
+/// HTTP server's connections) has this many zeroed bytes after its handle, freed with it,
+/// for its reader's state: http.c keeps the parser of the stream there instead of in a
+/// userdata of its own (one Lua object and one registry reference less per connection).
+#define LC_STREAM_ROOM_SIZE 48
+/// The room of a TCP stream created with it, else NULL.
+static inline void *lc_stream_room(lc_stream_t *s) {
+  return s->room ? (char *)s + LC_STREAM_SIZE(tcp) : NULL;
+}
 
 enum { LC_STREAM_TCP = 1, LC_STREAM_PIPE = 2, LC_STREAM_TTY = 3 };
 

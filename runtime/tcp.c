@@ -15,15 +15,23 @@ static lc_stream_t *check_tcp(lua_State *L, int idx) {
   return lc_handle_check(L, idx, MT);
 }
 
-// _core.tcp([cb]) -> tcp. cb may be nil for a handle whose callback is set later
-// (set_callback), e.g. one wrapping a descriptor received from another process.
+// The bytes of a TCP stream, with the room after its handle when asked (lc_stream_room).
+static size_t tcp_size(int room) {
+  return LC_STREAM_SIZE(tcp) + (room ? LC_STREAM_ROOM_SIZE : 0);
+}
+
+// _core.tcp([cb [, room]]) -> tcp. cb may be nil for a handle whose callback is set later
+// (set_callback), e.g. one wrapping a descriptor received from another process; room: see
+// LC_STREAM_ROOM_SIZE.
 static int tcp_new(lua_State *L) {
-  lua_settop(L, 1); // [cb]
+  lua_settop(L, 2); // [cb, room]
+  int room = lua_toboolean(L, 2);
   lc_stream_t *s =
-      lc_handle_new_ud(L, LC_STREAM_SIZE(tcp), sizeof(lc_stream_ud_t), MT, 1); // [cb, ud]
+      lc_handle_new_ud(L, tcp_size(room), sizeof(lc_stream_ud_t), MT, 1); // [cb, room, ud]
   int rc = uv_tcp_init(lc_loop, &s->u.tcp);
   if (rc < 0) return luaL_error(L, "uv_tcp_init: %s", uv_strerror(rc));
   lc_stream_init(s, LC_STREAM_TCP);
+  s->room = (uint8_t)room;
   return 1;
 }
 
@@ -68,17 +76,20 @@ static int tcp_bind(lua_State *L) {
   return lc_util_push_result(L, uv_tcp_bind(&s->u.tcp, (struct sockaddr *)&ss, flags));
 }
 
-// tcp:accept([cb [, ctx]]) -> new tcp | nil, err, code. cb receives the new handle's events,
-// as cb(ctx, event, ...) when ctx (a table) is given.
+// tcp:accept([cb [, ctx [, room]]]) -> new tcp | nil, err, code. cb receives the new
+// handle's events, as cb(ctx, event, ...) when ctx (a table) is given; room: see
+// LC_STREAM_ROOM_SIZE.
 static int tcp_accept(lua_State *L) {
   lc_stream_t *server = check_tcp(L, 1);
-  lua_settop(L, 3); // [server, cb, ctx] (may be nil)
+  lua_settop(L, 4); // [server, cb, ctx, room] (may be nil)
   if (!lua_isnil(L, 2)) luaL_checktype(L, 2, LUA_TFUNCTION);
+  int room = lua_toboolean(L, 4);
   lc_stream_t *c =
-      lc_handle_new_ud(L, LC_STREAM_SIZE(tcp), sizeof(lc_stream_ud_t), MT, 0); // [.., client]
+      lc_handle_new_ud(L, tcp_size(room), sizeof(lc_stream_ud_t), MT, 0); // [.., client]
   int rc = uv_tcp_init(lc_loop, &c->u.tcp);
   if (rc < 0) return luaL_error(L, "uv_tcp_init: %s", uv_strerror(rc));
   lc_stream_init(c, LC_STREAM_TCP);
+  c->room = (uint8_t)room;
   lc_stream_set_ctx(L, c, -1, 3);
   if (!lua_isnil(L, 2)) {
     // With a ctx the function serves every connection: one reference for all of them.

@@ -288,7 +288,7 @@ function M.worker(cluster)
     counters.handoffs = counters.handoffs + #fds
     for _, fd in ipairs(fds) do
       if server and server.listening then
-        local h = core.tcp()
+        local h = core.tcp(nil, server._connRoom) -- room: see net's _connRoom
         if h:open(fd) then
           server:_addConnection(h)
         else

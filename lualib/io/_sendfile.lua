@@ -59,7 +59,7 @@ end
 -- Sends `size` bytes of file descriptor `fd` over the connection with sendfile(2).
 local function sendfile(res, fd, size, fn)
   local conn = res._conn
-  local sock = C.dup(conn.socket._handle:fileno())
+  local sock = C.dup(res.socket._handle:fileno())
   if sock < 0 then
     return false
   end
@@ -75,7 +75,7 @@ local function sendfile(res, fd, size, fn)
       if fn then
         fn(err)
       end
-      return conn:destroy(err)
+      return conn:_destroy(err)
     end
     res:finish()
     if fn then
@@ -91,7 +91,7 @@ local function sendfile(res, fd, size, fn)
     pump()
   end
   pump = function()
-    local h = conn.socket._handle
+    local h = res.socket._handle
     if conn:_isClosing() or not h or h:is_closing() then
       return done(nil)
     end
@@ -148,11 +148,10 @@ return function(res, path, fn)
         return streamFile(res, path, fd, fn)
       end
       res:setHeader('Content-Length', tostring(st.size))
-      local conn = res._conn
-      local h = conn.socket._handle
+      local h = res.socket._handle
       -- A TLS connection's handle is a Lua table (tls.lua): its bytes must be encrypted, so
       -- the file is streamed through it.
-      local plain = conn.active == res and not res._head and res.statusCode ~= 204 and res.statusCode ~= 304
+      local plain = res:_isActive() and not res._head and res.statusCode ~= 204 and res.statusCode ~= 304
         and h and type(h) ~= 'table' and not h:is_closing()
       if not plain or st.size == 0 then
         if res._head or st.size == 0 then

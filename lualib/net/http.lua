@@ -37,6 +37,20 @@ end
 
 local M = {}
 
+-- A server connection is its socket (Conn, below): its fields are indices into the socket's
+-- array part, after net's own (net._SOCK_FIELDS of them), and its methods are Conn's.
+local S_FIELDS = net._SOCK_FIELDS
+local SERVER, PARSER = S_FIELDS + 1, S_FIELDS + 2
+local ACTIVE = S_FIELDS + 3 -- the response being written; the ones after it wait in conn[RARE].queue
+local REQ = S_FIELDS + 4 -- the request whose body is arriving
+local IDLE_SINCE = S_FIELDS + 5 -- loop time (ms) the connection went idle, false while busy
+local SLOT = S_FIELDS + 6 -- index in server._conns, 0 once removed
+local RARE = S_FIELDS + 7 -- false, or the table Conn:_rare() makes
+assert(net._SOCK_ROOM >= 7, 'net allocates room for 7 connection fields')
+-- Two of a socket's internal fields (net.lua's newSocket): its owner and "its read side ended".
+local S_OWNER, S_READ_ENDED = net._SOCK_OWNER, net._SOCK_READ_ENDED
+local Conn = {} -- the connection's methods (below)
+
 -- Backpressure (memory stays bounded whatever the peer does). A server connection stops
 -- reading its socket while the request's body that the handler has not taken yet is over
 -- BODY_HWM, while more than PIPELINE_MAX responses wait behind the active one, or while the
@@ -443,7 +457,7 @@ function IncomingMessage:pause()
   self._paused = true
   if self._conn then
     -- Only while its body is arriving: the connection's next request is not this one's.
-    if self._conn.req == self then
+    if self._conn[REQ] == self then
       self._conn:_setStop('stopUser', true)
     end
   elseif self._onPause then
@@ -502,7 +516,7 @@ ServerResponse._pending = false -- http_send argument lists held while an earlie
 local ResponseMT = {}
 ResponseMT.__index = function(self, k)
   if k == 'socket' or k == 'connection' then
-    return rawget(self, '_conn').socket
+    return rawget(self, '_conn')
   elseif k == 'writableEnded' then
     return rawget(self, 'finished')
   end
@@ -531,7 +545,7 @@ end
 -- Sends (or, when not this connection's turn, keeps) one http_send call.
 function ServerResponse:_send(status, reason, headers, names, flags, len, body)
   local conn = self._conn
-  if conn.active ~= self then
+  if conn[ACTIVE] ~= self then
     local p = self._pending
     if not p then
       p = {}
@@ -541,7 +555,7 @@ function ServerResponse:_send(status, reason, headers, names, flags, len, body)
     self._needDrain = true
     return false
   end
-  local h, rare = conn.socket._handle, conn.rare
+  local h, rare = conn._handle, conn[RARE]
   if not h or (rare and rare.closing) then
     return false
   end
@@ -549,17 +563,22 @@ function ServerResponse:_send(status, reason, headers, names, flags, len, body)
   local ok, err = http_send(h, status, reason, headers, names, flags, len, body)
   if ok == nil then
     if err then
-      conn:destroy(events.fromUv(err))
+      Conn._destroy(conn, events.fromUv(err))
     end
     return false
   end
   if not ok then
     self._needDrain = true
-    if not conn:_stopped('stopWrite') then
-      conn:_setStop('stopWrite', true)
+    if not Conn._stopped(conn, 'stopWrite') then
+      Conn._setStop(conn, 'stopWrite', true)
     end
   end
   return ok
+end
+
+-- Whether this response is its connection's turn to write (_sendfile.lua).
+function ServerResponse:_isActive()
+  return self._conn[ACTIVE] == self
 end
 
 -- Becomes the active response: writes what it kept.
@@ -567,7 +586,7 @@ function ServerResponse:_activate()
   local p = self._pending
   if p then
     self._pending = false
-    local h = self._conn.socket._handle
+    local h = self._conn._handle
     for i = 1, #p do
       local a = p[i]
       if h and not h:is_closing() then
@@ -578,7 +597,7 @@ function ServerResponse:_activate()
   if self.finished then
     self:_done()
   elseif self._needDrain then
-    self._conn:_checkDrain()
+    Conn._checkDrain(self._conn)
   end
 end
 
@@ -751,7 +770,7 @@ function ServerResponse:_sendHead(body, last)
       self._keepAlive = false
     end
   else
-    if conn.server._closing or conn.socket._readEnded then
+    if conn[SERVER]._closing or conn[S_READ_ENDED] then
       self._keepAlive = false
     end
     flags = flags + (self._keepAlive and F.KEEPALIVE or F.CLOSE)
@@ -771,7 +790,7 @@ local function userTE(self)
 end
 
 function ServerResponse:writeContinue()
-  if self._conn.active == self then
+  if self._conn[ACTIVE] == self then
     self:_send(nil, nil, nil, nil, F.CONTINUE, nil, nil)
   end
 end
@@ -865,7 +884,7 @@ function ServerResponse:finish(data, fn)
   if fn then
     self:once('finish', fn)
   end
-  if self._conn.active == self then
+  if self._conn[ACTIVE] == self then
     self:_done()
   end
   return self
@@ -881,12 +900,12 @@ function ServerResponse:_done()
     req._queue = nil
     req._qbytes = 0
     local conn = self._conn
-    if conn.rare then
-      conn:_setStop('stopBody', false)
-      conn:_setStop('stopUser', false)
+    if conn[RARE] then
+      Conn._setStop(conn, 'stopBody', false)
+      Conn._setStop(conn, 'stopUser', false)
     end
   end
-  self._conn:_responseDone(self)
+  Conn._responseDone(self._conn, self)
   self:emit('finish')
 end
 
@@ -903,36 +922,35 @@ function ServerResponse:setTimeout(ms, fn)
 end
 
 function ServerResponse:destroy(err)
-  self._conn:destroy(err)
+  Conn._destroy(self._conn, err)
 end
 
 ---------------------------------------------------------------------------------------------
 -- Conn: one server connection: its parser, the queue of responses, the timeouts' state.
 
-local Conn = class()
 
 -- The parser's events of every connection, called with the connection (http_attach's ctx).
 local function onParserEvent(self, ev, a, b, c, d, e, f, g, h, i)
   if ev == 'head' then
-    self:_onHead(a, b, c, d, e, f, g, h, i)
+    Conn._onHead(self, a, b, c, d, e, f, g, h, i)
   elseif ev == 'body' then
-    local req = self.req
+    local req = self[REQ]
     current = req._res
     req:_push(a)
     current = false
   elseif ev == 'done' then
     -- a: the body's last chunk, when it came in this read (a Content-Length body).
-    local req = self.req
+    local req = self[REQ]
     current = req._res
     if a then
       req:_push(a)
     end
-    self:_bodyDone(req)
+    Conn._bodyDone(self, req)
     current = false
   elseif ev == 'error' then
-    self:_onParseError(a, b, c)
+    Conn._onParseError(self, a, b, c)
   elseif ev == 'upgrade' then
-    self:_onUpgrade(a)
+    Conn._onUpgrade(self, a)
   end
 end
 
@@ -960,32 +978,86 @@ local function parserLimits(server)
   return o
 end
 
--- One constructor with every field of the common path (false rather than nil), so a
--- connection costs one allocation and no rehash: this runs once per connection. Constant
--- values only in the constructor, variable ones stored after (see IncomingMessage.new).
--- At most 8 keys: LuaJIT sizes a table's hash part to a power of two, and every idle
--- keep-alive connection holds this table, so a 9th key doubles it (+192 bytes). What a
--- keep-alive request does not touch is elsewhere: the state of rare paths (closing,
--- pipelined responses, the reasons reading stopped, a pending error, an upgrade) in
--- `rare`, one field read per response while it is false (a key missing from this table
--- would cost a failed hash walk and a lookup in the class on every read); the handle is
--- socket._handle, and "served a request" is the parser's (parser:state()).
-function Conn.new(server, socket)
-  local self = {
-    server = false,
-    socket = false,
-    parser = false,
-    active = false, -- the response being written; the ones after it wait in rare.queue
-    req = false, -- the request whose body is arriving
-    idleSince = false,
-    slot = 0, -- index in server._conns
-    rare = false, -- false, or the table Conn:_rare() makes
-  }
-  self.server, self.socket = server, socket
-  self.idleSince = now()
-  setmetatable(self, Conn)
-  self.parser = attach(socket._handle, 'request', onParserEvent, parserLimits(server), self)
-  return self
+-- A server connection is its socket: the connection's fields are the socket's array part,
+-- after net's own, by index (conn[ACTIVE]), and Conn's methods are found through the
+-- socket's metatable (connMeta). Every idle keep-alive connection holds this, so it costs
+-- no table of its own: 7 array slots (8 bytes each; net allocates them with the socket, see
+-- Server:_init's _connRoom) instead of a second table (136 bytes and an allocation);
+-- docs/architecture.md, "What an idle keep-alive connection holds". Every field is set
+-- (false rather than nil), so a read never reaches __index. Conn's methods are called as
+-- functions (Conn._onHead(conn, ...)) on the request path, where a method lookup would go
+-- through the socket's __index function; net's owner hooks (the socket is its own owner)
+-- and the body code's conn:_setStop() look them up. Conn names no method of the socket's
+-- class (not destroy: Conn._destroy; not _onClose: Conn._connClose), since it is looked up
+-- first. What a keep-alive request does not touch is elsewhere: the state of rare paths
+-- (closing, pipelined responses, the reasons reading stopped, a pending error, an upgrade)
+-- in conn[RARE], one read per response while it is false; the handle is socket._handle,
+-- and "served a request" is the parser's (parser:state()). The indices are at the top of
+-- the file (SERVER ... RARE): the message classes read a connection's fields too.
+local connMetas = {} -- a socket class's metatable -> the same with Conn's methods first
+
+-- The metatable of a connection's socket: its class's metamethods, and an __index that
+-- finds Conn's methods, then the class's own (copied flat into one table when the first
+-- connection of the class comes, so a method lookup is one call and one table read, as
+-- with the class's own __index function), then asks the class's __index (its getters).
+-- Out of connMeta, which runs per connection: a function making closures ends with UCLO,
+-- which the JIT does not compile.
+local function buildConnMeta(mt)
+  local d = {}
+  local flat = {}
+  local c = mt
+  while c ~= nil do
+    for k, v in pairs(c) do
+      if type(k) == 'string' and k:sub(1, 2) ~= '__' and flat[k] == nil then
+        flat[k] = v
+      end
+    end
+    local up = rawget(c, 'super')
+    if up == nil then
+      local m = getmetatable(c)
+      up = m and type(m.__index) == 'table' and m.__index or nil
+    end
+    c = up
+  end
+  for k, v in pairs(Conn) do
+    flat[k] = v
+  end
+  for k, v in pairs(mt) do
+    if type(k) == 'string' and k:sub(1, 2) == '__' then
+      d[k] = v -- metamethods
+    end
+  end
+  d.super = mt -- still an instance of its class (_cluster_handles' isA walks super)
+  local index = mt.__index
+  d.__index = function(self, k)
+    local v = flat[k]
+    if v ~= nil then
+      return v
+    end
+    if type(index) == 'function' then
+      return index(self, k)
+    end
+    return index[k]
+  end
+  connMetas[mt] = d
+  return d
+end
+
+local function connMeta(mt)
+  return connMetas[mt] or buildConnMeta(mt)
+end
+
+local function newConn(server, socket)
+  setmetatable(socket, connMeta(getmetatable(socket)))
+  socket[SERVER] = server
+  socket[PARSER] = false
+  socket[ACTIVE] = false
+  socket[REQ] = false
+  socket[IDLE_SINCE] = now()
+  socket[SLOT] = 0
+  socket[RARE] = false
+  socket[PARSER] = attach(socket._handle, 'request', onParserEvent, parserLimits(server), socket)
+  return socket
 end
 
 -- The socket's allowHalfOpen (net reads its owner's): the response goes out after the
@@ -998,7 +1070,7 @@ Conn.allowHalfOpen = true
 -- queued), stopWrite (the write queue), stopUser (req:pause()); pendingError, a parse
 -- error's status to answer once the active response is done; upgradeReq.
 function Conn:_rare()
-  local rare = self.rare
+  local rare = self[RARE]
   if not rare then
     rare = {
       closing = false,
@@ -1010,28 +1082,28 @@ function Conn:_rare()
       pendingError = false,
       upgradeReq = false,
     }
-    self.rare = rare
+    self[RARE] = rare
   end
   return rare
 end
 
 function Conn:_isClosing()
-  local rare = self.rare
+  local rare = self[RARE]
   return rare and rare.closing or false
 end
 
 -- Whether reading is stopped for `field`, one of the stop* reasons.
 function Conn:_stopped(field)
-  local rare = self.rare
+  local rare = self[RARE]
   return rare and rare[field] or false
 end
 
 -- The request's body is whole (its last chunk pushed): nothing more to hold back for it.
 function Conn:_bodyDone(req)
-  self.req = false
-  if self.rare then
-    self:_setStop('stopBody', false)
-    self:_setStop('stopUser', false)
+  self[REQ] = false
+  if self[RARE] then
+    Conn._setStop(self, 'stopBody', false)
+    Conn._setStop(self, 'stopUser', false)
   end
   req:_end()
 end
@@ -1040,21 +1112,21 @@ end
 -- a small POST in this one call): it flows after the handler returns, as the 'body' and
 -- 'done' events would have made it.
 function Conn:_onHead(method, url, version, raw, keepAlive, upgrade, complete, hasExpect, body)
-  local server = self.server
+  local server = self[SERVER]
   local req
   if upgrade then
-    self:_rare().upgradeReq = IncomingMessage._newRequest(self.socket, method, url, version, raw)
+    Conn._rare(self).upgradeReq = IncomingMessage._newRequest(self, method, url, version, raw)
     return
   elseif complete and not body then
-    req = IncomingMessage._newRequest(self.socket, method, url, version, raw)
+    req = IncomingMessage._newRequest(self, method, url, version, raw)
   else
-    req = IncomingMessage._newBodyRequest(self.socket, method, url, version, raw, self)
+    req = IncomingMessage._newBodyRequest(self, method, url, version, raw, self)
   end
   local res = ServerResponse.new(self, req, keepAlive)
-  if not self.active then
-    self.active = res
+  if not self[ACTIVE] then
+    self[ACTIVE] = res
   else
-    local rare = self:_rare()
+    local rare = Conn._rare(self)
     local q = rare.queue
     if not q then
       q = {}
@@ -1062,15 +1134,15 @@ function Conn:_onHead(method, url, version, raw, keepAlive, upgrade, complete, h
     end
     q[#q + 1] = res
     if #q >= PIPELINE_MAX then
-      self:_setStop('stopPipe', true)
+      Conn._setStop(self, 'stopPipe', true)
     end
   end
-  self.idleSince = false
+  self[IDLE_SINCE] = false
   if complete and not body then
     req.complete = true
     req._queue = END_ONLY
   else
-    self.req = req
+    self[REQ] = req
     req._res = res
   end
   current = res
@@ -1101,9 +1173,9 @@ function Conn:_onHead(method, url, version, raw, keepAlive, upgrade, complete, h
   -- Not req:_release(): the lookup would go through RequestMT's __index function.
   IncomingMessage._release(req)
   -- Unless the handler closed the connection (the parser stops then: no more events).
-  if body and self.req == req and not self:_isClosing() and not self.socket.destroyed then
+  if body and self[REQ] == req and not Conn._isClosing(self) and not self.destroyed then
     IncomingMessage._push(req, body)
-    self:_bodyDone(req)
+    Conn._bodyDone(self, req)
   end
   current = false
 end
@@ -1111,35 +1183,35 @@ end
 -- Starts or stops reading the socket: `field` (one of the stop* reasons) is set to `on`;
 -- reading goes on only when no reason holds.
 function Conn:_setStop(field, on)
-  local rare = self.rare
+  local rare = self[RARE]
   if (rare and rare[field] or false) == on then
     return
   end
-  rare = rare or self:_rare()
+  rare = rare or Conn._rare(self)
   rare[field] = on
   if field == 'stopPipe' then
     -- Too many responses queued: the parser stops after the current request too, so the
     -- rest of a read full of pipelined requests waits unparsed. Resuming parses what waited
     -- (its handlers may stop it again: hence the flags are read again below).
     if on then
-      self.parser:pause()
+      self[PARSER]:http_pause()
     else
-      self.parser:resume()
+      self[PARSER]:http_resume()
     end
   end
-  local h = self.socket._handle
+  local h = self._handle
   if not h or rare.closing or h:is_closing() then
     return
   end
   if on then
     h:read_stop()
-  elseif not (rare.stopBody or rare.stopPipe or rare.stopWrite or rare.stopUser) and not self.socket._readEnded then
+  elseif not (rare.stopBody or rare.stopPipe or rare.stopWrite or rare.stopUser) and not self[S_READ_ENDED] then
     h:read_start()
   end
 end
 
 function Conn:_responseDone(res)
-  local rare = self.rare
+  local rare = self[RARE]
   local nextRes = false
   if rare then
     local q = rare.queue
@@ -1147,29 +1219,29 @@ function Conn:_responseDone(res)
       nextRes = table.remove(q, 1)
     end
     if rare.stopPipe and #q < PIPELINE_MAX / 2 then
-      self:_setStop('stopPipe', false)
+      Conn._setStop(self, 'stopPipe', false)
     end
   end
-  self.active = nextRes
+  self[ACTIVE] = nextRes
   if not res._keepAlive then
     -- Everything after a closing response is dropped; the socket closes once flushed.
-    self:_closeAfterFlush()
+    Conn._closeAfterFlush(self)
     return
   end
   if nextRes then
     nextRes:_activate()
   elseif rare and rare.pendingError then
-    self:_sendError(rare.pendingError)
-  elseif self.socket._readEnded or self.server._closing then
-    self:_closeAfterFlush()
-  elseif not self.req then
-    self.idleSince = now()
+    Conn._sendError(self, rare.pendingError)
+  elseif self[S_READ_ENDED] or self[SERVER]._closing then
+    Conn._closeAfterFlush(self)
+  elseif not self[REQ] then
+    self[IDLE_SINCE] = now()
   end
 end
 
 function Conn:_checkDrain()
-  local res = self.active
-  if res and res._needDrain and self.socket._handle:write_queue_size() < 16384 then
+  local res = self[ACTIVE]
+  if res and res._needDrain and self._handle:write_queue_size() < 16384 then
     res._needDrain = false
     res:emit('drain')
   end
@@ -1185,7 +1257,7 @@ local function graceSweep()
   local t = now()
   for conn, deadline in pairs(graceConns) do
     if t >= deadline then
-      conn.socket:destroy()
+      conn:destroy()
     end
   end
 end
@@ -1211,55 +1283,55 @@ local function graceRemove(conn)
 end
 
 function Conn:_closeAfterFlush()
-  local rare = self:_rare()
+  local rare = Conn._rare(self)
   if rare.closing then
     return
   end
   rare.closing = true
-  self.parser:detach()
+  self[PARSER]:http_detach()
   -- Half-close once the queued writes are flushed, and close when the client closes its
   -- side (net destroys a half-closed socket on 'end', and once the shutdown is done when the
   -- client's side had ended before). Closing at once with unread input would send a reset
   -- that can destroy the response before the client reads it; a client that never closes
   -- gets a short grace period (_sockFinish).
-  self.socket:finish()
+  self:finish()
 end
 
 -- Socket events (net's owner hooks, called before the socket's own listeners).
 function Conn:_sockEnd()
-  if self:_isClosing() then
+  if Conn._isClosing(self) then
     return
   end
   -- EOF inside a request (its head or its body): it can never complete, so it ends now
   -- ('aborted', then 'close', from _onClose) and its socket closes, rather than holding
   -- the fd until requestTimeout.
-  if self.req or self.parser:state() then
-    self:destroy()
-  elseif not self.active then
-    self:_closeAfterFlush()
+  if self[REQ] or self[PARSER]:http_state() then
+    Conn._destroy(self)
+  elseif not self[ACTIVE] then
+    Conn._closeAfterFlush(self)
   end
 end
 
 function Conn:_sockFinish()
-  local socket = self.socket
-  if self:_isClosing() and not graceConns[self] and not socket._readEnded then
+  local socket = self
+  if Conn._isClosing(self) and not graceConns[self] and not socket[S_READ_ENDED] then
     graceAdd(self)
   end
 end
 
 function Conn:_sockDrain()
-  if self:_stopped('stopWrite') then
-    self:_setStop('stopWrite', false)
+  if Conn._stopped(self, 'stopWrite') then
+    Conn._setStop(self, 'stopWrite', false)
   end
-  self:_checkDrain()
+  Conn._checkDrain(self)
 end
 
 -- The connection takes the socket's errors: one without a listener of the socket's own is
 -- not uncaught.
 function Conn:_sockError(err)
-  local server = self.server
-  if not self:_isClosing() and server:listenerCount('clientError') > 0 then
-    server:emit('clientError', err, self.socket)
+  local server = self[SERVER]
+  if not Conn._isClosing(self) and server:listenerCount('clientError') > 0 then
+    server:emit('clientError', err, self)
   end
   return true
 end
@@ -1268,69 +1340,69 @@ function Conn:_sockClose()
   if graceConns[self] then
     graceRemove(self)
   end
-  self.server:_removeConn(self)
-  self:_onClose()
+  self[SERVER]:_removeConn(self)
+  Conn._connClose(self)
 end
 
 -- After the socket's 'close': the server, the socket's owner before us, counts it.
 function Conn:_sockClosed()
-  self.server:_connectionClosed()
+  self[SERVER]:_connectionClosed()
 end
 
 function Conn:_sendError(status)
-  local h = self.socket._handle
+  local h = self._handle
   if h and not h:is_closing() then
     http_send(h, status, nil, nil, nil, F.CLOSE + F.DATE, 0, nil)
   end
-  self:_closeAfterFlush()
+  Conn._closeAfterFlush(self)
 end
 
 function Conn:_onParseError(status, code, message)
   local err = events.makeError(code, message, { bytesParsed = 0 })
   err.statusCode = status
-  local server = self.server
-  local req = self.req
+  local server = self[SERVER]
+  local req = self[REQ]
   if req then
-    self.req = false
+    self[REQ] = false
     req.aborted = true
     req:emit('aborted')
   end
   if server:listenerCount('clientError') > 0 then
-    server:emit('clientError', err, self.socket)
+    server:emit('clientError', err, self)
     return
   end
   -- A body that fails to parse (a bad chunk) ends its request: when that request's response
   -- is the one to write and has not started, the 400 goes now (as Node's), since the
   -- handler may be waiting for an 'end' that never comes.
-  local active = self.active
+  local active = self[ACTIVE]
   if active and req and active.req == req and not active.headersSent then
-    self:_sendError(status)
+    Conn._sendError(self, status)
   elseif active then
-    self:_rare().pendingError = status
+    Conn._rare(self).pendingError = status
   else
-    self:_sendError(status)
+    Conn._sendError(self, status)
   end
 end
 
 function Conn:_onUpgrade(rest)
-  local rare = self:_rare()
+  local rare = Conn._rare(self)
   local req = rare.upgradeReq
   rare.upgradeReq = false
-  self.parser:detach()
-  self.server:_removeConn(self)
-  if req and self.server:listenerCount('upgrade') > 0 then
-    self.server:emit('upgrade', req, self.socket, rest)
+  self[PARSER]:http_detach()
+  self[SERVER]:_removeConn(self)
+  if req and self[SERVER]:listenerCount('upgrade') > 0 then
+    self[SERVER]:emit('upgrade', req, self, rest)
   else
-    self.socket:destroy()
+    self:destroy()
   end
 end
 
 -- Called by the server's sweep: enforces headersTimeout, requestTimeout, keepAliveTimeout.
 function Conn:_sweep(t, server)
-  if self:_isClosing() then
+  if Conn._isClosing(self) then
     return
   end
-  local inMessage, headersDone, started = self.parser:state()
+  local inMessage, headersDone, started = self[PARSER]:http_state()
   if inMessage then
     local limit = (not headersDone) and server.headersTimeout or nil
     local rt = server.requestTimeout
@@ -1338,37 +1410,37 @@ function Conn:_sweep(t, server)
       limit = rt
     end
     if limit and limit > 0 and t - started >= limit then
-      self.parser:detach()
-      if self.active and self.active.headersSent then
-        self:destroy()
+      self[PARSER]:http_detach()
+      if self[ACTIVE] and self[ACTIVE].headersSent then
+        Conn._destroy(self)
       else
-        self:_sendError(408)
+        Conn._sendError(self, 408)
       end
     end
-  elseif self.idleSince and server.keepAliveTimeout and server.keepAliveTimeout > 0
-    and t - self.idleSince >= server.keepAliveTimeout then
-    self:destroy()
+  elseif self[IDLE_SINCE] and server.keepAliveTimeout and server.keepAliveTimeout > 0
+    and t - self[IDLE_SINCE] >= server.keepAliveTimeout then
+    Conn._destroy(self)
   end
 end
 
-function Conn:destroy(err)
-  self:_rare().closing = true
-  self.parser:detach()
-  self.socket:destroy(err)
+function Conn:_destroy(err)
+  Conn._rare(self).closing = true
+  self[PARSER]:http_detach()
+  self:destroy(err) -- the socket's (Conn has none)
 end
 
-function Conn:_onClose()
-  local rare = self:_rare()
+function Conn:_connClose()
+  local rare = Conn._rare(self)
   rare.closing = true
-  self.parser:detach()
-  local req = self.req
+  self[PARSER]:http_detach()
+  local req = self[REQ]
   if req and not req.complete then
     req.aborted = true
     req:emit('aborted')
     req:emit('close')
   end
-  if self.active then
-    self.active:emit('close')
+  if self[ACTIVE] then
+    self[ACTIVE]:emit('close')
   end
   local q = rare.queue
   if q then
@@ -1396,6 +1468,7 @@ function Server:_init(options, fn)
   end
   options = options or {}
   net.Server._init(self, { allowHalfOpen = true })
+  self._connRoom = true -- accepted sockets have room for a connection's fields (newConn)
   self.keepAliveTimeout = options.keepAliveTimeout or 5000
   self.headersTimeout = options.headersTimeout or 60000
   self.requestTimeout = options.requestTimeout or 300000
@@ -1421,28 +1494,28 @@ function Server:_httpConnection(socket)
     return
   end
   socket:setNoDelay(true)
-  local conn = Conn.new(self, socket)
-  -- _conns is an array (conn.slot is the index): no hash insert and delete per connection.
+  local conn = newConn(self, socket)
+  -- _conns is an array (conn[SLOT] is the index): no hash insert and delete per connection.
   local conns = self._conns
   local n = #conns + 1
   conns[n] = conn
-  conn.slot = n
-  socket._owner = conn
+  conn[SLOT] = n
+  socket[S_OWNER] = conn
 end
 
 function Server:_removeConn(conn)
-  local i = conn.slot
+  local i = conn[SLOT]
   if i == 0 then
     return
   end
-  conn.slot = 0
+  conn[SLOT] = 0
   local conns = self._conns
   local n = #conns
   local last = conns[n]
   conns[n] = nil
   if last ~= conn then
     conns[i] = last
-    last.slot = i
+    last[SLOT] = i
   end
 end
 
@@ -1467,7 +1540,7 @@ function Server:_startSweep()
     for i = #conns, 1, -1 do
       local conn = conns[i]
       if conn then
-        conn:_sweep(t, self)
+        Conn._sweep(conn, t, self)
       end
     end
   end, min)
@@ -1522,11 +1595,11 @@ function Server:closeIdleConnections(spareMs)
   local conns = self._conns
   for i = #conns, 1, -1 do
     local conn = conns[i]
-    if conn and not conn.active then
-      local inMessage, _, _, served = conn.parser:state()
-      local spare = spareMs and (not served or (conn.idleSince and t - conn.idleSince < spareMs))
+    if conn and not conn[ACTIVE] then
+      local inMessage, _, _, served = conn[PARSER]:http_state()
+      local spare = spareMs and (not served or (conn[IDLE_SINCE] and t - conn[IDLE_SINCE] < spareMs))
       if not inMessage and not spare then
-        conn:destroy()
+        Conn._destroy(conn)
       end
     end
   end
@@ -1537,7 +1610,7 @@ function Server:closeAllConnections()
   for i = #conns, 1, -1 do
     local conn = conns[i]
     if conn then
-      conn:destroy()
+      Conn._destroy(conn)
     end
   end
 end
@@ -1839,7 +1912,7 @@ local function answerUncaught()
     return
   end
   if res.headersSent then
-    res._conn:destroy()
+    Conn._destroy(res._conn)
     return
   end
   res._headers, res._names, res._headWritten, res._chunked = false, false, false, false

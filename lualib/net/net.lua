@@ -7,7 +7,7 @@
 -- arrive here. Accepting a connection creates one table (the socket) and no closure, reading
 -- and writing none; closing creates one closure (the close callback).
 --
--- A socket's owner (`socket._owner`: the server that accepted it, or http's connection once
+-- A socket's owner (`socket[OWNER]`: the server that accepted it, or http's connection once
 -- it takes the socket over) is told of the socket's end, finish, drain, error and close
 -- (`owner:_sockEnd()` ...) before the socket's listeners, as the first listener would be,
 -- without a closure and a listener list per connection, and of the close after them
@@ -121,6 +121,16 @@ end
 
 local Socket = class(Emitter)
 
+-- A socket's internal fields: indices into its table's array part (see newSocket). http.lua
+-- reads two of them (net._SOCK_OWNER, net._SOCK_READ_ENDED).
+local OWNER, TIMEOUT_MS, READ_ENDED, WRITE_ENDED = 1, 2, 3, 4
+-- The public `connecting` and `destroyed` too: read from outside through getters (below).
+local CONNECTING, DESTROYED = 5, 6
+net._SOCK_OWNER, net._SOCK_READ_ENDED = OWNER, READ_ENDED
+-- net's fields are the first _SOCK_FIELDS slots; a server with `_connRoom` set (http's)
+-- gets accepted sockets with _SOCK_ROOM more, allocated with the table, for its own fields.
+net._SOCK_FIELDS, net._SOCK_ROOM = 6, 7
+
 -- Read-only properties computed on demand (Node's getters), so an accepted connection costs
 -- no getpeername/getsockname unless asked.
 local getters = {}
@@ -157,25 +167,32 @@ function getters.bytesWritten(s)
   local _, w = s:_bytes()
   return w
 end
+-- socket.connecting and socket.destroyed (API): kept in the array part (newSocket).
+function getters.connecting(s)
+  return s[CONNECTING]
+end
+function getters.destroyed(s)
+  return s[DESTROYED]
+end
 -- Node's definition: no handle (not connected yet, or destroyed: Node drops the handle
 -- then), or connecting.
 function getters.pending(s)
-  return not s._handle or s.connecting or s.destroyed
+  return not s._handle or s[CONNECTING] or s[DESTROYED]
 end
 -- A socket's own allowHalfOpen is stored only when set (a client's option); an accepted one
 -- has its owner's (the server's, or http's connection: true).
 function getters.allowHalfOpen(s)
-  local owner = s._owner
+  local owner = s[OWNER]
   return owner and owner.allowHalfOpen == true or false
 end
 function getters.readyState(s)
-  if s.connecting then
+  if s[CONNECTING] then
     return 'opening'
-  elseif s.destroyed or not s._handle then
+  elseif s[DESTROYED] or not s._handle then
     return 'closed'
-  elseif s._readEnded then
-    return s._writeEnded and 'closed' or 'writeOnly'
-  elseif s._writeEnded then
+  elseif s[READ_ENDED] then
+    return s[WRITE_ENDED] and 'closed' or 'writeOnly'
+  elseif s[WRITE_ENDED] then
     return 'readOnly'
   end
   return 'open'
@@ -199,26 +216,43 @@ end
 -- Constant values only in the constructor, variable ones stored after: the embedded bytecode
 -- (string.dump) keeps only a template's constant-valued keys, so `{ k = variable }` would add
 -- k as a new key (growing, even rehashing, the table) instead of filling a slot.
--- At most 8 keys: the hash part is a power of two and every idle connection holds this
--- table, so a 9th key would double it (+192 bytes). Fields no common path reads are stored
--- only when set, and read with rawget where a miss must not call __index: _timer (with
--- setTimeout), _paused (pause, pauseOnCreate/Connect), allowHalfOpen (a client's option;
--- an accepted socket has its owner's), _pendingBytes (writes queued while connecting).
--- `pending` is computed (getters), the byte counts stay readable on the closed handle
--- (stream:bytes()), "the shutdown is done" is _writeEnded == 'flushed', and the server
--- that accepted the socket is its first owner.
-local function newSocket(handle, allowHalfOpen, owner)
-  local self = {
-    connecting = false,
-    destroyed = false,
-    _handle = false,
-    _timeoutMs = false,
-    _events = false,
-    _readEnded = false,
-    _writeEnded = false, -- true once finish() was called, 'flushed' once the shutdown is done
-    _owner = false,
-  }
-  self._handle, self._owner = handle, owner
+-- Every idle connection holds this table, so it is kept small: two named keys (_handle,
+-- which other modules read, and the emitter's _events: a hash part of 2 nodes, 24 bytes
+-- each) and the other fields in its array part, by index (8 bytes a slot):
+-- socket[OWNER], [TIMEOUT_MS], [READ_ENDED], [WRITE_ENDED], [CONNECTING], [DESTROYED] (the
+-- last two are API: socket.connecting and socket.destroyed read them through getters);
+-- 176 bytes instead of an 8-key hash's 256. A 3rd named key doubles the hash part (+48
+-- bytes).
+-- Fields no common path reads are stored only when set, and read with rawget where a miss
+-- must not call __index: _timer (with setTimeout), _paused (pause, pauseOnCreate/Connect),
+-- allowHalfOpen (a client's option; an accepted socket has its owner's), _pendingBytes
+-- (writes queued while connecting). `pending` is computed (getters), the byte counts stay
+-- readable on the closed handle (stream:bytes()), "the shutdown is done" is
+-- socket[WRITE_ENDED] == 'flushed', and the server that accepted the socket is its first
+-- owner. With `room`, the array part has net._SOCK_ROOM slots more for the owner's fields
+-- (http's connection keeps its fields in its socket: no table of its own per connection).
+local function newSocket(handle, allowHalfOpen, owner, room)
+  local self
+  if room then
+    self = {
+      false, false, false, false, false, false, -- OWNER ... DESTROYED
+      false, false, false, false, false, false, false, -- the owner's
+      _handle = false,
+      _events = false,
+    }
+  else
+    self = {
+      false, -- OWNER
+      false, -- TIMEOUT_MS
+      false, -- READ_ENDED
+      false, -- WRITE_ENDED: true once finish() was called, 'flushed' once the shutdown is done
+      false, -- CONNECTING
+      false, -- DESTROYED
+      _handle = false,
+      _events = false,
+    }
+  end
+  self._handle, self[OWNER] = handle, owner
   if allowHalfOpen and not owner then
     self.allowHalfOpen = true
   end
@@ -303,7 +337,7 @@ function Socket:_peer()
   local p = self._peername
   if p == nil then
     local h = self._handle
-    if h == nil or self.destroyed or h.getpeername == nil or self.connecting then
+    if h == nil or self[DESTROYED] or h.getpeername == nil or self[CONNECTING] then
       return nil
     end
     p = h:getpeername() or false
@@ -316,7 +350,7 @@ function Socket:_sockname()
   local a = self._socknameCache
   if a == nil then
     local h = self._handle
-    if h == nil or self.destroyed or self.connecting then
+    if h == nil or self[DESTROYED] or self[CONNECTING] then
       return nil
     end
     a = h:getsockname() or false
@@ -345,38 +379,38 @@ function Socket:address()
 end
 
 function Socket:_onData(chunk)
-  if self._timeoutMs then
-    self._timer:start(self._timeoutMs, 0)
+  if self[TIMEOUT_MS] then
+    self._timer:start(self[TIMEOUT_MS], 0)
   end
   self:emit('data', chunk)
 end
 
 function Socket:_onEnd()
-  self._readEnded = true
-  local owner = self._owner
+  self[READ_ENDED] = true
+  local owner = self[OWNER]
   if owner then
     owner:_sockEnd()
   end
   self:emit('end')
-  if self.destroyed then
+  if self[DESTROYED] then
     return
   end
   local half = rawget(self, 'allowHalfOpen')
   if half == nil then
     half = owner and owner.allowHalfOpen == true
   end
-  if not half and not self._writeEnded then
+  if not half and not self[WRITE_ENDED] then
     self:finish() -- destroys once the shutdown is done
-  elseif self._writeEnded == 'flushed' then
+  elseif self[WRITE_ENDED] == 'flushed' then
     self:destroy()
   end
 end
 
 function Socket:_onDrain()
-  if self._timeoutMs then
-    self._timer:start(self._timeoutMs, 0)
+  if self[TIMEOUT_MS] then
+    self._timer:start(self[TIMEOUT_MS], 0)
   end
-  local owner = self._owner
+  local owner = self[OWNER]
   if owner then
     owner:_sockDrain()
   end
@@ -388,7 +422,7 @@ function Socket:_onError(msg, code)
 end
 
 function Socket:_onConnect(msg, code)
-  if self.destroyed then
+  if self[DESTROYED] then
     return
   end
   local h = self._handle
@@ -409,7 +443,7 @@ function Socket:_onConnect(msg, code)
     end
     return self:destroy(fromUv(msg, code, extra))
   end
-  self.connecting = false
+  self[CONNECTING] = false
   self._addrs = nil
   if self._noDelay ~= nil and h.nodelay then
     h:nodelay(self._noDelay)
@@ -435,7 +469,7 @@ function Socket:_onConnect(msg, code)
       setImmediate(Socket._onDrain, self)
     end
   end
-  if self._writeEnded then
+  if self[WRITE_ENDED] then
     self:_shutdown()
   end
   if not rawget(self, '_paused') then
@@ -460,19 +494,19 @@ function Socket:write(data, fn)
   if fn ~= nil and type(fn) ~= 'function' then
     error('ERR_INVALID_ARG_TYPE: callback must be a function', 2)
   end
-  if self._writeEnded or self.destroyed then
-    local err = self.destroyed and makeError('ERR_STREAM_DESTROYED', 'cannot write after the socket was destroyed')
+  if self[WRITE_ENDED] or self[DESTROYED] then
+    local err = self[DESTROYED] and makeError('ERR_STREAM_DESTROYED', 'cannot write after the socket was destroyed')
       or makeError('ERR_STREAM_WRITE_AFTER_END', 'write after end')
     if fn then
       setImmediate(fn, err)
     end
-    if not self.destroyed then
+    if not self[DESTROYED] then
       self:destroy(err)
     end
     return false
   end
   local h = self._handle
-  if self.connecting or h == nil then
+  if self[CONNECTING] or h == nil then
     local queue = self._queue
     if queue == nil then
       queue = {}
@@ -488,8 +522,8 @@ function Socket:write(data, fn)
     end
     return true
   end
-  if self._timeoutMs then
-    self._timer:start(self._timeoutMs, 0)
+  if self[TIMEOUT_MS] then
+    self._timer:start(self[TIMEOUT_MS], 0)
   end
   local ok, err, code = h:write(data, fn)
   if ok == nil then
@@ -511,16 +545,16 @@ function Socket:_shutdown()
 end
 
 function Socket:_onShutdown(err)
-  if self.destroyed then
+  if self[DESTROYED] then
     return
   end
-  self._writeEnded = 'flushed'
-  local owner = self._owner
+  self[WRITE_ENDED] = 'flushed'
+  local owner = self[OWNER]
   if owner then
     owner:_sockFinish()
   end
   self:emit('finish')
-  if err ~= nil or self._readEnded then
+  if err ~= nil or self[READ_ENDED] then
     self:destroy()
   end
 end
@@ -542,14 +576,14 @@ function Socket:finish(data, fn)
   if fn ~= nil and type(fn) ~= 'function' then
     error('ERR_INVALID_ARG_TYPE: socket:finish: the callback must be a function, got ' .. type(fn), 2)
   end
-  if self._writeEnded or self.destroyed then
+  if self[WRITE_ENDED] or self[DESTROYED] then
     return self
   end
-  self._writeEnded = true
+  self[WRITE_ENDED] = true
   if fn then
     self:once('finish', fn)
   end
-  if self.connecting or self._handle == nil then
+  if self[CONNECTING] or self._handle == nil then
     return self -- _onConnect shuts down
   end
   self:_shutdown()
@@ -562,18 +596,18 @@ function Socket:destroy(err)
   if type(self) ~= 'table' then
     class.invalidThis('socket', 'destroy', self, 2)
   end
-  if self.destroyed then
+  if self[DESTROYED] then
     return self
   end
-  self.destroyed = true
-  self.connecting = false
-  self._readEnded = true
-  self._writeEnded = true
+  self[DESTROYED] = true
+  self[CONNECTING] = false
+  self[READ_ENDED] = true
+  self[WRITE_ENDED] = true
   local t = rawget(self, '_timer')
   if t then
     t:close()
     self._timer = false
-    self._timeoutMs = false
+    self[TIMEOUT_MS] = false
   end
   local h = self._handle
   if h ~= nil and not h:is_closing() then
@@ -588,7 +622,7 @@ end
 Socket.destroySoon = Socket.finish
 
 function Socket:_onClose(err)
-  local owner = self._owner
+  local owner = self[OWNER]
   if err ~= nil then
     if owner and owner:_sockError(err) then
       -- The owner took it, so it counts as a listener: no listener of the socket's own is
@@ -613,7 +647,7 @@ end
 function Socket:pause()
   self._paused = true
   local h = self._handle
-  if h ~= nil and not self.connecting and not self._readEnded then
+  if h ~= nil and not self[CONNECTING] and not self[READ_ENDED] then
     h:read_stop()
   end
   return self
@@ -624,7 +658,7 @@ function Socket:resume()
     self._paused = false
   end
   local h = self._handle
-  if h ~= nil and not self.connecting and not self._readEnded then
+  if h ~= nil and not self[CONNECTING] and not self[READ_ENDED] then
     h:read_start()
   end
   return self
@@ -640,7 +674,7 @@ function Socket:setNoDelay(enable)
   end
   enable = enable == nil or enable == true
   local h = self._handle
-  if h ~= nil and not self.connecting then
+  if h ~= nil and not self[CONNECTING] then
     if h.nodelay then
       h:nodelay(enable)
     end
@@ -658,7 +692,7 @@ function Socket:setKeepAlive(enable, ms)
   enable = enable == true
   local secs = math.floor((tonumber(ms) or 0) / 1000)
   local h = self._handle
-  if h ~= nil and not self.connecting then
+  if h ~= nil and not self[CONNECTING] then
     if h.keepalive then
       h:keepalive(enable, secs)
     end
@@ -687,17 +721,17 @@ function Socket:setTimeout(ms, fn)
     end
   end
   if n == 0 then
-    self._timeoutMs = false
+    self[TIMEOUT_MS] = false
     local t = rawget(self, '_timer')
     if t then
       t:stop()
     end
     return self
   end
-  if self.destroyed then
+  if self[DESTROYED] then
     return self
   end
-  self._timeoutMs = n
+  self[TIMEOUT_MS] = n
   local t = rawget(self, '_timer')
   if not t then
     t = core.timer(function()
@@ -711,14 +745,14 @@ function Socket:setTimeout(ms, fn)
 end
 
 function Socket:ref()
-  if self._handle and not self.destroyed then
+  if self._handle and not self[DESTROYED] then
     self._handle:ref()
   end
   return self
 end
 
 function Socket:unref()
-  if self._handle and not self.destroyed then
+  if self._handle and not self[DESTROYED] then
     self._handle:unref()
   end
   return self
@@ -767,7 +801,7 @@ function Socket:connect(...)
 end
 
 function Socket:_connect(opts, fn)
-  if self.connecting or self._handle then
+  if self[CONNECTING] or self._handle then
     error('ERR_SOCKET_CONNECTING: socket is already connecting or connected', 3)
   end
   if fn then
@@ -786,7 +820,7 @@ function Socket:_connect(opts, fn)
     self._keepAlive = true
     self._keepAliveSecs = math.floor((opts.keepAliveInitialDelay or 0) / 1000)
   end
-  self.connecting = true
+  self[CONNECTING] = true
   if opts.path then
     self._connectPath = opts.path
     local h = core.pipe(false, dispatch)
@@ -810,7 +844,7 @@ function Socket:_connect(opts, fn)
     family = nil
   end
   local ok, err, code = core.getaddrinfo(host, nil, family, function(err2, list, code2)
-    if self.destroyed then
+    if self[DESTROYED] then
       return
     end
     if err2 ~= nil or #list == 0 then
@@ -852,6 +886,8 @@ local Server = class(Emitter)
 
 local serverOptions = { allowHalfOpen = true, pauseOnConnect = true, noDelay = true, keepAlive = true,
   keepAliveInitialDelay = true }
+
+Server._connRoom = false -- true: accepted sockets have net._SOCK_ROOM more array slots
 
 function Server:_init(options, fn)
   if type(options) == 'function' then
@@ -1122,8 +1158,8 @@ function Server:_onConnection(err, code)
   if h == nil then
     return
   end
-  local sock = newSocket(nil, self.allowHalfOpen, self)
-  local ch = h:accept(dispatch, sock)
+  local sock = newSocket(nil, self.allowHalfOpen, self, self._connRoom)
+  local ch = h:accept(dispatch, sock, self._connRoom) -- room: the stream keeps the parser
   if ch == nil then
     return -- another process sharing the socket took it first
   end
@@ -1133,7 +1169,7 @@ end
 
 -- Adopts a connected tcp handle (e.g. an fd the master accepted and passed) as if accepted.
 function Server:_addConnection(handle)
-  local sock = newSocket(handle, self.allowHalfOpen, self)
+  local sock = newSocket(handle, self.allowHalfOpen, self, self._connRoom)
   handle:set_callback(dispatch, sock)
   self:_newConnection(sock, handle)
   return sock

@@ -438,6 +438,21 @@ function Parser:feed(data)
   return self._c:feed(data)
 end
 
+-- Pipelining backpressure (http.lua's stopPipe): the plaintext after the paused message waits
+-- in the C parser until resume.
+function Parser:pause()
+  return self._c:pause()
+end
+
+function Parser:resume()
+  return self._c:resume()
+end
+
+-- The names http.lua's server calls on a connection's parser (a plain TCP connection's is
+-- its stream's handle: runtime/http.c's http_methods).
+Parser.http_detach, Parser.http_state = Parser.detach, Parser.state
+Parser.http_pause, Parser.http_resume = Parser.pause, Parser.resume
+
 function Handle:http_attach(mode, cb, limits, ctx)
   local fn = cb
   if ctx ~= nil then
