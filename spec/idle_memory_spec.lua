@@ -8,15 +8,9 @@ local lctest = require('lctest')
 local waitFor = lctest.waitFor
 local N = 5000
 
--- A sanitizer build: ASan's allocator puts redzones around every malloc'd object.
-local function asanBuild()
-  local f = io.open('/proc/self/maps')
-  local maps = f and f:read('*a') or ''
-  if f then
-    f:close()
-  end
-  return maps:find('libasan', 1, true) ~= nil
-end
+-- A sanitizer build: ASan's allocator puts redzones around every malloc'd object, and its
+-- instrumented code is slower.
+local sanitizer = require('spec.helpers.sanitizer')
 
 -- Bytes per idle connection (master + workers). Measured 1.11-1.16 KB here (1.53-1.55 KB
 -- under ASan: its redzones around every malloc; bound 2.0 there) since the
@@ -30,7 +24,7 @@ end
 -- the tree before the third round and catches a regression of that size (a table's hash
 -- part doubling, a Lua object more per connection), not a smaller one
 -- (bench/realistic/idle_objects measures those). See docs/benchmarks.md.
-local LIMIT = (asanBuild() and 2.0 or 1.4) * 1024
+local LIMIT = (sanitizer and 2.0 or 1.4) * 1024
 
 local function vmRSS(pid)
   local f = io.open('/proc/' .. pid .. '/status')

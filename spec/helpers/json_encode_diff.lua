@@ -11,9 +11,8 @@ local orig = require('spec.helpers.cjson_orig')
 
 local M = {}
 
-local ORIG_PATH = '/usr/lib/x86_64-linux-gnu/lua/5.1/cjson.so'
 M.orig = orig
-M.origSafe = orig and assert(package.loadlib(ORIG_PATH, 'luaopen_cjson_safe'))()
+M.origSafe = require('spec.helpers.cjson_orig_safe')
 M.ours, M.oursSafe = cjson, csafe
 
 local random = math.random
