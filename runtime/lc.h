@@ -33,13 +33,6 @@ int lc_call(lua_State *L);
 /// Flushes stdio and ends the process with `code`, running nothing else.
 void lc_exit(int code) __attribute__((noreturn));
 
-// ---- bigalloc.c: the main state's allocator for blocks of 128 KiB or more ----
-
-/// Wraps the state's allocator: large blocks are mmap'd and a few freed ones are cached.
-void lc_bigalloc_install(lua_State *L);
-/// Unmaps the cached blocks; called after lua_close.
-void lc_bigalloc_release(void);
-
 // ---- util.c: error conventions (STYLE.md habit 2) ----
 
 /// Pushes `nil, "ECODE: message", "ECODE"` for a libuv error and returns 3.

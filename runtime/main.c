@@ -7,6 +7,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "bigalloc.h"
 #include "lc.h"
 
 lua_State *lc_L;
