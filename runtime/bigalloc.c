@@ -25,6 +25,9 @@
 // dropped when idle: it is bounded, and a process that once handled large blocks is likely
 // to again. The JSON encoder's output buffer, which becomes an IPC message's blob, comes
 // from here too (lc_bigalloc_realloc).
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE // mremap (the fuzz harnesses build this file without the project's flags)
+#endif
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
