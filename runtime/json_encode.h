@@ -16,6 +16,7 @@ void lc_json_encode_install(lua_State *L, int safe);
 struct lc_json_buf {
   size_t refs;
   size_t len;
+  size_t size; // of the allocation (lc_bigalloc_realloc wants it back)
   char data[];
 };
 #define LC_JSON_BLOB_MIN (64 * 1024) // smaller messages stay strings

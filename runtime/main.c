@@ -7,6 +7,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "bigalloc.h"
 #include "lc.h"
 
 lua_State *lc_L;
@@ -90,6 +91,7 @@ void lc_exit(int code) {
     lua_State *L = lc_L;
     lc_L = NULL;
     lua_close(L);
+    lc_bigalloc_release();
   }
   exit(code);
 }
@@ -131,6 +133,8 @@ int main(int argc, char **argv) {
     fprintf(stderr, "lcluster: cannot create the Lua state\n");
     return 1;
   }
+  // Large blocks get fresh-page-free reuse (runtime/bigalloc.c); only this state.
+  lc_bigalloc_install(L);
   lc_L = L;
   luaL_openlibs(L);
   preload(L, "cjson", lc_cjson_luaopen);
