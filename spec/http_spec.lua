@@ -317,6 +317,30 @@ describe('http server', function()
     assert.is_false(r.closed)
   end)
 
+  it("a request's socket finds net.Socket's methods as they are now, replaced ones too", function()
+    -- A server connection is its socket with the connection's methods in front: what a
+    -- script puts on net.Socket, before or after the first connection, is what it calls.
+    local got = {}
+    local _, port = serve(function(req, res)
+      got[#got + 1] = req.socket:setKeepAlive()
+      res:finish('ok')
+    end)
+    local original = net.Socket.setKeepAlive
+    local r1 = raw(port, 'GET / HTTP/1.1\r\nHost: h\r\n\r\n')
+    waitResponses(r1, 1)
+    net.Socket.setKeepAlive = function()
+      return 'replaced'
+    end
+    local ok, err = pcall(function()
+      local r2 = raw(port, 'GET / HTTP/1.1\r\nHost: h\r\n\r\n')
+      waitResponses(r2, 1)
+    end)
+    net.Socket.setKeepAlive = original
+    assert(ok, err)
+    assert.are.equal('table', type(got[1]))
+    assert.are.equal('replaced', got[2])
+  end)
+
   it('writeHead sets status, reason and headers; bad header values raise', function()
     local errs = {}
     local _, port = serve(function(_, res)

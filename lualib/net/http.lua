@@ -997,31 +997,12 @@ end
 local connMetas = {} -- a socket class's metatable -> the same with Conn's methods first
 
 -- The metatable of a connection's socket: its class's metamethods, and an __index that
--- finds Conn's methods, then the class's own (copied flat into one table when the first
--- connection of the class comes, so a method lookup is one call and one table read, as
--- with the class's own __index function), then asks the class's __index (its getters).
+-- finds Conn's methods, then asks the class's own __index (its methods, looked up live, so a
+-- method a script replaces on net.Socket later is the one found, as on any other socket).
 -- Out of connMeta, which runs per connection: a function making closures ends with UCLO,
 -- which the JIT does not compile.
 local function buildConnMeta(mt)
   local d = {}
-  local flat = {}
-  local c = mt
-  while c ~= nil do
-    for k, v in pairs(c) do
-      if type(k) == 'string' and k:sub(1, 2) ~= '__' and flat[k] == nil then
-        flat[k] = v
-      end
-    end
-    local up = rawget(c, 'super')
-    if up == nil then
-      local m = getmetatable(c)
-      up = m and type(m.__index) == 'table' and m.__index or nil
-    end
-    c = up
-  end
-  for k, v in pairs(Conn) do
-    flat[k] = v
-  end
   for k, v in pairs(mt) do
     if type(k) == 'string' and k:sub(1, 2) == '__' then
       d[k] = v -- metamethods
@@ -1030,7 +1011,7 @@ local function buildConnMeta(mt)
   d.super = mt -- still an instance of its class (_cluster_handles' isA walks super)
   local index = mt.__index
   d.__index = function(self, k)
-    local v = flat[k]
+    local v = Conn[k]
     if v ~= nil then
       return v
     end
