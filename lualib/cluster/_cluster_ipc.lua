@@ -120,14 +120,13 @@ function M.checkSize(body, level)
   end
 end
 
--- Encodes a message or raises ERR_INVALID_ARG_TYPE naming the problem (at `level`), or
--- ERR_IPC_MESSAGE_TOO_LARGE. The result is a string, or a blob for 64 KiB or more (see
--- newEncoder): a body for the channel's send, to be given to M.release once sent.
-function M.encode(msg, level)
+-- Encodes `body` with `enc`, where body is the user's message `msg` or a runtime wrapper
+-- around it; raises (at `level`, counted from here) what is wrong with msg.
+local function encodeChecked(enc, body, msg, level)
   if msg == nil then
     error('ERR_MISSING_ARGS: the message to send is nil', level)
   end
-  local ok, s = pcall(encodeUser, msg)
+  local ok, s = pcall(enc, body)
   if ok then
     M.checkSize(s, level)
     return s
@@ -137,21 +136,21 @@ function M.encode(msg, level)
   error('ERR_INVALID_ARG_TYPE: cannot send the message: ' .. why, level)
 end
 
+-- Encodes a message or raises ERR_INVALID_ARG_TYPE naming the problem (at `level`), or
+-- ERR_IPC_MESSAGE_TOO_LARGE. The result is a string, or a blob for 64 KiB or more (see
+-- newEncoder): a body for the channel's send, to be given to M.release once sent.
+function M.encode(msg, level)
+  local s = encodeChecked(encodeUser, msg, msg, level + 1)
+  return s
+end
+
 -- M.encode for a user's message `msg` carried one level down in `wrapper` (an internal
 -- message such as {cmd='sendTo', to=..., msg=msg}, or a handle frame's {desc, msg}): the
 -- whole frame's body in one encode, with M.encode's errors about msg (before, the message
 -- was encoded once to check it and again inside its wrapper: two encodes of a 1 MiB one).
 function M.encodeWrapped(wrapper, msg, level)
-  if msg == nil then
-    error('ERR_MISSING_ARGS: the message to send is nil', level)
-  end
-  local ok, s = pcall(encodeWrapped, wrapper)
-  if ok then
-    M.checkSize(s, level)
-    return s
-  end
-  M.encode(msg, level + 1) -- raises what is wrong with msg
-  error('ERR_INVALID_ARG_TYPE: cannot send the message: ' .. tostring(s):gsub('^.-:%d+: ', ''), level)
+  local s = encodeChecked(encodeWrapped, wrapper, msg, level + 1)
+  return s
 end
 
 M.decode = decode
