@@ -534,7 +534,7 @@ static void flush_object(lua_State *L, int base, int *made, int n, int in_order)
   lua_settop(L, base);
 }
 
-static int parse_array(parser *d) {
+static __attribute__((noinline)) int parse_array(parser *d) {
   lua_State *L = d->L;
   int base, made = 0, done = 0, n = 0;
 
@@ -569,7 +569,7 @@ static int parse_array(parser *d) {
   return 1;
 }
 
-static int parse_object(parser *d) {
+static __attribute__((noinline)) int parse_object(parser *d) {
   lua_State *L = d->L;
   int base, made = 0, n = 0, escaped;
   uint64_t seen = 0;
