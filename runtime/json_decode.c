@@ -309,43 +309,75 @@ static inline int cache_match(const cache_entry *e, const char *s, size_t len, u
 }
 #endif
 
-// Pushes the string of len bytes at s (no escapes), from the cache when it is there.
-static void push_string(parser *d, const char *s, size_t len, int is_key) {
+// push_string's slower cases: a cache hit outside direct mode (hit: the string is at slot),
+// a miss (it is to be stored at slot), a string the cache does not take (slot -1).
+static __attribute__((noinline)) void push_string_slow(parser *d, const char *s, size_t len,
+                                                       int is_key, int slot, int hit) {
 #if CACHE
-  if (d->cache && len <= d->cache_max && d->end - s >= 8) {
-    uint64_t w0, w1 = 0, h;
-    int slot;
-    memcpy(&w0, s, 8); // within the text: at least 8 bytes are left
-    if (len < 8)
-      w0 &= ((uint64_t)1 << (8 * len)) - 1;
-    else if (len > 8)
-      memcpy(&w1, s + len - 8, 8);
-    h = (w0 ^ (w1 * 0x9E3779B97F4A7C15u) ^ len) * 0xFF51AFD7ED558CCDu;
-    slot = (int)(h >> 56);
-    if (!cache_match(&d->cache[slot], s, len, w0, w1)) {
-      slot ^= 1;
-      if (!cache_match(&d->cache[slot], s, len, w0, w1)) {
-        cache_store(d, s, len, is_key, slot ^ 1);
-        return;
-      }
-    }
+  if (hit) {
     d->budget[is_key]++;
-    if (d->cache[slot].str != NULL) { // direct: the string into the next stack slot
-      lj_state *S = (lj_state *)d->L;
-      S->top->u64 = (uint64_t)LJ_TSTR << 47 | (uintptr_t)d->cache[slot].str;
-      S->top++;
-    } else {
-      lua_rawgeti(d->L, d->cache_idx, slot + 1);
-    }
+    lua_rawgeti(d->L, d->cache_idx, slot + 1);
     return;
   }
+  if (slot >= 0) {
+    cache_store(d, s, len, is_key, slot);
+    return;
+  }
+#else
+  (void)is_key;
+  (void)slot;
+  (void)hit;
 #endif
   lua_pushlstring(d->L, s, len);
 }
 
-// A string from its opening quote; pushes it. *escaped is set when it held an escape (its
-// bytes then differ from the text's).
-static int parse_string(parser *d, int *escaped, int is_key) {
+// Pushes the string of len bytes at s (no escapes), from the cache when it is there;
+// returns a hash of its bytes (its length, first and last 8 bytes), which parse_object uses
+// for its keys' signatures too: a function of the bytes alone, wherever they are. Inlined,
+// the rest out of line, so that a hit in direct mode saves no registers.
+static inline __attribute__((always_inline)) uint64_t push_string(parser *d, const char *s,
+                                                                  size_t len, int is_key) {
+  uint64_t w0 = 0, w1 = 0, h;
+  if (d->end - s >= 8) {
+    memcpy(&w0, s, 8); // within the text
+    if (len < 8) w0 &= ((uint64_t)1 << (8 * len)) - 1;
+  } else {
+    memcpy(&w0, s, len < 8 ? len : 8);
+  }
+  if (len > 8) memcpy(&w1, s + len - 8, 8);
+  h = (w0 ^ (w1 * 0x9E3779B97F4A7C15u) ^ len) * 0xFF51AFD7ED558CCDu;
+#if CACHE
+  if (d->cache && len <= d->cache_max) {
+    int slot = (int)(h >> 56);
+    const cache_entry *e = &d->cache[slot];
+    if (!cache_match(e, s, len, w0, w1)) {
+      e = &d->cache[slot ^ 1];
+      if (!cache_match(e, s, len, w0, w1)) {
+        push_string_slow(d, s, len, is_key, slot, 0); // a miss: stored at slot
+        return h;
+      }
+      slot ^= 1;
+    }
+    if (e->str != NULL) { // direct: the string into the next stack slot
+      lj_state *S = (lj_state *)d->L;
+      d->budget[is_key]++;
+      S->top->u64 = (uint64_t)LJ_TSTR << 47 | (uintptr_t)e->str;
+      S->top++;
+      return h;
+    }
+    push_string_slow(d, s, len, is_key, slot, 1); // a hit, through the API
+    return h;
+  }
+#endif
+  push_string_slow(d, s, len, is_key, -1, 0);
+  return h;
+}
+
+// A string from its opening quote; pushes it. *sig is set to a signature of its bytes, two
+// bits of 64, or to 0 when it held an escape (its bytes then differ from the text's).
+// Inlined: is_key is a constant at each call.
+static inline __attribute__((always_inline)) int parse_string(parser *d, uint64_t *sig,
+                                                              int is_key) {
   const char *s = d->p + 1, *q = s;
 
   // The first '"', '\\' or NUL, 16 bytes at a time while they lie before the end.
@@ -373,13 +405,13 @@ static int parse_string(parser *d, int *escaped, int is_key) {
     q++;
 #endif
   if (*q == '"') {
-    push_string(d, s, (size_t)(q - s), is_key);
+    uint64_t h = push_string(d, s, (size_t)(q - s), is_key);
     d->p = q + 1;
-    *escaped = 0;
+    if (is_key) *sig = (uint64_t)1 << ((h >> 40) & 63) | (uint64_t)1 << ((h >> 46) & 63);
     return 1;
   }
   if (*q != '\\') return 0; // a NUL: the end, or a byte lua-cjson stops at
-  *escaped = 1;
+  *sig = 0;
   return parse_escaped(d, s, q);
 }
 
@@ -467,19 +499,6 @@ static int parse_number(parser *d) {
   lua_pushnumber(d->L, neg ? -v : v);
   d->p = p;
   return 1;
-}
-
-// A cheap signature of a key for telling that two keys of one object may be equal: two bits
-// of 64 from its length and three of its bytes.
-static inline uint64_t key_bits(const char *s, size_t len) {
-  uint64_t h = len;
-  if (len) {
-    h = h * 0x100000001B3u ^ (unsigned char)s[0];
-    h = h * 0x100000001B3u ^ (unsigned char)s[len >> 1];
-    h = h * 0x100000001B3u ^ (unsigned char)s[len - 1];
-  }
-  h *= 0x9E3779B97F4A7C15u;
-  return (uint64_t)1 << (h >> 58) | (uint64_t)1 << ((h >> 52) & 63);
 }
 
 // Moves the `n` entries above `base` (values of an array, key-value pairs of an object) into
@@ -571,7 +590,7 @@ static __attribute__((noinline)) int parse_array(parser *d) {
 
 static __attribute__((noinline)) int parse_object(parser *d) {
   lua_State *L = d->L;
-  int base, made = 0, n = 0, escaped;
+  int base, made = 0, n = 0;
   uint64_t seen = 0;
   int dup = 0; // two keys may be equal
 
@@ -582,12 +601,10 @@ static __attribute__((noinline)) int parse_object(parser *d) {
   skip_ws(d);
   if (*d->p != '}') {
     for (;;) {
-      const char *key = d->p + 1;
       uint64_t bits;
-      if (*d->p != '"' || !parse_string(d, &escaped, 1)) return 0;
-      // An escaped key's bytes are not the text's: such an object keeps its order.
-      bits = key_bits(key, (size_t)(d->p - 1 - key));
-      dup |= escaped || (seen & bits) == bits;
+      if (*d->p != '"' || !parse_string(d, &bits, 1)) return 0;
+      // An escaped key's bytes are not the text's (bits 0): such an object keeps its order.
+      dup |= (seen & bits) == bits;
       seen |= bits;
       skip_ws(d);
       if (*d->p != ':') return 0;
@@ -617,14 +634,14 @@ static __attribute__((noinline)) int parse_object(parser *d) {
 }
 
 static int parse_value(parser *d) {
-  int escaped;
+  uint64_t sig;
   switch (*d->p) {
   case '{':
     return parse_object(d);
   case '[':
     return parse_array(d);
   case '"':
-    return parse_string(d, &escaped, 0);
+    return parse_string(d, &sig, 0);
   case '-':
   case '0':
   case '1':
