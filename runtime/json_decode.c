@@ -168,6 +168,10 @@ typedef struct {
   int budget[2];      // misses that may still replace an entry: values, keys
 } parser;
 
+// The low n bytes of a word, n < 8.
+static const uint64_t low_bytes[8] = {0,          0xFF,         0xFFFF,         0xFFFFFF,
+                                      0xFFFFFFFF, 0xFFFFFFFFFF, 0xFFFFFFFFFFFF, 0xFFFFFFFFFFFFFF};
+
 // Bytes that end the plain run of a string.
 static const unsigned char string_stop[256] = {['"'] = 1, ['\\'] = 1, [0] = 1};
 
@@ -179,7 +183,8 @@ static inline void skip_ws(parser *d) {
     d->p++;
 }
 
-static int parse_value(parser *d);
+static int parse_other(parser *d);
+static inline __attribute__((always_inline)) int parse_value(parser *d);
 
 static int hex4(const char *s) {
   int v = 0;
@@ -340,7 +345,7 @@ static inline __attribute__((always_inline)) uint64_t push_string(parser *d, con
   uint64_t w0 = 0, w1 = 0, h;
   if (d->end - s >= 8) {
     memcpy(&w0, s, 8); // within the text
-    if (len < 8) w0 &= ((uint64_t)1 << (8 * len)) - 1;
+    if (len < 8) w0 &= low_bytes[len];
   } else {
     memcpy(&w0, s, len < 8 ? len : 8);
   }
@@ -633,15 +638,14 @@ static __attribute__((noinline)) int parse_object(parser *d) {
   return 1;
 }
 
-static int parse_value(parser *d) {
-  uint64_t sig;
+// Anything but a string: out of line, so that the loops of parse_object and parse_array,
+// where a string value is parsed in place, save no registers for the rest.
+static __attribute__((noinline)) int parse_other(parser *d) {
   switch (*d->p) {
   case '{':
     return parse_object(d);
   case '[':
     return parse_array(d);
-  case '"':
-    return parse_string(d, &sig, 0);
   case '-':
   case '0':
   case '1':
@@ -672,6 +676,12 @@ static int parse_value(parser *d) {
   default:
     return 0;
   }
+}
+
+static inline __attribute__((always_inline)) int parse_value(parser *d) {
+  uint64_t sig;
+  if (*d->p == '"') return parse_string(d, &sig, 0);
+  return parse_other(d);
 }
 
 // Decodes buf[0..len), which must be followed by a NUL byte (buf[len] == '\0'; a Lua string
