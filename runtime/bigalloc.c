@@ -8,8 +8,9 @@
 // with shadow paging, against 0.04 ms for a warm memcpy of a MiB. This wrapper takes the
 // blocks at or above that threshold: each is its own mapping with a 16-byte header holding
 // the mapped length, and a freed one is kept in a small cache, already touched, for the
-// next large allocation it fits. Blocks below the threshold go to LuaJIT's allocator
-// untouched, so small objects (every object of an HTTP request) cost one compare more.
+// next large allocation it fits. Blocks below the threshold go to LuaJIT's allocator, but
+// for small ones (up to 512 bytes) freed and made again: those go through per-size lists
+// first (the pool, below).
 //
 // lua_Alloc passes the exact old size on every free and realloc, so the size tells whose
 // block it is: below BIG_MIN LuaJIT's, at or above it ours.
@@ -168,10 +169,9 @@ static __attribute__((noinline)) void *big_path(void *ud, void *ptr, size_t osiz
 static void *pool[POOL_CLASSES];
 static size_t pool_bytes;
 
-// The state's allocator; ud is LuaJIT's own (its mspace). Every small object (all of an
-// HTTP request's) costs a compare and a jump more than LuaJIT's allocator alone: the large
-// path is out of line so that this one saves no registers. (BIG_MIN is a power of two, so
-// the or is below it when both sizes are.)
+// The state's allocator; ud is LuaJIT's own (its mspace). The large path is out of line so
+// that this one saves no registers. (BIG_MIN is a power of two, so the or is below it when
+// both sizes are.)
 // Small blocks freed and made go through the pool first: a request allocates ~60 small
 // objects and the GC frees them in batches, where dlmalloc's free (coalescing with the free
 // neighbours, binning) cost ~110 instructions a block and its malloc ~50, the pool ~10 each.

@@ -4,8 +4,8 @@
 // buffer, copies every string there before lua_pushlstring, and fills every table key by key
 // from empty. This parser reads the text once, pushes strings straight from it, and builds
 // each object or array with its exact size: its entries are collected on the Lua stack and
-// the table is created when it closes (bench/realistic/ir: ~86k -> ~55k instructions for the
-// 1.2 KB body of a JSON API request, ~20k of them this file's; docs/benchmarks.md).
+// the table is created when it closes and filled in place (bench/realistic/ir: ~86k -> ~37k
+// instructions for the 1.2 KB body of a JSON API request; docs/benchmarks.md).
 //
 // It handles strict JSON (RFC 8259 grammar) and nothing else: anything it does not model (a
 // syntax error, a number strtod accepts but JSON does not (hex, inf, nan, "+1", "01", "1."),
