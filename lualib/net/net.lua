@@ -29,6 +29,10 @@ local events = require('events')
 local timer = require('timer')
 -- Connection counters for metrics (runtime/metrics.h), bumped through the FFI.
 local counters = require('_metrics').c
+local gcramp = require('_gcramp').ramp
+-- Connections open in this process and the most it had open at once (_gcramp.lua): Lua
+-- numbers (the counters are int64 cdata, boxed when the interpreter reads them).
+local connsOpen, connsHigh = 0, 0
 
 local Emitter = events.Emitter
 local makeError, fromUv = events.makeError, events.fromUv
@@ -1179,6 +1183,11 @@ function Server:_newConnection(sock, h)
   self._connections = self._connections + 1
   counters.conns_accepted = counters.conns_accepted + 1
   counters.conns_open = counters.conns_open + 1
+  connsOpen = connsOpen + 1
+  if connsOpen > connsHigh then -- a new high: a lower GC pause while they ramp up
+    connsHigh = connsOpen
+    gcramp()
+  end
   if self.noDelay and h.nodelay then
     h:nodelay(true)
   end
@@ -1209,6 +1218,7 @@ end
 function Server:_connectionClosed()
   self._connections = self._connections - 1
   counters.conns_open = counters.conns_open - 1
+  connsOpen = connsOpen - 1
   if self._closing then
     self:_maybeClose()
   end

@@ -1,0 +1,60 @@
+-- _gcramp.lua: a low GC pause while a process's connections ramp up to a new high.
+--
+-- Why: pages the Lua heap touched stay resident (LuaJIT's allocator keeps freed memory
+-- mapped), so what an idle connection costs in RSS is its live objects plus its share of
+-- the heap's peak. With the steady pause (200, lualib/_main.lua) a cycle starts when the heap
+-- is twice what the last one left live, so while connections pile up the heap runs up to
+-- twice their live objects with the garbage of the requests that brought them in: at 14,300
+-- idle connections per worker that slack was ~250 bytes per connection on ~310 live
+-- (bench/realistic/idle_objects; docs/benchmarks.md "Idle connections").
+--
+-- What: net.lua calls ramp() when the process's open connections pass their highest count so
+-- far (a counter compare per new connection, nothing per request). The pause drops to
+-- RAMP_PAUSE (a cycle starts once the heap is 10% over what the last one left live) and goes
+-- back to the steady one at the end of the first GC cycle that saw no new high, found by a
+-- sentinel's finalizer (one per cycle while ramping, none otherwise). In steady state (the
+-- connection count below its high) nothing changes, so the instructions per request and per
+-- connection are the same; a ramp pays more GC cycles for the connections it adds (measured:
+-- within the spread of the workers' CPU time per connection, ~40 us, which the kernel's
+-- accept and the request dominate).
+--
+-- Caveat: once the ramp is over, a worker that keeps serving requests at the steady pause
+-- lets its heap reach twice its live size again within a few cycles (what it did before);
+-- the saving holds for connections that stay idle, which is what they cost.
+local M = {}
+
+local RAMP_PAUSE = 110
+
+local steady -- the pause to go back to (a script's own setpause is kept), nil when not ramping
+local newHigh = false -- a new high since the sentinel was made
+
+local function watch()
+  -- A userdata with a finalizer, referenced by nothing: collected by a coming cycle.
+  local sentinel = newproxy(true)
+  getmetatable(sentinel).__gc = function()
+    if newHigh then
+      newHigh = false
+      watch()
+    else
+      collectgarbage('setpause', steady)
+      steady = nil
+    end
+  end
+end
+
+-- The process's open connections reached a new high.
+function M.ramp()
+  newHigh = true
+  if steady == nil then
+    steady = collectgarbage('setpause', RAMP_PAUSE)
+    newHigh = false
+    watch()
+  end
+end
+
+-- For specs: whether the ramp pause is in force.
+function M.ramping()
+  return steady ~= nil
+end
+
+return M
