@@ -816,6 +816,12 @@ describe('GC pause while connections ramp up', function()
     collectgarbage() -- a whole cycle without a new high
     assert.is_false(gcramp.ramping())
     assert.are.equal(150, pause())
+    -- A pause a script sets during a ramp stays.
+    gcramp.ramp()
+    collectgarbage('setpause', 180)
+    collectgarbage()
+    assert.is_false(gcramp.ramping())
+    assert.are.equal(180, pause())
   end)
 
   it('is started by a connection that raises the most this process had open', function()
