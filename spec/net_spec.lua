@@ -794,12 +794,18 @@ describe('GC pause while connections ramp up', function()
     return p
   end
 
+  local function stepmul()
+    local m = collectgarbage('setstepmul', 400)
+    collectgarbage('setstepmul', m)
+    return m
+  end
+
   after_each(function()
     collectgarbage('restart')
     closeAll()
   end)
 
-  it('drops to 110 at a new high and goes back to the steady pause after a cycle without one', function()
+  it('drops the pause to 110 (step multiplier 1000) at a new high and goes back after a cycle without one', function()
     collectgarbage() -- ends a ramp a previous case may have started
     local steady = collectgarbage('setpause', 150) -- a script's own pause is what comes back
     finally(function()
@@ -809,6 +815,7 @@ describe('GC pause while connections ramp up', function()
     gcramp.ramp()
     assert.is_true(gcramp.ramping())
     assert.are.equal(110, pause())
+    assert.are.equal(1000, stepmul())
     gcramp.ramp() -- another new high before the cycle ends: the next cycle keeps 110
     collectgarbage()
     assert.is_true(gcramp.ramping())
@@ -816,6 +823,7 @@ describe('GC pause while connections ramp up', function()
     collectgarbage() -- a whole cycle without a new high
     assert.is_false(gcramp.ramping())
     assert.are.equal(150, pause())
+    assert.are.equal(400, stepmul())
     -- A pause a script sets during a ramp stays.
     gcramp.ramp()
     collectgarbage('setpause', 180)
@@ -847,5 +855,6 @@ describe('GC pause while connections ramp up', function()
     collectgarbage() -- this one saw none
     assert.is_false(gcramp.ramping())
     assert.are.equal(200, pause())
+    assert.are.equal(400, stepmul())
   end)
 end)
