@@ -12,21 +12,20 @@ local N = 5000
 -- instrumented code is slower.
 local sanitizer = require('spec.helpers.sanitizer')
 
--- Bytes per idle connection (master + workers). Measured 0.78-0.84 KB here (1.02-1.06 KB
+-- Bytes per idle connection (master + workers). Measured 0.71-0.75 KB here (0.99-1.00 KB
 -- under ASan: its redzones around every malloc; bound 1.4 there) since the fourth round
--- (docs/architecture.md: a GC pause of 110 while connections ramp up to a new high, the
--- socket without a hash part), 1.13-1.16 KB before it (1.53-1.55 under ASan) and since the
--- third round (the connection is its socket, fields in array parts, the parser in the
--- stream's allocation, GC step multiplier 400), 1.49-1.58 KB before that, 2.35 KB before
--- the message state, llhttp's included, went to a pool between messages and the tables were
--- kept to 8 keys, 4.6-4.9 KB before the parse buffers were pooled and the tables kept to 16
--- keys. This process's own heap grows from cold here, so the figure is above the warm one
--- of bench/realistic/run and bench/realistic/idle_objects (0.59-0.61 KB at 10k), and runs
--- spread by ~0.1 KB (0.78-0.86; the tree before 1.03-1.19): the bound, ~0.16 KB over the
--- highest run, fails the tree before the fourth round and catches a regression of that
--- size (a table's hash part coming back, a Lua object more per connection, the ramp's
--- pause gone), not a smaller one (bench/realistic/idle_objects measures those). See
--- docs/benchmarks.md.
+-- (docs/architecture.md: a low GC pause while connections ramp up to a new high, the socket
+-- without a hash part, a smaller stream), 1.03-1.19 KB before it (1.53-1.55 under ASan) and
+-- since the third round (the connection is its socket, fields in array parts, the parser in
+-- the stream's allocation, GC step multiplier 400), 1.49-1.58 KB before that, 2.35 KB
+-- before the message state, llhttp's included, went to a pool between messages and the
+-- tables were kept to 8 keys, 4.6-4.9 KB before the parse buffers were pooled and the
+-- tables kept to 16 keys. This process's own heap grows from cold here, so the figure is
+-- above the warm one of bench/realistic/run and bench/realistic/idle_objects (0.50-0.56 KB
+-- at 10k), and runs spread by ~0.1-0.15 KB: the bound, ~0.25 KB over the highest run, fails
+-- the tree before the fourth round and catches a regression of that size (a table's hash
+-- part coming back, a Lua object more per connection, the ramp's pause gone), not a smaller
+-- one (bench/realistic/idle_objects measures those). See docs/benchmarks.md.
 local LIMIT = (sanitizer and 1.4 or 1.0) * 1024
 
 local function vmRSS(pid)
