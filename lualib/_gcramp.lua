@@ -8,16 +8,20 @@
 -- idle connections per worker that slack was ~250 bytes per connection on ~310 live
 -- (bench/realistic/idle_objects; docs/benchmarks.md "Idle connections").
 --
--- What: net.lua calls ramp() when the process's open connections pass their highest count so
--- far (a counter compare per new connection, nothing per request). The pause drops to
--- RAMP_PAUSE and the step multiplier rises to RAMP_STEPMUL (below), and both go back to the
--- steady ones (those before the ramp; a value a script set during the ramp stays) at the end
--- of the first GC cycle that saw no new high, found by a sentinel's finalizer (one per cycle
--- while ramping, none otherwise). In steady state (the
--- connection count below its high) nothing changes, so the instructions per request and per
--- connection are the same; a ramp pays more GC cycles for the connections it adds (measured:
--- within the spread of the workers' CPU time per connection, ~40 us, which the kernel's
--- accept and the request dominate).
+-- What: net.lua calls ramp(high) when the process's open connections pass their highest
+-- count so far (a counter compare per new connection, nothing per request). Once the high
+-- has grown by a step (below) since the last ramp, the pause drops to RAMP_PAUSE and the step
+-- multiplier rises to RAMP_STEPMUL, and both go back to the steady ones (those before the
+-- ramp; a value a script set during the ramp stays) at the end of the first GC cycle in
+-- which the high grew by less than a step, found by a sentinel's finalizer (one per cycle
+-- while ramping, none otherwise). The step, 1/128 of the high (at least 16 connections),
+-- keeps a count that creeps up between cycles, as a busy server's may for hours, from
+-- holding the low pause, whose GC work on every request grows with the heap: a burst of
+-- connections passes it every cycle (at pause 110 a cycle lets the heap grow 10%, ~2% more
+-- connections). In steady state nothing changes, so the instructions per request and per
+-- connection are the same; a ramp pays more GC cycles for the connections it adds
+-- (measured: within the spread of the workers' CPU time per connection, ~40 us, which the
+-- kernel's accept and the request dominate).
 --
 -- Caveat: once the ramp is over, a worker that keeps serving requests at the steady pause
 -- lets its heap reach twice its live size again within a few cycles (what it did before);
@@ -35,37 +39,42 @@ local RAMP_PAUSE = 110
 local RAMP_STEPMUL = 1000
 
 local steady, steadyMul -- the pause and step multiplier to go back to, nil when not ramping
-local newHigh = false -- a new high since the sentinel was made
+local high = 0 -- the most connections open at once so far
+local from = 0 -- the high when the current cycle of a ramp started, or the last ramp ended
+
+local function step(n)
+  return n >= 2048 and math.floor(n / 128) or 16
+end
 
 local function watch()
   -- A userdata with a finalizer, referenced by nothing: collected by a coming cycle.
   local sentinel = newproxy(true)
   getmetatable(sentinel).__gc = function()
-    if newHigh then
-      newHigh = false
+    if high >= from + step(from) then -- still ramping
+      from = high
       watch()
-    else
-      -- Back to the steady pause and multiplier, unless a script set its own meanwhile.
-      local now = collectgarbage('setpause', steady)
-      if now ~= RAMP_PAUSE then
-        collectgarbage('setpause', now)
-      end
-      now = collectgarbage('setstepmul', steadyMul)
-      if now ~= RAMP_STEPMUL then
-        collectgarbage('setstepmul', now)
-      end
-      steady, steadyMul = nil, nil
+      return
     end
+    -- Back to the steady pause and multiplier, unless a script set its own meanwhile.
+    local now = collectgarbage('setpause', steady)
+    if now ~= RAMP_PAUSE then
+      collectgarbage('setpause', now)
+    end
+    now = collectgarbage('setstepmul', steadyMul)
+    if now ~= RAMP_STEPMUL then
+      collectgarbage('setstepmul', now)
+    end
+    steady, steadyMul, from = nil, nil, high
   end
 end
 
--- The process's open connections reached a new high.
-function M.ramp()
-  newHigh = true
-  if steady == nil then
+-- The process's open connections reached a new high, n.
+function M.ramp(n)
+  high = n
+  if steady == nil and n >= from + step(from) then
     steady = collectgarbage('setpause', RAMP_PAUSE)
     steadyMul = collectgarbage('setstepmul', RAMP_STEPMUL)
-    newHigh = false
+    from = n
     watch()
   end
 end

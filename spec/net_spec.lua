@@ -805,34 +805,9 @@ describe('GC pause while connections ramp up', function()
     closeAll()
   end)
 
-  it('drops the pause to 110 (step multiplier 1000) at a new high and goes back after a cycle without one', function()
-    collectgarbage() -- ends a ramp a previous case may have started
-    local steady = collectgarbage('setpause', 150) -- a script's own pause is what comes back
-    finally(function()
-      collectgarbage('setpause', steady)
-    end)
-    assert.is_false(gcramp.ramping())
-    gcramp.ramp()
-    assert.is_true(gcramp.ramping())
-    assert.are.equal(110, pause())
-    assert.are.equal(1000, stepmul())
-    gcramp.ramp() -- another new high before the cycle ends: the next cycle keeps 110
+  -- First: the synthetic highs of the next case are above any count this process reaches.
+  it('is started by connections that raise the most this process had open', function()
     collectgarbage()
-    assert.is_true(gcramp.ramping())
-    assert.are.equal(110, pause())
-    collectgarbage() -- a whole cycle without a new high
-    assert.is_false(gcramp.ramping())
-    assert.are.equal(150, pause())
-    assert.are.equal(400, stepmul())
-    -- A pause a script sets during a ramp stays.
-    gcramp.ramp()
-    collectgarbage('setpause', 180)
-    collectgarbage()
-    assert.is_false(gcramp.ramping())
-    assert.are.equal(180, pause())
-  end)
-
-  it('is started by a connection that raises the most this process had open', function()
     collectgarbage()
     assert.is_false(gcramp.ramping())
     collectgarbage('stop') -- no cycle may end (and restore the pause) before the check
@@ -840,21 +815,59 @@ describe('GC pause while connections ramp up', function()
     local _, port = listening(nil, function()
       n = n + 1
     end)
-    -- More connections at once than any case of this file opened before.
-    for _ = 1, 40 do
+    -- More connections at once than any case of this file opened before, by over a step (16).
+    for _ = 1, 64 do
       track(net.connect(port, '127.0.0.1'))
     end
     waitFor(function()
-      return n == 40
-    end, 5000, '40 connections')
+      return n == 64
+    end, 5000, '64 connections')
     assert.is_true(gcramp.ramping())
     assert.are.equal(110, pause())
+    assert.are.equal(1000, stepmul())
     collectgarbage('restart')
-    collectgarbage() -- this cycle saw new highs: it keeps 110
+    collectgarbage() -- this cycle saw the high grow by a step or more: it keeps 110
     assert.is_true(gcramp.ramping())
     collectgarbage() -- this one saw none
     assert.is_false(gcramp.ramping())
     assert.are.equal(200, pause())
     assert.are.equal(400, stepmul())
+  end)
+
+  it('holds 110 and 1000 while each cycle sees the high grow by a step, then restores', function()
+    collectgarbage()
+    collectgarbage()
+    local steady = collectgarbage('setpause', 150) -- a script's own pause is what comes back
+    finally(function()
+      collectgarbage('setpause', steady)
+    end)
+    assert.is_false(gcramp.ramping())
+    local high = 100000
+    gcramp.ramp(high)
+    assert.is_true(gcramp.ramping())
+    assert.are.equal(110, pause())
+    assert.are.equal(1000, stepmul())
+    high = high + 781 -- a step: 1/128 of the high
+    gcramp.ramp(high)
+    collectgarbage()
+    assert.is_true(gcramp.ramping())
+    high = high + 100 -- less than a step: the ramp ends with this cycle
+    gcramp.ramp(high)
+    collectgarbage()
+    assert.is_false(gcramp.ramping())
+    assert.are.equal(150, pause())
+    assert.are.equal(400, stepmul())
+    -- A count creeping up by less than a step does not start one.
+    high = high + 100
+    gcramp.ramp(high)
+    assert.is_false(gcramp.ramping())
+    -- A pause a script sets during a ramp stays.
+    high = high + 1000
+    gcramp.ramp(high)
+    assert.is_true(gcramp.ramping())
+    collectgarbage('setpause', 180)
+    collectgarbage()
+    assert.is_false(gcramp.ramping())
+    assert.are.equal(180, pause())
   end)
 end)

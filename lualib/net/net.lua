@@ -1196,7 +1196,7 @@ function Server:_newConnection(sock, h)
   connsOpen = connsOpen + 1
   if connsOpen > connsHigh then -- a new high: a lower GC pause while they ramp up
     connsHigh = connsOpen
-    gcramp()
+    gcramp(connsHigh)
   end
   if self.noDelay and h.nodelay then
     h:nodelay(true)
