@@ -129,7 +129,7 @@ static void set_flags(int fd) {
 // whose last act was a send does not exit before the bytes are out).
 static void update_poll(lc_ipc_t *ch);
 static void on_poll(uv_poll_t *p, int status, int events);
-static int shm_send(lc_ipc_t *ch, int kind, const char *body, size_t len);
+static __attribute__((noinline)) int shm_send(lc_ipc_t *ch, int kind, const char *body, size_t len);
 
 // Frees a written or dropped request; its Lua string may be collected from now on. (No Lua
 // state at exit: lua_close drops the references itself.)
@@ -334,7 +334,9 @@ static int send_frame(lc_ipc_t *ch, int kind, const char *body, size_t len, cons
     rc = UV_EINVAL;
     goto fail;
   }
-  if (len >= BIG_FRAME && nfds == 0 && kind != LC_IPC_KIND_HANDLE && kind != LC_IPC_KIND_SHM) {
+  // A large message without fds goes through the shared-memory ring when it can.
+  if (__builtin_expect(len >= BIG_FRAME, 0) && nfds == 0 && kind != LC_IPC_KIND_HANDLE &&
+      kind != LC_IPC_KIND_SHM) {
     rc = shm_send(ch, kind, body, len);
     if (rc != 0) return rc < 0 ? rc : 0;
   }
@@ -515,7 +517,9 @@ static int shm_tx_open(lc_ipc_t *ch) {
 // (after whatever is queued there, so the order of messages is the socket's). Returns 1 when
 // sent, 0 when the socket must carry it (no ring, no room, or too large: never waits), or a
 // libuv error from sending the reference.
-static int shm_send(lc_ipc_t *ch, int kind, const char *body, size_t len) {
+// (Out of line, as shm_take: small frames' paths stay as they were, instruction for instruction.)
+static __attribute__((noinline)) int shm_send(lc_ipc_t *ch, int kind, const char *body,
+                                              size_t len) {
   if (ch->tx_off) return 0;
   if (ch->tx_map == NULL && shm_tx_open(ch) != 0) {
     ch->tx_off = 1;
@@ -697,6 +701,26 @@ static void push_frame(lua_State *L, const lc_ipc_frame_t *f, int list, int *n) 
   lua_rawseti(L, list, ++*n);
 }
 
+// do_read's delivery of a ring message: the reference *f is read (shm_recv), the message
+// delivered as any frame, then its region released. Returns 0 or a decoder error (sticky).
+static __attribute__((noinline)) int shm_take(lc_ipc_t *ch, lua_State *L, lc_ipc_frame_t *f,
+                                              int *list, int *n) {
+  uint64_t end;
+  int rc = shm_recv(ch, f, &end);
+  if (rc != 0) return ch->dec.err = rc; // malformed: sticky, like the decoder's own errors
+  lc_metrics.ipc_in++;
+  if (ch->hook == NULL || !ch->hook(ch, f, ch->hook_data)) {
+    if (*list == 0) {
+      lua_createtable(L, 24, 0);
+      *list = lua_gettop(L);
+    }
+    push_frame(L, f, *list, n);
+  }
+  // The message is a Lua value (or the hook's) now: its region may be reused.
+  if (ch->rx_map != NULL) shm_release(ch, end);
+  return 0;
+}
+
 // Reads what the socket holds (up to a budget, so a flood cannot starve the loop), decodes
 // every complete frame and hands them to Lua in one call. Errors and EOF are reported after
 // the frames that preceded them.
@@ -768,21 +792,17 @@ static void do_read(lc_ipc_t *ch) {
     lc_ipc_frame_t f;
     int rc;
     while ((rc = lc_ipc_frame_next(&ch->dec, &f)) == LC_IPC_FRAME_OK) {
-      uint64_t shm_end = 0;
-      if (f.kind == LC_IPC_KIND_SHM && (rc = shm_recv(ch, &f, &shm_end)) != 0) {
-        ch->dec.err = rc; // malformed: sticky, like the decoder's own errors
-        break;
+      if (f.kind == LC_IPC_KIND_SHM) {
+        if ((rc = shm_take(ch, L, &f, &list, &n)) != 0) break;
+        continue;
       }
       lc_metrics.ipc_in++;
-      if (ch->hook == NULL || !ch->hook(ch, &f, ch->hook_data)) {
-        if (list == 0) {
-          lua_createtable(L, 24, 0);
-          list = lua_gettop(L);
-        }
-        push_frame(L, &f, list, &n);
+      if (ch->hook != NULL && ch->hook(ch, &f, ch->hook_data)) continue;
+      if (list == 0) {
+        lua_createtable(L, 24, 0);
+        list = lua_gettop(L);
       }
-      // The message is a Lua value (or the hook's) now: its region may be reused.
-      if (shm_end != 0 && ch->rx_map != NULL) shm_release(ch, shm_end);
+      push_frame(L, &f, list, &n);
     }
     if (rc < 0) {
       frame_err = rc;
