@@ -91,7 +91,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         if (err == 0) err = lc_ipc_shm_locate(&r, ring_size, expect, &at);
         if (err != 0) {
           assert(err == LC_IPC_FRAME_ESHMBODY || err == LC_IPC_FRAME_ESHMFD ||
-                 err == LC_IPC_FRAME_ESHMRANGE);
+                 err == LC_IPC_FRAME_ESHMRANGE || err == LC_IPC_FRAME_ESHMLOST);
           break;
         }
         assert(r.kind == LC_IPC_KIND_USER || r.kind == LC_IPC_KIND_INTERNAL ||

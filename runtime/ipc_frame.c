@@ -223,6 +223,9 @@ const char *lc_ipc_frame_strerror(int err) {
   case LC_IPC_FRAME_ESHMRANGE:
     return "malformed frame: a shared-memory frame names a region outside the ring or out of "
            "order";
+  case LC_IPC_FRAME_ESHMLOST:
+    return "the shared-memory ring's fd was dropped on arrival (this process is at its file "
+           "descriptor limit): its messages cannot be read";
   case LC_IPC_FRAME_ESHMMAP:
     return "malformed frame: the shared-memory ring is not a sealed memfd of a valid size, or "
            "cannot be mapped";
@@ -245,8 +248,9 @@ int lc_ipc_shm_parse(const lc_ipc_frame_t *f, int have_ring, lc_ipc_shm_ref_t *r
   if (f->len != LC_IPC_SHM_BODY || b[1] != 0 || b[2] != 0 || b[3] != 0 ||
       (b[0] != LC_IPC_KIND_USER && b[0] != LC_IPC_KIND_INTERNAL && b[0] != LC_IPC_KIND_STRING))
     return LC_IPC_FRAME_ESHMBODY;
-  // The first frame brings the ring; a frame whose fds the kernel dropped (lost_fds) has no
-  // ring to name either.
+  // The first frame brings the ring. One whose fd the kernel dropped (this process at its fd
+  // limit) leaves messages that cannot be read: not a malformed stream, but as fatal to it.
+  if (!have_ring && f->lost_fds == 1) return LC_IPC_FRAME_ESHMLOST;
   if (f->nfds != (have_ring ? 0 : 1) || f->lost_fds != 0) return LC_IPC_FRAME_ESHMFD;
   r->kind = b[0];
   r->len = 0;

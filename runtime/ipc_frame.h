@@ -55,6 +55,7 @@ enum {
   LC_IPC_FRAME_ESHMFD = -10,  // ... without the ring's fd before the ring exists, or with one after
   LC_IPC_FRAME_ESHMRANGE = -11, // ... naming a region outside the ring or out of FIFO order
   LC_IPC_FRAME_ESHMMAP = -12,   // the fd is not a sealed memfd of a valid size, or mmap failed
+  LC_IPC_FRAME_ESHMLOST = -13,  // the ring's fd was dropped by the kernel (fd limit, MSG_CTRUNC)
 };
 
 /// One decoded frame. `body` points into the decoder's buffer and stays valid until the next
@@ -143,7 +144,7 @@ typedef struct {
 void lc_ipc_shm_ref_encode(unsigned char out[LC_IPC_SHM_BODY], const lc_ipc_shm_ref_t *r);
 /// Reads the LC_IPC_KIND_SHM frame f into *r, given whether the receiver has mapped the
 /// sender's ring yet: the frame must carry the ring's fd (one) exactly when it has not.
-/// Returns 0, LC_IPC_FRAME_ESHMBODY or LC_IPC_FRAME_ESHMFD.
+/// Returns 0, LC_IPC_FRAME_ESHMBODY, LC_IPC_FRAME_ESHMFD or LC_IPC_FRAME_ESHMLOST.
 int lc_ipc_shm_parse(const lc_ipc_frame_t *f, int have_ring, lc_ipc_shm_ref_t *r);
 /// Places *r in a ring of `size` data bytes whose messages up to position `expect` were taken:
 /// the next message starts at expect or at the area's start, and lies before its end. Sets

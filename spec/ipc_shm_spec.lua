@@ -2,7 +2,8 @@
 -- "IPC"): the stream goes through the ring each way (its counters and the memfd mappings in
 -- /proc/self/maps say so) with every byte intact; small socket frames and ring frames keep
 -- their send order; a full ring and a message larger than the ring fall back to the socket in
--- order; a killed worker leaves no mapping or fd in the master; LC_IPC_SHM=0 turns it off.
+-- order; a killed worker leaves no mapping or fd in the master; LC_IPC_SHM=0 turns it off; a
+-- ring fd dropped at the receiver's fd limit closes the channel with its own error.
 -- Malformed ring references are in cluster_spec ("closes a channel on a bad frame").
 local lctest = require('lctest')
 
@@ -68,6 +69,13 @@ describe('IPC shared-memory rings', function()
     assert.are.equal('small1 large2 large3 small4', r[1], c.stderr)
     -- Only the ring-sized one went through the ring.
     assert.are.equal('master sent=0 received=1 full=0 too_big=0 maps=1', r[2])
+  end)
+
+  it("close the channel with a clear error when the ring's fd is dropped at the receiver's fd limit", function()
+    local r, c = run('fdlimit', '4')
+    assert.are.same({ 'worker-exit 0 nil' }, r)
+    assert.matches("worker 1: IPC channel to the master closed: EPROTO: the shared-memory ring's fd "
+      .. 'was dropped on arrival (this process is at its file descriptor limit)', c.stderr, 1, true)
   end)
 
   it('are unmapped, and no memfd is left, when a worker is killed mid-stream', function()
