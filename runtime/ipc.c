@@ -20,6 +20,8 @@
 // lua-cjson instance is set to it too: lualib/cluster/_cluster_ipc.lua). A body is a
 // string or a blob from an encode set up by `_core.ipc_blobs` (runtime/json_encode.c: a large
 // encoded message in a C buffer, queued by a counted reference instead of a Lua string).
+// Large messages go through a shared-memory ring per direction when they can ("large messages
+// through shared memory" below); `_core.ipc_shm_stats()` returns the process's ring counters.
 #include "ipc.h"
 #include "json_encode.h"
 #include "metrics.h"
@@ -634,7 +636,7 @@ static void shm_release(lc_ipc_t *ch, uint64_t end) {
 
 // _core.ipc_shm_stats() -> {sent=, received=, full=, too_big=, maps=, peak=}
 static int ipc_shm_stats(lua_State *L) {
-  lua_createtable(L, 0, 5);
+  lua_createtable(L, 0, 6);
   lua_pushnumber(L, (lua_Number)shm_stats.sent);
   lua_setfield(L, -2, "sent");
   lua_pushnumber(L, (lua_Number)shm_stats.received);
