@@ -59,7 +59,8 @@ local function setupGlobals()
   -- request, 10.7k -> 10.1k then) for ~1 MB more RSS per worker under load; since then a
   -- worker keeps ~100 KB more live (the stop sequence, metrics, guards), which the pause
   -- multiplies: at 400 a loaded worker reached 7.0 MB, at 200 5.4 MB (Node's: ~55 MB),
-  -- for 8.0k -> 8.5k instructions per request, with keep-alive still 1.8x Node's.
+  -- for 8.0k -> 8.5k instructions per request, with keep-alive still 1.8x Node's. While the
+  -- process's connections ramp up to a new high the pause is 110 (lualib/_gcramp.lua).
   collectgarbage('setpause', 200)
   -- GC step multiplier 400 (LuaJIT's default 200): a cycle does its work in half as much
   -- allocation, so less garbage made during a cycle floats to the next. The peak heap is

@@ -62,21 +62,13 @@ static void on_close(uv_handle_t *uvh) {
   if (h->self_ref != LUA_NOREF) {
     lua_rawgeti(L, LUA_REGISTRYINDEX, h->self_ref);
     lc_handle_t **ud = lua_touserdata(L, -1);
-    if (ud != NULL) {
-      *ud = NULL;
-      // A stream's userdata keeps its byte counts.
-      if (is_stream && lua_objlen(L, -1) >= sizeof(lc_stream_ud_t)) {
-        lc_stream_ud_t *sud = (lc_stream_ud_t *)ud;
-        sud->bytes_read = ((lc_stream_t *)h)->bytes_read;
-        sud->bytes_written = ((lc_stream_t *)h)->bytes_written;
-      }
-    }
+    if (ud != NULL) *ud = NULL; // a stream's userdata keeps its byte counts (lc_stream_t.ud)
     lua_pop(L, 1);
     luaL_unref(L, LUA_REGISTRYINDEX, h->self_ref);
   }
   if (is_stream) {
     lc_stream_t *s = (lc_stream_t *)h;
-    if (s->hook != NULL) s->hook(s, 0, NULL); // the stream goes: its reader forgets it
+    if (s->hook != NULL) lc_http_stream_read(s, 0, NULL); // the stream goes: its reader forgets it
   }
   lc_util_unref(L, h->cb_ref);
   int close_ref = h->close_ref;

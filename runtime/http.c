@@ -101,7 +101,7 @@ typedef struct http_msg {
 // stream: a userdata (~100 bytes) and a registry slot less per connection.
 typedef struct http_conn {
   lc_stream_t *stream; // the attached stream: NULL before, and once detached or closed (the
-                       // stream tells its hook when it goes: conn_read with nread 0)
+                       // stream tells its reader when it goes: lc_http_stream_read with nread 0)
   int self_ref;        // keeps this userdata alive while attached
   int cb_ref;          // shared by every parser with a ctx (lc_util_ref_shared)
   // Limits (0 = none).
@@ -762,8 +762,8 @@ static void conn_feed(lua_State *L, http_conn_t *c, const char *data, size_t len
 // The stream's read hook: bytes go to the parser; EOF and errors to the stream's callback.
 static void conn_detach(lua_State *L, http_conn_t *c);
 
-static void conn_read(lc_stream_t *s, ssize_t nread, const char *data) {
-  http_conn_t *c = s->hook_data;
+void lc_http_stream_read(lc_stream_t *s, ssize_t nread, const char *data) {
+  http_conn_t *c = s->hook;
   lua_State *L = lc_L;
   if (nread == 0) { // the stream closed and its memory goes: forget it
     conn_detach(L, c);
@@ -831,8 +831,7 @@ static int embed(lua_State *L, int mode, int mode_idx, int stream_idx, int ctx_i
   c->cb_ref = lc_util_ref_shared(L, mode_idx + 1);
   read_limits(L, mode_idx + 2, c);
   c->stream = s;
-  s->hook = conn_read;
-  s->hook_data = c;
+  s->hook = c;
   lua_pushvalue(L, stream_idx);
   return 1;
 }
@@ -868,8 +867,7 @@ static int new_conn(lua_State *L, int mode_idx, int stream_idx) {
     c->stream = s;
     lua_pushvalue(L, -1);
     c->self_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-    s->hook = conn_read;
-    s->hook_data = c;
+    s->hook = c;
   }
   return 1; // [conn]
 }
@@ -903,10 +901,7 @@ static http_conn_t *check_conn(lua_State *L) {
 // twice and from inside a callback (parsing stops after it returns).
 static void conn_detach(lua_State *L, http_conn_t *c) {
   lc_stream_t *s = c->stream; // open or closing: not freed before it told us
-  if (s != NULL && s->hook_data == c) {
-    s->hook = NULL;
-    s->hook_data = NULL;
-  }
+  if (s != NULL && s->hook == c) s->hook = NULL;
   c->stop = 1;
   c->stream = NULL;
   luaL_unref(L, LUA_REGISTRYINDEX, c->self_ref);
@@ -1432,7 +1427,7 @@ static int send_parts(lua_State *L, lc_stream_t *s, uv_buf_t *bufs, int nbufs, i
     int n = uv_try_write(&s->u.stream, bufs, (unsigned)nbufs);
     if (n > 0) {
       done = (size_t)n;
-      s->bytes_written += (uint64_t)n;
+      s->ud->bytes_written += (uint64_t)n;
       lc_metrics.bytes_out += (uint64_t)n;
     } else if (n != UV_EAGAIN && n != UV_ENOSYS) {
       return n;

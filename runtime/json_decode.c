@@ -4,8 +4,8 @@
 // buffer, copies every string there before lua_pushlstring, and fills every table key by key
 // from empty. This parser reads the text once, pushes strings straight from it, and builds
 // each object or array with its exact size: its entries are collected on the Lua stack and
-// the table is created when it closes (bench/realistic/ir: ~86k -> ~55k instructions for the
-// 1.2 KB body of a JSON API request, ~20k of them this file's; docs/benchmarks.md).
+// the table is created when it closes and filled in place (bench/realistic/ir: ~86k -> ~37k
+// instructions for the 1.2 KB body of a JSON API request; docs/benchmarks.md).
 //
 // It handles strict JSON (RFC 8259 grammar) and nothing else: anything it does not model (a
 // syntax error, a number strtod accepts but JSON does not (hex, inf, nan, "+1", "01", "1."),
@@ -31,6 +31,7 @@
 // decode_invalid_numbers needs no wrapper: the fast path takes only numbers of JSON's
 // grammar, which lua-cjson decodes alike under both settings.
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #ifdef __SSE2__
 #include <emmintrin.h>
@@ -43,6 +44,72 @@ double fpconv_strtod(const char *nptr, char **endptr); // runtime/fpconv.c
 
 void lc_json_decode_install(lua_State *L, int safe);
 int lc_json_decode_buf(lua_State *L, const char *buf, size_t len, int max_depth);
+
+// -- LuaJIT's objects in place ----------------------------------------------------------------
+//
+// As the encoder reads tables in place (json_encode.c), the decoder writes them in place: a
+// table's entries, gathered on the Lua stack, go into the table lua_createtable made for
+// them without a lua_rawset or lua_rawseti each (index2adr, a lookup of the new key, the
+// stack juggling: ~120 and ~50 instructions an entry), and a cached string is written to the
+// stack slot without a lua_rawgeti. The layouts are lj_obj.h's for GC64, as of the LuaJIT
+// Debian packages (2.1.0~beta3+git20220320); check_direct() verifies them on probe values
+// before the first use and leaves the API path on if anything differs (LC_JSON_DECODE=api
+// forces that path, for the specs). Keys go in through lj_tab_newkey, LuaJIT's own insertion
+// of a key known to be absent (the binary links LuaJIT statically; the symbol is internal
+// but linkable), so the hash chains are LuaJIT's. GC safety: the table is the newest object,
+// made by lua_createtable (which runs the GC step that allocation owes first), so it is
+// white; nothing between its creation and the last store allocates or runs the GC
+// (lj_tab_newkey never rehashes a table made with room for every key), so no store needs a
+// write barrier, as none is needed for a table's constructor. Tables filled after an
+// allocation (a container longer than CHUNK entries, continued) go through the API.
+typedef union {
+  uint64_t u64;
+  int64_t it64;
+  double n;
+} lj_tv; // TValue
+typedef struct {
+  lj_tv val, key;
+  uint64_t next;
+} lj_node; // Node
+typedef struct {
+  uint64_t nextgc;
+  uint8_t marked, gct, nomm;
+  int8_t colo;
+  lj_tv *array; // slots 0..asize-1
+  uint64_t gclist, metatable;
+  lj_node *node; // hmask + 1 nodes
+  uint32_t asize, hmask;
+  uint64_t freetop;
+} lj_tab; // GCtab
+typedef struct {
+  uint64_t nextgc;
+  uint8_t marked, gct, reserved, hashalg;
+  uint32_t sid, hash, len;
+} lj_str; // GCstr; the bytes follow it, then a NUL
+typedef struct {
+  uint64_t nextgc;
+  uint8_t marked, gct, dummy_ffid, status;
+  uint64_t glref, gclist;
+  lj_tv *base, *top; // the running function's first slot, the first free one
+} lj_state;          // lua_State, its first fields
+
+lj_tv *lj_tab_newkey(lua_State *L, lj_tab *t, const lj_tv *key); // lj_tab.c
+
+#define LJ_ITYPE(tv) ((uint32_t)((tv)->it64 >> 47))
+#define LJ_GCV(tv) ((void *)(uintptr_t)((tv)->u64 & (((uint64_t)1 << 47) - 1)))
+#define LJ_TSTR (~4u)
+#define LJ_TTAB (~11u)
+#define LJ_TTRUE (~2u)
+#define LJ_TNIL (~0u)
+#define LJ_TNUMX (~13u)
+
+enum { DIRECT_UNKNOWN, DIRECT_OFF, DIRECT_ON };
+static int direct = DIRECT_UNKNOWN;
+
+// The stack slot of index idx (> 0) of the running C function.
+static inline lj_tv *slot_at(lua_State *L, int idx) {
+  return ((lj_state *)L)->base + (idx - 1);
+}
 
 // Entries of one object or array collected on the Lua stack before its table is created with
 // their count; a longer one gets its table then and is continued in chunks of this many, the
@@ -72,6 +139,10 @@ int lc_json_decode_buf(lua_State *L, const char *buf, size_t len, int max_depth)
 // unique strings costs the lookups, not the stores.
 #define CACHE_SLOTS 256
 #define CACHE_MAX_LEN 16
+// In direct mode strings up to this long too (the cached string's bytes are at hand to
+// compare): repeated longer values (a 30-byte note in every item) skip lua_pushlstring's hash
+// and intern lookup.
+#define CACHE_MAX_DIRECT 64
 #define BUDGET 16
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
 #define CACHE 1
@@ -81,7 +152,8 @@ int lc_json_decode_buf(lua_State *L, const char *buf, size_t len, int max_depth)
 
 typedef struct {
   uint64_t w0, w1;
-  uint32_t len; // UINT32_MAX: empty
+  uint32_t len;      // UINT32_MAX: empty
+  const lj_str *str; // the string (direct mode only; the Lua table keeps it alive)
 } cache_entry;
 
 typedef struct {
@@ -92,8 +164,13 @@ typedef struct {
   int max_depth;
   cache_entry *cache; // NULL: none
   int cache_idx;      // the stack index of the cache's Lua table
+  size_t cache_max;   // the longest string the cache takes
   int budget[2];      // misses that may still replace an entry: values, keys
 } parser;
+
+// The low n bytes of a word, n < 8.
+static const uint64_t low_bytes[8] = {0,          0xFF,         0xFFFF,         0xFFFFFF,
+                                      0xFFFFFFFF, 0xFFFFFFFFFF, 0xFFFFFFFFFFFF, 0xFFFFFFFFFFFFFF};
 
 // Bytes that end the plain run of a string.
 static const unsigned char string_stop[256] = {['"'] = 1, ['\\'] = 1, [0] = 1};
@@ -106,7 +183,8 @@ static inline void skip_ws(parser *d) {
     d->p++;
 }
 
-static int parse_value(parser *d);
+static int parse_other(parser *d);
+static inline __attribute__((always_inline)) int parse_value(parser *d);
 
 static int hex4(const char *s) {
   int v = 0;
@@ -202,53 +280,109 @@ static __attribute__((noinline)) int parse_escaped(parser *d, const char *s, con
 }
 
 #if CACHE
-// A cache miss: pushes the string and, within the budget, stores it in slot.
+// A cache miss: pushes the string and, within the budget, stores it in slot, whose string
+// moves to the slot's pair (slot ^ 1), replacing that one: two ways, the newest first.
 static __attribute__((noinline)) void cache_store(parser *d, const char *s, size_t len, int is_key,
-                                                  cache_entry *e, int slot) {
+                                                  int slot) {
+  lua_State *L = d->L;
+  cache_entry *e = &d->cache[slot];
   uint64_t w0 = 0, w1 = 0;
-  lua_pushlstring(d->L, s, len);
+  lua_pushlstring(L, s, len);
   if (d->budget[is_key] == 0) return;
   d->budget[is_key]--;
-  lua_pushvalue(d->L, -1);
-  lua_rawseti(d->L, d->cache_idx, slot + 1);
+  if (e->len != UINT32_MAX) {
+    d->cache[slot ^ 1] = *e;
+    lua_rawgeti(L, d->cache_idx, slot + 1);
+    lua_rawseti(L, d->cache_idx, (slot ^ 1) + 1);
+  }
+  lua_pushvalue(L, -1);
+  lua_rawseti(L, d->cache_idx, slot + 1);
   memcpy(&w0, s, len < 8 ? len : 8);
   if (len > 8) memcpy(&w1, s + len - 8, 8);
   e->len = (uint32_t)len;
   e->w0 = w0;
   e->w1 = w1;
+  e->str = direct == DIRECT_ON ? LJ_GCV(&((lj_state *)L)->top[-1]) : NULL;
+}
+
+// Whether entry e holds the len bytes at s, whose first and last 8 are w0 and w1.
+static inline int cache_match(const cache_entry *e, const char *s, size_t len, uint64_t w0,
+                              uint64_t w1) {
+  if (e->len != len || e->w0 != w0 || e->w1 != w1) return 0;
+  // A longer string (direct mode only): its middle compared with the cached string's.
+  return len <= 16 || memcmp(s + 8, (const char *)(e->str + 1) + 8, len - 16) == 0;
 }
 #endif
 
-// Pushes the string of len bytes at s (no escapes), from the cache when it is there.
-static void push_string(parser *d, const char *s, size_t len, int is_key) {
+// push_string's slower cases: a cache hit outside direct mode (hit: the string is at slot),
+// a miss (it is to be stored at slot), a string the cache does not take (slot -1).
+static __attribute__((noinline)) void push_string_slow(parser *d, const char *s, size_t len,
+                                                       int is_key, int slot, int hit) {
 #if CACHE
-  if (d->cache && len <= CACHE_MAX_LEN && d->end - s >= 8) {
-    uint64_t w0, w1 = 0, h;
-    cache_entry *e;
-    int slot;
-    memcpy(&w0, s, 8); // within the text: at least 8 bytes are left
-    if (len < 8)
-      w0 &= ((uint64_t)1 << (8 * len)) - 1;
-    else if (len > 8)
-      memcpy(&w1, s + len - 8, 8);
-    h = (w0 ^ (w1 * 0x9E3779B97F4A7C15u) ^ len) * 0xFF51AFD7ED558CCDu;
-    slot = (int)(h >> 56);
-    e = &d->cache[slot];
-    if (e->len == len && e->w0 == w0 && e->w1 == w1) {
-      lua_rawgeti(d->L, d->cache_idx, slot + 1);
-      d->budget[is_key]++;
-      return;
-    }
-    cache_store(d, s, len, is_key, e, slot);
+  if (hit) {
+    d->budget[is_key]++;
+    lua_rawgeti(d->L, d->cache_idx, slot + 1);
     return;
   }
+  if (slot >= 0) {
+    cache_store(d, s, len, is_key, slot);
+    return;
+  }
+#else
+  (void)is_key;
+  (void)slot;
+  (void)hit;
 #endif
   lua_pushlstring(d->L, s, len);
 }
 
-// A string from its opening quote; pushes it. *escaped is set when it held an escape (its
-// bytes then differ from the text's).
-static int parse_string(parser *d, int *escaped, int is_key) {
+// Pushes the string of len bytes at s (no escapes), from the cache when it is there;
+// returns a hash of its bytes (its length, first and last 8 bytes), which parse_object uses
+// for its keys' signatures too: a function of the bytes alone, wherever they are. Inlined,
+// the rest out of line, so that a hit in direct mode saves no registers.
+static inline __attribute__((always_inline)) uint64_t push_string(parser *d, const char *s,
+                                                                  size_t len, int is_key) {
+  uint64_t w0 = 0, w1 = 0, h;
+  if (d->end - s >= 8) {
+    memcpy(&w0, s, 8); // within the text
+    if (len < 8) w0 &= low_bytes[len];
+  } else {
+    memcpy(&w0, s, len < 8 ? len : 8);
+  }
+  if (len > 8) memcpy(&w1, s + len - 8, 8);
+  h = (w0 ^ (w1 * 0x9E3779B97F4A7C15u) ^ len) * 0xFF51AFD7ED558CCDu;
+#if CACHE
+  if (d->cache && len <= d->cache_max) {
+    int slot = (int)(h >> 56);
+    const cache_entry *e = &d->cache[slot];
+    if (!cache_match(e, s, len, w0, w1)) {
+      e = &d->cache[slot ^ 1];
+      if (!cache_match(e, s, len, w0, w1)) {
+        push_string_slow(d, s, len, is_key, slot, 0); // a miss: stored at slot
+        return h;
+      }
+      slot ^= 1;
+    }
+    if (e->str != NULL) { // direct: the string into the next stack slot
+      lj_state *S = (lj_state *)d->L;
+      d->budget[is_key]++;
+      S->top->u64 = (uint64_t)LJ_TSTR << 47 | (uintptr_t)e->str;
+      S->top++;
+      return h;
+    }
+    push_string_slow(d, s, len, is_key, slot, 1); // a hit, through the API
+    return h;
+  }
+#endif
+  push_string_slow(d, s, len, is_key, -1, 0);
+  return h;
+}
+
+// A string from its opening quote; pushes it. *sig is set to a signature of its bytes, two
+// bits of 64, or to 0 when it held an escape (its bytes then differ from the text's).
+// Inlined: is_key is a constant at each call.
+static inline __attribute__((always_inline)) int parse_string(parser *d, uint64_t *sig,
+                                                              int is_key) {
   const char *s = d->p + 1, *q = s;
 
   // The first '"', '\\' or NUL, 16 bytes at a time while they lie before the end.
@@ -276,13 +410,13 @@ static int parse_string(parser *d, int *escaped, int is_key) {
     q++;
 #endif
   if (*q == '"') {
-    push_string(d, s, (size_t)(q - s), is_key);
+    uint64_t h = push_string(d, s, (size_t)(q - s), is_key);
     d->p = q + 1;
-    *escaped = 0;
+    if (is_key) *sig = (uint64_t)1 << ((h >> 40) & 63) | (uint64_t)1 << ((h >> 46) & 63);
     return 1;
   }
   if (*q != '\\') return 0; // a NUL: the end, or a byte lua-cjson stops at
-  *escaped = 1;
+  *sig = 0;
   return parse_escaped(d, s, q);
 }
 
@@ -372,19 +506,6 @@ static int parse_number(parser *d) {
   return 1;
 }
 
-// A cheap signature of a key for telling that two keys of one object may be equal: two bits
-// of 64 from its length and three of its bytes.
-static inline uint64_t key_bits(const char *s, size_t len) {
-  uint64_t h = len;
-  if (len) {
-    h = h * 0x100000001B3u ^ (unsigned char)s[0];
-    h = h * 0x100000001B3u ^ (unsigned char)s[len >> 1];
-    h = h * 0x100000001B3u ^ (unsigned char)s[len - 1];
-  }
-  h *= 0x9E3779B97F4A7C15u;
-  return (uint64_t)1 << (h >> 58) | (uint64_t)1 << ((h >> 52) & 63);
-}
-
 // Moves the `n` entries above `base` (values of an array, key-value pairs of an object) into
 // the table at `base`, creating it if it is still the nil placeholder. lua_rawset and
 // lua_rawseti take the topmost entry, so entries go in last first; for an object that is
@@ -393,8 +514,17 @@ static inline uint64_t key_bits(const char *s, size_t len) {
 static void flush_array(lua_State *L, int base, int *made, int done, int n) {
   if (!*made) {
     lua_createtable(L, n, 0);
-    lua_replace(L, base);
     *made = 1;
+    if (direct == DIRECT_ON) { // into the array part (asize n + 1) in place; see the top
+      lj_tv *b = slot_at(L, base);
+      lj_tab *t = LJ_GCV(&b[n + 1]);
+      for (int i = 1; i <= n; i++)
+        t->array[i] = b[i];
+      b[0] = b[n + 1];
+      ((lj_state *)L)->top = b + 1;
+      return;
+    }
+    lua_replace(L, base);
   }
   for (int i = done + n; i > done; i--)
     lua_rawseti(L, base, i);
@@ -403,8 +533,17 @@ static void flush_array(lua_State *L, int base, int *made, int done, int n) {
 static void flush_object(lua_State *L, int base, int *made, int n, int in_order) {
   if (!*made) {
     lua_createtable(L, 0, n);
-    lua_replace(L, base);
     *made = 1;
+    if (direct == DIRECT_ON && !in_order) { // distinct keys into the new table; see the top
+      lj_tv *b = slot_at(L, base);
+      lj_tab *t = LJ_GCV(&b[2 * n + 1]);
+      for (int i = 0; i < n; i++)
+        *lj_tab_newkey(L, t, &b[1 + 2 * i]) = b[2 + 2 * i];
+      b[0] = b[2 * n + 1];
+      ((lj_state *)L)->top = b + 1;
+      return;
+    }
+    lua_replace(L, base);
   }
   if (!in_order) {
     for (int i = 0; i < n; i++)
@@ -419,7 +558,7 @@ static void flush_object(lua_State *L, int base, int *made, int n, int in_order)
   lua_settop(L, base);
 }
 
-static int parse_array(parser *d) {
+static __attribute__((noinline)) int parse_array(parser *d) {
   lua_State *L = d->L;
   int base, made = 0, done = 0, n = 0;
 
@@ -454,9 +593,9 @@ static int parse_array(parser *d) {
   return 1;
 }
 
-static int parse_object(parser *d) {
+static __attribute__((noinline)) int parse_object(parser *d) {
   lua_State *L = d->L;
-  int base, made = 0, n = 0, escaped;
+  int base, made = 0, n = 0;
   uint64_t seen = 0;
   int dup = 0; // two keys may be equal
 
@@ -467,12 +606,10 @@ static int parse_object(parser *d) {
   skip_ws(d);
   if (*d->p != '}') {
     for (;;) {
-      const char *key = d->p + 1;
       uint64_t bits;
-      if (*d->p != '"' || !parse_string(d, &escaped, 1)) return 0;
-      // An escaped key's bytes are not the text's: such an object keeps its order.
-      bits = key_bits(key, (size_t)(d->p - 1 - key));
-      dup |= escaped || (seen & bits) == bits;
+      if (*d->p != '"' || !parse_string(d, &bits, 1)) return 0;
+      // An escaped key's bytes are not the text's (bits 0): such an object keeps its order.
+      dup |= (seen & bits) == bits;
       seen |= bits;
       skip_ws(d);
       if (*d->p != ':') return 0;
@@ -501,15 +638,14 @@ static int parse_object(parser *d) {
   return 1;
 }
 
-static int parse_value(parser *d) {
-  int escaped;
+// Anything but a string: out of line, so that the loops of parse_object and parse_array,
+// where a string value is parsed in place, save no registers for the rest.
+static __attribute__((noinline)) int parse_other(parser *d) {
   switch (*d->p) {
   case '{':
     return parse_object(d);
   case '[':
     return parse_array(d);
-  case '"':
-    return parse_string(d, &escaped, 0);
   case '-':
   case '0':
   case '1':
@@ -542,14 +678,27 @@ static int parse_value(parser *d) {
   }
 }
 
+static inline __attribute__((always_inline)) int parse_value(parser *d) {
+  uint64_t sig;
+  if (*d->p == '"') return parse_string(d, &sig, 0);
+  return parse_other(d);
+}
+
 // Decodes buf[0..len), which must be followed by a NUL byte (buf[len] == '\0'; a Lua string
 // is), nesting at most max_depth deep. Pushes the value and returns 1, or returns 0 with the
 // stack as it was when the text is not JSON this parser handles (lua-cjson's decode must
 // then be asked: it may accept it or give the error).
 static int decode(lua_State *L, const char *buf, size_t len, int max_depth, cache_entry *cache,
                   int cache_idx) {
-  parser d = {L,     buf,       buf + len,       0, max_depth < DEPTH_CAP ? max_depth : DEPTH_CAP,
-              cache, cache_idx, {BUDGET, BUDGET}};
+  parser d = {L,
+              buf,
+              buf + len,
+              0,
+              max_depth < DEPTH_CAP ? max_depth : DEPTH_CAP,
+              cache,
+              cache_idx,
+              direct == DIRECT_ON ? CACHE_MAX_DIRECT : CACHE_MAX_LEN,
+              {BUDGET, BUDGET}};
   int top = lua_gettop(L);
 
   // The root value and a luaL_Buffer's pieces (containers check for their own slots).
@@ -563,7 +712,90 @@ static int decode(lua_State *L, const char *buf, size_t len, int max_depth, cach
   return 0;
 }
 
+// Whether the layouts at the top are this LuaJIT's: GC64 (ffi.abi), the stack slots and a
+// string read back where lua_State's base and top point, a table's parts where GCtab says
+// they are; then an object and an array built in place, read back through the API. Run
+// once, before the first decode.
+static int check_direct(lua_State *L) {
+  int top = lua_gettop(L), ok = 0;
+  const char *mode = getenv("LC_JSON_DECODE");
+  if (mode != NULL && strcmp(mode, "api") == 0) return DIRECT_OFF;
+  if (!lua_checkstack(L, 16)) return DIRECT_OFF;
+  if (luaL_loadstring(L, "local ok, ffi = pcall(require, 'ffi') return ok and ffi.abi('gc64')") !=
+          0 ||
+      lua_pcall(L, 0, 1, 0) != 0 || !lua_toboolean(L, -1)) {
+    lua_settop(L, top);
+    return DIRECT_OFF;
+  }
+  lua_settop(L, top);
+  lua_pushnumber(L, 1.5);
+  lua_pushlstring(L, "probe\0key", 9);
+  lua_createtable(L, 3, 0);
+  lua_pushboolean(L, 1);
+  lua_rawseti(L, -2, 2);
+  {
+    lj_state *S = (lj_state *)L;
+    lj_tv *t1 = S->top - 1, *str = S->top - 2, *num = S->top - 3;
+    const lj_tab *t = LJ_GCV(t1);
+    const lj_str *ps = LJ_GCV(str);
+    ok = S->top - S->base == lua_gettop(L) && slot_at(L, top + 1) == num &&
+         LJ_ITYPE(num) < LJ_TNUMX && num->n == 1.5 && LJ_ITYPE(str) == LJ_TSTR && ps->len == 9 &&
+         memcmp(ps + 1, "probe\0key", 10) == 0 && LJ_ITYPE(t1) == LJ_TTAB &&
+         (const void *)t == lua_topointer(L, -1) && t->asize == 4 && t->hmask == 0 &&
+         LJ_ITYPE(&t->array[1]) == LJ_TNIL && LJ_ITYPE(&t->array[2]) == LJ_TTRUE &&
+         LJ_ITYPE(&t->array[3]) == LJ_TNIL;
+  }
+  lua_settop(L, top);
+  if (ok) {
+    int made = 0, base;
+    direct = DIRECT_ON; // for the flushes below
+    lua_pushnil(L);     // {a = 1.5, bb = true, [1] = "probe\0key"}
+    base = lua_gettop(L);
+    lua_pushliteral(L, "a");
+    lua_pushnumber(L, 1.5);
+    lua_pushliteral(L, "bb");
+    lua_pushboolean(L, 1);
+    lua_pushnumber(L, 1);
+    lua_pushlstring(L, "probe\0key", 9);
+    flush_object(L, base, &made, 3, 0);
+    made = 0;
+    lua_pushnil(L); // {7, "x", false}
+    lua_pushnumber(L, 7);
+    lua_pushliteral(L, "x");
+    lua_pushboolean(L, 0);
+    flush_array(L, base + 1, &made, 0, 3);
+    direct = DIRECT_UNKNOWN;
+    ok = lua_gettop(L) == top + 2 && lua_type(L, base) == LUA_TTABLE &&
+         lua_type(L, base + 1) == LUA_TTABLE && lua_objlen(L, base + 1) == 3;
+    if (ok) {
+      size_t n;
+      const char *v;
+      int count = 0;
+      lua_getfield(L, base, "a");
+      lua_getfield(L, base, "bb");
+      lua_rawgeti(L, base, 1);
+      lua_rawgeti(L, base + 1, 1);
+      lua_rawgeti(L, base + 1, 2);
+      lua_rawgeti(L, base + 1, 3);
+      v = lua_tolstring(L, -4, &n);
+      ok = lua_tonumber(L, -6) == 1.5 && lua_toboolean(L, -5) && v != NULL && n == 9 &&
+           memcmp(v, "probe\0key", 9) == 0 && lua_tonumber(L, -3) == 7 &&
+           lua_type(L, -1) == LUA_TBOOLEAN && !lua_toboolean(L, -1);
+      lua_settop(L, base + 1);
+      lua_pushnil(L);
+      while (lua_next(L, base)) {
+        count++;
+        lua_pop(L, 1);
+      }
+      ok = ok && count == 3;
+    }
+  }
+  lua_settop(L, top);
+  return ok ? DIRECT_ON : DIRECT_OFF;
+}
+
 int lc_json_decode_buf(lua_State *L, const char *buf, size_t len, int max_depth) {
+  if (direct == DIRECT_UNKNOWN) direct = check_direct(L);
   return decode(L, buf, len, max_depth, NULL, 0);
 }
 
@@ -579,6 +811,7 @@ static int fast_decode(lua_State *L) {
   size_t len;
   const char *s;
   if (lua_gettop(L) != 1 || lua_type(L, 1) != LUA_TSTRING) return 0;
+  if (direct == DIRECT_UNKNOWN) direct = check_direct(L);
   s = lua_tolstring(L, 1, &len);
   lua_pushvalue(L, lua_upvalueindex(2)); // the cache's strings, at index 2
   return decode(L, s, len, cfg->max_depth, cfg->cache, 2);

@@ -175,6 +175,18 @@ static inline char *escape_bytes(char *p, const char *s, size_t n) {
   return p;
 }
 
+// Strings of up to 7 bytes (most keys): copied as they are while noting whether any byte
+// needs an escape, without a branch per byte; only then written again with the escapes.
+static inline char *escape_short(char *p, const char *s, size_t n) {
+  unsigned any = 0;
+  for (size_t i = 0; i < n; i++) {
+    unsigned char c = (unsigned char)s[i];
+    p[i] = (char)c;
+    any |= escape_len[c];
+  }
+  return any ? escape_bytes(p, s, n) : p + n;
+}
+
 // Strings of 8 bytes or more: runs of 8 bytes without anything to escape are copied whole.
 // Out of line, so the short strings (most keys) do not pay for its registers.
 static __attribute__((noinline)) char *escape_long(char *p, const char *s, size_t len) {
@@ -198,7 +210,7 @@ static inline int put_string(const char *s, size_t len, int colon) {
   if (len > OUT_MAX / 6 || reserve(len * 6 + 2 + 8 + 1) < 0) return -1;
   char *p = out.p + out.len;
   *p++ = '"';
-  p = len < 8 ? escape_bytes(p, s, len) : escape_long(p, s, len);
+  p = len < 8 ? escape_short(p, s, len) : escape_long(p, s, len);
   *p++ = '"';
   if (colon) *p++ = ':';
   out.len = (size_t)(p - out.p);

@@ -12,7 +12,7 @@ static int pipe_new(lua_State *L) {
   lua_settop(L, 2); // [ipc, cb] (the cb may be absent)
   lc_stream_t *s = lc_handle_new_ud(L, LC_STREAM_SIZE(pipe), sizeof(lc_stream_ud_t), MT, 2);
   uv_pipe_init(lc_loop, &s->u.pipe, ipc);
-  lc_stream_init(s, LC_STREAM_PIPE);
+  lc_stream_init(s, LC_STREAM_PIPE, lua_touserdata(L, -1));
   return 1;
 }
 
@@ -36,7 +36,7 @@ static int pipe_accept(lua_State *L) {
   lc_stream_t *c =
       lc_handle_new_ud(L, LC_STREAM_SIZE(pipe), sizeof(lc_stream_ud_t), MT, 2); // [.., client]
   uv_pipe_init(lc_loop, &c->u.pipe, server->u.pipe.ipc);
-  lc_stream_init(c, LC_STREAM_PIPE);
+  lc_stream_init(c, LC_STREAM_PIPE, lua_touserdata(L, -1));
   lc_stream_set_ctx(L, c, -1, 3);
   return lc_stream_accept(L, server, c);
 }

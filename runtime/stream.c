@@ -27,7 +27,8 @@ lc_stream_t *lc_stream_check(lua_State *L, int idx) {
   return s;
 }
 
-void lc_stream_init(lc_stream_t *s, int kind) {
+void lc_stream_init(lc_stream_t *s, int kind, lc_stream_ud_t *ud) {
+  s->ud = ud;
   s->kind = (uint8_t)kind;
   s->hwm = 16 * 1024;
   s->h.uv = (uv_handle_t *)&s->u.stream;
@@ -75,11 +76,11 @@ static void read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf) {
   lua_State *L = lc_L;
   if (nread == 0) return;
   if (nread > 0) {
-    s->bytes_read += (uint64_t)nread;
+    s->ud->bytes_read += (uint64_t)nread;
     lc_metrics.bytes_in += (uint64_t)nread;
   }
   if (s->hook != NULL) {
-    s->hook(s, nread, buf->base);
+    lc_http_stream_read(s, nread, buf->base);
     return;
   }
   if (nread > 0) {
@@ -146,14 +147,14 @@ int lc_stream_write(lua_State *L, lc_stream_t *s, const char *data, size_t len, 
   if (s->u.stream.write_queue_size == 0 && cb_idx == 0) {
     int n = uv_try_write(&s->u.stream, &buf, 1);
     if (n == (int)len) {
-      s->bytes_written += len;
+      s->ud->bytes_written += len;
       lc_metrics.bytes_out += len;
       return 0;
     }
     if (n > 0) {
       buf.base += n;
       buf.len -= (unsigned int)n;
-      s->bytes_written += (uint64_t)n;
+      s->ud->bytes_written += (uint64_t)n;
       lc_metrics.bytes_out += (uint64_t)n;
       len -= (size_t)n;
     } else if (n != UV_EAGAIN && n != UV_ENOSYS) {
@@ -178,7 +179,7 @@ int lc_stream_write(lua_State *L, lc_stream_t *s, const char *data, size_t len, 
     free(w);
     return rc;
   }
-  s->bytes_written += len;
+  s->ud->bytes_written += len;
   lc_metrics.bytes_out += len;
   return 0;
 }
@@ -271,21 +272,18 @@ static int s_set_ctx(lua_State *L) {
   return 0;
 }
 
-// stream:bytes() -> read, written; a closed stream answers with its counts at the close.
+// stream:bytes() -> read, written; a closed stream answers with its counts at the close
+// (they are in the userdata: lc_stream_t.ud).
 static int s_bytes(lua_State *L) {
   lc_stream_ud_t *ud = lua_touserdata(L, 1);
   if (ud == NULL || lua_objlen(L, 1) < sizeof(*ud)) return luaL_argerror(L, 1, "expected a stream");
-  uint64_t r = ud->bytes_read, w = ud->bytes_written;
-  if (ud->h != NULL) { // open or closing: the stream still counts
+  if (ud->h != NULL) { // open or closing
     int t = ud->h->uv->type;
     if (t != UV_TCP && t != UV_NAMED_PIPE && t != UV_TTY)
       return luaL_argerror(L, 1, "expected a stream");
-    lc_stream_t *s = (lc_stream_t *)ud->h;
-    r = s->bytes_read;
-    w = s->bytes_written;
   }
-  lua_pushnumber(L, (lua_Number)r);
-  lua_pushnumber(L, (lua_Number)w);
+  lua_pushnumber(L, (lua_Number)ud->bytes_read);
+  lua_pushnumber(L, (lua_Number)ud->bytes_written);
   return 2;
 }
 

@@ -30,7 +30,7 @@ static int tcp_new(lua_State *L) {
       lc_handle_new_ud(L, tcp_size(room), sizeof(lc_stream_ud_t), MT, 1); // [cb, room, ud]
   int rc = uv_tcp_init(lc_loop, &s->u.tcp);
   if (rc < 0) return luaL_error(L, "uv_tcp_init: %s", uv_strerror(rc));
-  lc_stream_init(s, LC_STREAM_TCP);
+  lc_stream_init(s, LC_STREAM_TCP, lua_touserdata(L, -1));
   s->room = (uint8_t)room;
   return 1;
 }
@@ -88,7 +88,7 @@ static int tcp_accept(lua_State *L) {
       lc_handle_new_ud(L, tcp_size(room), sizeof(lc_stream_ud_t), MT, 0); // [.., client]
   int rc = uv_tcp_init(lc_loop, &c->u.tcp);
   if (rc < 0) return luaL_error(L, "uv_tcp_init: %s", uv_strerror(rc));
-  lc_stream_init(c, LC_STREAM_TCP);
+  lc_stream_init(c, LC_STREAM_TCP, lua_touserdata(L, -1));
   c->room = (uint8_t)room;
   lc_stream_set_ctx(L, c, -1, 3);
   if (!lua_isnil(L, 2)) {

@@ -71,6 +71,45 @@ describe('large blocks', function()
     end
   end)
 
+  it('reuse freed small blocks of every size up to 600 bytes, contents intact', function()
+    -- Blocks up to 512 bytes freed go to per-size lists (8-byte classes) and are handed out
+    -- again for requests of their class: strings of every length (a GCstr is 24 bytes, the
+    -- bytes and a NUL) and tables of every hash size, made, half dropped and collected,
+    -- made again in other sizes; a block given to a larger request than it holds would
+    -- overwrite its neighbour, which the checks see.
+    local function str(len, i)
+      return (string.char(65 + i % 26) .. ('%07d'):format(i)):rep(math.ceil(len / 8)):sub(1, len)
+    end
+    local function tab(n, i)
+      local t = {}
+      for k = 1, n do
+        t['k' .. k] = i + k
+      end
+      return t
+    end
+    local live = {}
+    for round = 1, 6 do
+      for i = 1, 2000 do
+        local len = (i * 7 + round * 13) % 600 + 1
+        live[#live + 1] = { s = str(len, i + round), len = len, i = i + round,
+          t = tab(i % 40, i), n = i % 40, ti = i }
+      end
+      for k = #live, 1, -2 do
+        table.remove(live, k)
+      end
+      collectgarbage()
+      for _, e in ipairs(live) do
+        assert.are.equal(str(e.len, e.i), e.s)
+        local n = 0
+        for key, v in pairs(e.t) do
+          n = n + 1
+          assert.are.equal(e.ti + tonumber(key:sub(2)), v)
+        end
+        assert.are.equal(e.n, n)
+      end
+    end
+  end)
+
   it('grow buffers and tables across the threshold and back, contents intact', function()
     for round = 1, 3 do
       -- luaL_Buffer (table.concat) and LuaJIT's own buffer (string.rep, gsub) growing from

@@ -12,19 +12,21 @@ local N = 5000
 -- instrumented code is slower.
 local sanitizer = require('spec.helpers.sanitizer')
 
--- Bytes per idle connection (master + workers). Measured 1.11-1.16 KB here (1.53-1.55 KB
--- under ASan: its redzones around every malloc; bound 2.0 there) since the
--- third round (docs/architecture.md: the connection is its socket, fields in array parts,
--- the parser in the stream's allocation, GC step multiplier 400), 1.49-1.58 KB before it,
--- 2.35 KB before the message state, llhttp's included, went to a pool between messages and
--- the tables were kept to 8 keys, 4.6-4.9 KB before the parse buffers were pooled and the
+-- Bytes per idle connection (master + workers). Measured 0.71-0.75 KB here (0.99-1.00 KB
+-- under ASan: its redzones around every malloc; bound 1.4 there) since the fourth round
+-- (docs/architecture.md: a low GC pause while connections ramp up to a new high, the socket
+-- without a hash part, a smaller stream), 1.03-1.19 KB before it (1.53-1.55 under ASan) and
+-- since the third round (the connection is its socket, fields in array parts, the parser in
+-- the stream's allocation, GC step multiplier 400), 1.49-1.58 KB before that, 2.35 KB
+-- before the message state, llhttp's included, went to a pool between messages and the
+-- tables were kept to 8 keys, 4.6-4.9 KB before the parse buffers were pooled and the
 -- tables kept to 16 keys. This process's own heap grows from cold here, so the figure is
--- above the warm one of bench/realistic/run and bench/realistic/idle_objects (0.70-0.85 KB
--- at 10k), and runs spread by ~0.15 KB: the bound, ~0.25 KB over the highest run, fails
--- the tree before the third round and catches a regression of that size (a table's hash
--- part doubling, a Lua object more per connection), not a smaller one
--- (bench/realistic/idle_objects measures those). See docs/benchmarks.md.
-local LIMIT = (sanitizer and 2.0 or 1.4) * 1024
+-- above the warm one of bench/realistic/run and bench/realistic/idle_objects (0.50-0.56 KB
+-- at 10k), and runs spread by ~0.1-0.15 KB: the bound, ~0.25 KB over the highest run, fails
+-- the tree before the fourth round and catches a regression of that size (a table's hash
+-- part coming back, a Lua object more per connection, the ramp's pause gone), not a smaller
+-- one (bench/realistic/idle_objects measures those). See docs/benchmarks.md.
+local LIMIT = (sanitizer and 1.4 or 1.0) * 1024
 
 local function vmRSS(pid)
   local f = io.open('/proc/' .. pid .. '/status')

@@ -112,4 +112,50 @@ end
     assert.matches('ERR_INVALID_ARG_TYPE: cannot send the message: msg.f is a function', app.stdout, 1, true)
     assert.matches('false', app.stdout, 1, true)
   end)
+
+  -- The message is encoded once, inside its frame to the master (one nesting level more
+  -- than the user's message): the limits and the errors are still the user's message's.
+  it('sendTo and broadcast keep the nesting limit and name the caller line, from master and worker', function()
+    local dir = lctest.tmpdir()
+    finally(function()
+      lctest.rmrf(dir)
+    end)
+    local script = lctest.writeFile(dir .. '/limits.lua', [[
+local cluster = require('cluster')
+local function nest(n) local t = {} local r = t for _ = 2, n do local c = {} t[1] = c t = c end return r end
+local function depth(t) local d = 0 while type(t) == 'table' do d = d + 1 t = t[1] end return d end
+if cluster.isMaster then
+  local w = cluster.fork()
+  process.on('message', function(m, _, from)
+    print('master got ' .. depth(m) .. ' from ' .. from)
+  end)
+  w:on('online', function()
+    print(select(2, pcall(function() process.sendTo(w.id, { f = print }) end)))
+    print(select(2, pcall(function() process.sendTo(w.id, nest(1001)) end)))
+    print('sent ' .. tostring(process.sendTo(w.id, nest(1000))))
+  end)
+else
+  process.on('message', function(m, _, from)
+    print('worker got ' .. depth(m) .. ' from ' .. from)
+    print(select(2, pcall(function() process.sendTo('master', { f = print }) end)))
+    print(select(2, pcall(function() process.broadcast(nest(1001)) end)))
+    print(select(2, pcall(function() process.broadcast() end)))
+    print('sent back ' .. tostring(process.sendTo('master', nest(1000))))
+    cluster.worker:disconnect()
+  end)
+end
+]])
+    local app = lctest.spawn(script)
+    app:waitExit()
+    local out = app.stdout
+    assert.matches('limits.lua:10: ERR_INVALID_ARG_TYPE: cannot send the message: msg.f is a function', out, 1, true)
+    assert.matches('limits.lua:11: ERR_INVALID_ARG_TYPE: cannot send the message: msg is nested deeper', out, 1, true)
+    assert.matches('sent true', out, 1, true)
+    assert.matches('worker got 1000 from master', out, 1, true)
+    assert.matches('limits.lua:17: ERR_INVALID_ARG_TYPE: cannot send the message: msg.f is a function', out, 1, true)
+    assert.matches('limits.lua:18: ERR_INVALID_ARG_TYPE: cannot send the message: msg is nested deeper', out, 1, true)
+    assert.matches('limits.lua:19: ERR_MISSING_ARGS: the message to send is nil', out, 1, true)
+    assert.matches('sent back true', out, 1, true)
+    assert.matches('master got 1000 from 1', out, 1, true)
+  end)
 end)

@@ -757,4 +757,117 @@ describe('net', function()
       return got.text() == 'wrapped'
     end, 2000, 'the echo')
   end)
+
+  -- docs/architecture.md "What an idle keep-alive connection holds": no named key on an
+  -- accepted socket, so its table has no hash part (a named key stored on every connection
+  -- would bring back 2 nodes, +64 bytes each with the allocator's chunk).
+  it("keeps an accepted socket's fields in its array part (no named key)", function()
+    local accepted
+    local _, port = listening(nil, function(s)
+      accepted = s
+    end)
+    local c = track(net.connect(port, '127.0.0.1'))
+    waitFor(function()
+      return accepted ~= nil
+    end, 2000, 'the connection')
+    for k in pairs(accepted) do
+      assert.are.equal('number', type(k), 'named key ' .. tostring(k))
+    end
+    -- What other modules read by name still answers (getters, the class's _events).
+    assert.are.equal(accepted[net._SOCK_HANDLE], accepted._handle)
+    assert.is_truthy(accepted._handle)
+    assert.is_false(accepted._events)
+    assert.is_false(accepted.destroyed)
+    accepted:on('data', function() end) -- a listener: the socket's own _events from here
+    assert.are.equal('table', type(rawget(accepted, '_events')))
+    c:destroy()
+  end)
+end)
+
+-- lualib/_gcramp.lua: a low GC pause while a process's connections reach new highs.
+describe('GC pause while connections ramp up', function()
+  local gcramp = require('_gcramp')
+
+  local function pause()
+    local p = collectgarbage('setpause', 200)
+    collectgarbage('setpause', p)
+    return p
+  end
+
+  local function stepmul()
+    local m = collectgarbage('setstepmul', 400)
+    collectgarbage('setstepmul', m)
+    return m
+  end
+
+  after_each(function()
+    collectgarbage('restart')
+    closeAll()
+  end)
+
+  -- First: the synthetic highs of the next case are above any count this process reaches.
+  it('is started by connections that raise the most this process had open', function()
+    collectgarbage()
+    collectgarbage()
+    assert.is_false(gcramp.ramping())
+    collectgarbage('stop') -- no cycle may end (and restore the pause) before the check
+    local n = 0
+    local _, port = listening(nil, function()
+      n = n + 1
+    end)
+    -- More connections at once than any case of this file opened before, by over a step (16).
+    for _ = 1, 64 do
+      track(net.connect(port, '127.0.0.1'))
+    end
+    waitFor(function()
+      return n == 64
+    end, 5000, '64 connections')
+    assert.is_true(gcramp.ramping())
+    assert.are.equal(110, pause())
+    assert.are.equal(1000, stepmul())
+    collectgarbage('restart')
+    collectgarbage() -- this cycle saw the high grow by a step or more: it keeps 110
+    assert.is_true(gcramp.ramping())
+    collectgarbage() -- this one saw none
+    assert.is_false(gcramp.ramping())
+    assert.are.equal(200, pause())
+    assert.are.equal(400, stepmul())
+  end)
+
+  it('holds 110 and 1000 while each cycle sees the high grow by a step, then restores', function()
+    collectgarbage()
+    collectgarbage()
+    local steady = collectgarbage('setpause', 150) -- a script's own pause is what comes back
+    finally(function()
+      collectgarbage('setpause', steady)
+    end)
+    assert.is_false(gcramp.ramping())
+    local high = 100000
+    gcramp.ramp(high)
+    assert.is_true(gcramp.ramping())
+    assert.are.equal(110, pause())
+    assert.are.equal(1000, stepmul())
+    high = high + 781 -- a step: 1/128 of the high
+    gcramp.ramp(high)
+    collectgarbage()
+    assert.is_true(gcramp.ramping())
+    high = high + 100 -- less than a step: the ramp ends with this cycle
+    gcramp.ramp(high)
+    collectgarbage()
+    assert.is_false(gcramp.ramping())
+    assert.are.equal(150, pause())
+    assert.are.equal(400, stepmul())
+    -- A count creeping up by less than a step does not start one.
+    high = high + 100
+    gcramp.ramp(high)
+    assert.is_false(gcramp.ramping())
+    -- A pause a script sets during a ramp stays.
+    high = high + 1000
+    gcramp.ramp(high)
+    assert.is_true(gcramp.ramping())
+    collectgarbage('setpause', 180)
+    collectgarbage()
+    assert.is_false(gcramp.ramping())
+    assert.are.equal(180, pause())
+  end)
 end)

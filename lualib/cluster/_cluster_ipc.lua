@@ -53,6 +53,8 @@ local function newEncoder(depth, blobs)
   end
 end
 local encodeUser = newEncoder(M.MAX_DEPTH, true)
+-- A user's message inside one level of the runtime's own (M.encodeWrapped).
+local encodeWrapped = newEncoder(M.MAX_DEPTH + 1, true)
 local encode = newEncoder(M.MAX_DEPTH + 8)
 -- Frames' JSON is decoded in C as it is read (runtime/ipc.c, a negative kind), to the same
 -- depth; this instance decodes the rest (which the C fast path leaves to lua-cjson).
@@ -118,14 +120,13 @@ function M.checkSize(body, level)
   end
 end
 
--- Encodes a message or raises ERR_INVALID_ARG_TYPE naming the problem (at `level`), or
--- ERR_IPC_MESSAGE_TOO_LARGE. The result is a string, or a blob for 64 KiB or more (see
--- newEncoder): a body for the channel's send, to be given to M.release once sent.
-function M.encode(msg, level)
+-- Encodes `body` with `enc`, where body is the user's message `msg` or a runtime wrapper
+-- around it; raises (at `level`, counted from here) what is wrong with msg.
+local function encodeChecked(enc, body, msg, level)
   if msg == nil then
     error('ERR_MISSING_ARGS: the message to send is nil', level)
   end
-  local ok, s = pcall(encodeUser, msg)
+  local ok, s = pcall(enc, body)
   if ok then
     M.checkSize(s, level)
     return s
@@ -133,6 +134,23 @@ function M.encode(msg, level)
   local why = explain(msg, 'msg', {}, 1)
     or ('msg cannot be encoded as JSON (' .. tostring(s):gsub('^.-:%d+: ', '') .. ')')
   error('ERR_INVALID_ARG_TYPE: cannot send the message: ' .. why, level)
+end
+
+-- Encodes a message or raises ERR_INVALID_ARG_TYPE naming the problem (at `level`), or
+-- ERR_IPC_MESSAGE_TOO_LARGE. The result is a string, or a blob for 64 KiB or more (see
+-- newEncoder): a body for the channel's send, to be given to M.release once sent.
+function M.encode(msg, level)
+  local s = encodeChecked(encodeUser, msg, msg, level + 1)
+  return s
+end
+
+-- M.encode for a user's message `msg` carried one level down in `wrapper` (an internal
+-- message such as {cmd='sendTo', to=..., msg=msg}, or a handle frame's {desc, msg}): the
+-- whole frame's body in one encode, with M.encode's errors about msg (before, the message
+-- was encoded once to check it and again inside its wrapper: two encodes of a 1 MiB one).
+function M.encodeWrapped(wrapper, msg, level)
+  local s = encodeChecked(encodeWrapped, wrapper, msg, level + 1)
+  return s
 end
 
 M.decode = decode
@@ -177,10 +195,7 @@ function M.pack(msg, handle, level)
   if not desc then
     error('ERR_INVALID_HANDLE_TYPE: this handle type cannot be sent', level)
   end
-  M.release(M.encode(msg, level + 1)) -- the user's part within the limits
-  local body = encode({ desc, msg })
-  M.checkSize(body, level)
-  return M.KIND_HANDLE, body, fds
+  return M.KIND_HANDLE, M.encodeWrapped({ desc, msg }, msg, level + 1), fds
 end
 
 -- The receiving side of M.pack: msg, handle (fds a list of integers).

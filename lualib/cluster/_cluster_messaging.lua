@@ -53,8 +53,17 @@ function M.primary(cluster)
 
   function process.sendTo(target, msg)
     checkTarget(target, 2)
-    ipc.release(ipc.encode(msg, 3)) -- raises what sending it would
-    return relay(target, msg, 'master')
+    if target == 'master' then
+      ipc.release(ipc.encode(msg, 3)) -- raises what sending it would
+      return relay(target, msg, 'master')
+    end
+    -- Encoded once, in its relay frame (raising what sending it would).
+    local body = ipc.encodeWrapped({ cmd = 'relay', from = 'master', msg = msg }, msg, 3)
+    local w = targetOf(target)
+    local ch = w and not w:isDead() and w._channel
+    local ok = ch and ch:send(ipc.KIND_INTERNAL, body) == true
+    ipc.release(body)
+    return ok or false
   end
 
   internal.sendTo = function(w, m)
@@ -188,10 +197,12 @@ function M.worker(cluster)
   process.env.LCLUSTER_NO_MASTER = nil
   local warned = false
 
+  -- The message is encoded once, in its frame to the master, raising what sending it would.
   function process.sendTo(target, msg)
     checkTarget(target, 2)
-    ipc.release(ipc.encode(msg, 3)) -- raises what sending it would
+    local body = ipc.encodeWrapped({ cmd = 'sendTo', to = target, msg = msg }, msg, 3)
     if target == 'master' and noMaster then
+      ipc.release(body)
       if not warned then
         warned = true
         process._writeErr(("lcluster: process.sendTo('master', ...) under lcluster -w: the built-in master has no"
@@ -199,12 +210,11 @@ function M.worker(cluster)
       end
       return false
     end
-    return cluster._sendInternal({ cmd = 'sendTo', to = target, msg = msg })
+    return cluster._sendEncoded(body)
   end
 
   function process.broadcast(msg)
-    ipc.release(ipc.encode(msg, 3)) -- raises what sending it would
-    return cluster._sendInternal({ cmd = 'broadcast', msg = msg })
+    return cluster._sendEncoded(ipc.encodeWrapped({ cmd = 'broadcast', msg = msg }, msg, 3))
   end
 
   if cluster.isAgent then

@@ -215,6 +215,12 @@ return function(cluster)
     return channel ~= nil and channel:sendInternal(msg, fds) == true
   end
   cluster._sendInternal = sendInternal
+  -- sendInternal for a body already encoded (ipc.encodeWrapped), which it releases.
+  function cluster._sendEncoded(body)
+    local ok = channel ~= nil and channel:send(ipc.KIND_INTERNAL, body) == true
+    ipc.release(body)
+    return ok
+  end
 
   -- Closes the servers (cluster._closers), then the channel once its queue is written.
   local function closeServersThenChannel()

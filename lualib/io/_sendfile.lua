@@ -20,6 +20,7 @@
 local ffi = require('ffi')
 local uv = require('luv')
 local fs = require('fs')
+local HANDLE = require('net')._SOCK_HANDLE -- a socket's handle (`socket._handle`)
 
 pcall(ffi.cdef, [[
 int dup(int oldfd);
@@ -59,7 +60,7 @@ end
 -- Sends `size` bytes of file descriptor `fd` over the connection with sendfile(2).
 local function sendfile(res, fd, size, fn)
   local conn = res._conn
-  local sock = C.dup(res.socket._handle:fileno())
+  local sock = C.dup(res.socket[HANDLE]:fileno())
   if sock < 0 then
     return false
   end
@@ -91,7 +92,7 @@ local function sendfile(res, fd, size, fn)
     pump()
   end
   pump = function()
-    local h = res.socket._handle
+    local h = res.socket[HANDLE]
     if conn:_isClosing() or not h or h:is_closing() then
       return done(nil)
     end
@@ -148,7 +149,7 @@ return function(res, path, fn)
         return streamFile(res, path, fd, fn)
       end
       res:setHeader('Content-Length', tostring(st.size))
-      local h = res.socket._handle
+      local h = res.socket[HANDLE]
       -- A TLS connection's handle is a Lua table (tls.lua): its bytes must be encrypted, so
       -- the file is streamed through it.
       local plain = res:_isActive() and not res._head and res.statusCode ~= 204 and res.statusCode ~= 304

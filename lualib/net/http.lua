@@ -47,8 +47,9 @@ local IDLE_SINCE = S_FIELDS + 5 -- loop time (ms) the connection went idle, fals
 local SLOT = S_FIELDS + 6 -- index in server._conns, 0 once removed
 local RARE = S_FIELDS + 7 -- false, or the table Conn:_rare() makes
 assert(net._SOCK_ROOM >= 7, 'net allocates room for 7 connection fields')
--- Two of a socket's internal fields (net.lua's newSocket): its owner and "its read side ended".
-local S_OWNER, S_READ_ENDED = net._SOCK_OWNER, net._SOCK_READ_ENDED
+-- Three of a socket's internal fields (net.lua's newSocket): its owner, "its read side ended"
+-- and its handle (`socket._handle`, without the getter's call).
+local S_OWNER, S_READ_ENDED, S_HANDLE = net._SOCK_OWNER, net._SOCK_READ_ENDED, net._SOCK_HANDLE
 local Conn = {} -- the connection's methods (below)
 
 -- Backpressure (memory stays bounded whatever the peer does). A server connection stops
@@ -555,7 +556,7 @@ function ServerResponse:_send(status, reason, headers, names, flags, len, body)
     self._needDrain = true
     return false
   end
-  local h, rare = conn._handle, conn[RARE]
+  local h, rare = conn[S_HANDLE], conn[RARE]
   if not h or (rare and rare.closing) then
     return false
   end
@@ -586,7 +587,7 @@ function ServerResponse:_activate()
   local p = self._pending
   if p then
     self._pending = false
-    local h = self._conn._handle
+    local h = self._conn[S_HANDLE]
     for i = 1, #p do
       local a = p[i]
       if h and not h:is_closing() then
@@ -991,7 +992,7 @@ end
 -- class (not destroy: Conn._destroy; not _onClose: Conn._connClose), since it is looked up
 -- first. What a keep-alive request does not touch is elsewhere: the state of rare paths
 -- (closing, pipelined responses, the reasons reading stopped, a pending error, an upgrade)
--- in conn[RARE], one read per response while it is false; the handle is socket._handle,
+-- in conn[RARE], one read per response while it is false; the handle is socket[S_HANDLE],
 -- and "served a request" is the parser's (parser:state()). The indices are at the top of
 -- the file (SERVER ... RARE): the message classes read a connection's fields too.
 local connMetas = {} -- a socket class's metatable -> the same with Conn's methods first
@@ -1037,7 +1038,7 @@ local function newConn(server, socket)
   socket[IDLE_SINCE] = now()
   socket[SLOT] = 0
   socket[RARE] = false
-  socket[PARSER] = attach(socket._handle, 'request', onParserEvent, parserLimits(server), socket)
+  socket[PARSER] = attach(socket[S_HANDLE], 'request', onParserEvent, parserLimits(server), socket)
   return socket
 end
 
@@ -1180,7 +1181,7 @@ function Conn:_setStop(field, on)
       self[PARSER]:http_resume()
     end
   end
-  local h = self._handle
+  local h = self[S_HANDLE]
   if not h or rare.closing or h:is_closing() then
     return
   end
@@ -1222,7 +1223,7 @@ end
 
 function Conn:_checkDrain()
   local res = self[ACTIVE]
-  if res and res._needDrain and self._handle:write_queue_size() < 16384 then
+  if res and res._needDrain and self[S_HANDLE]:write_queue_size() < 16384 then
     res._needDrain = false
     res:emit('drain')
   end
@@ -1331,7 +1332,7 @@ function Conn:_sockClosed()
 end
 
 function Conn:_sendError(status)
-  local h = self._handle
+  local h = self[S_HANDLE]
   if h and not h:is_closing() then
     http_send(h, status, nil, nil, nil, F.CLOSE + F.DATE, 0, nil)
   end

@@ -1,6 +1,7 @@
 -- net.lua: TCP and Unix-socket servers and connections (Node's `net` in Lua's idiom).
 --
--- A Socket keeps its C stream in `socket._handle`; every stream's events go to one function,
+-- A Socket keeps its C stream in `socket[HANDLE]` (net._SOCK_HANDLE; `socket._handle` reads it
+-- too); every stream's events go to one function,
 -- `dispatch(socket, event, ...)` (the socket is the stream's context, see stream:set_ctx),
 -- which calls a method (`_onData`, `_onEnd`, `_onError`, `_onDrain`, `_onConnect`,
 -- `_onShutdown`), so a C read hook (http.c) can take over the bytes while 'end'/'error' still
@@ -29,6 +30,10 @@ local events = require('events')
 local timer = require('timer')
 -- Connection counters for metrics (runtime/metrics.h), bumped through the FFI.
 local counters = require('_metrics').c
+local gcramp = require('_gcramp').ramp
+-- Connections open in this process and the most it had open at once (_gcramp.lua): Lua
+-- numbers (the counters are int64 cdata, boxed when the interpreter reads them).
+local connsOpen, connsHigh = 0, 0
 
 local Emitter = events.Emitter
 local makeError, fromUv = events.makeError, events.fromUv
@@ -121,15 +126,19 @@ end
 
 local Socket = class(Emitter)
 
--- A socket's internal fields: indices into its table's array part (see newSocket). http.lua
--- reads two of them (net._SOCK_OWNER, net._SOCK_READ_ENDED).
+-- A socket's internal fields: indices into its table's array part (see newSocket). http.lua,
+-- tls.lua and _sendfile.lua read some of them (net._SOCK_OWNER, _SOCK_READ_ENDED,
+-- _SOCK_HANDLE).
 local OWNER, TIMEOUT_MS, READ_ENDED, WRITE_ENDED = 1, 2, 3, 4
 -- The public `connecting` and `destroyed` too: read from outside through getters (below).
 local CONNECTING, DESTROYED = 5, 6
-net._SOCK_OWNER, net._SOCK_READ_ENDED = OWNER, READ_ENDED
+-- The socket's C stream (or tls.lua's Handle over one), nil when it has none: `_handle`, as
+-- other modules (the cluster's handle passing, a script) read it, answers through a getter.
+local HANDLE = 7
+net._SOCK_OWNER, net._SOCK_READ_ENDED, net._SOCK_HANDLE = OWNER, READ_ENDED, HANDLE
 -- net's fields are the first _SOCK_FIELDS slots; a server with `_connRoom` set (http's)
 -- gets accepted sockets with _SOCK_ROOM more, allocated with the table, for its own fields.
-net._SOCK_FIELDS, net._SOCK_ROOM = 6, 7
+net._SOCK_FIELDS, net._SOCK_ROOM = 7, 7
 
 -- Read-only properties computed on demand (Node's getters), so an accepted connection costs
 -- no getpeername/getsockname unless asked.
@@ -174,10 +183,13 @@ end
 function getters.destroyed(s)
   return s[DESTROYED]
 end
+function getters._handle(s)
+  return s[HANDLE]
+end
 -- Node's definition: no handle (not connected yet, or destroyed: Node drops the handle
 -- then), or connecting.
 function getters.pending(s)
-  return not s._handle or s[CONNECTING] or s[DESTROYED]
+  return not s[HANDLE] or s[CONNECTING] or s[DESTROYED]
 end
 -- A socket's own allowHalfOpen is stored only when set (a client's option); an accepted one
 -- has its owner's (the server's, or http's connection: true).
@@ -188,7 +200,7 @@ end
 function getters.readyState(s)
   if s[CONNECTING] then
     return 'opening'
-  elseif s[DESTROYED] or not s._handle then
+  elseif s[DESTROYED] or not s[HANDLE] then
     return 'closed'
   elseif s[READ_ENDED] then
     return s[WRITE_ENDED] and 'closed' or 'writeOnly'
@@ -197,6 +209,8 @@ function getters.readyState(s)
   end
   return 'open'
 end
+
+Socket._events = false -- a socket's own once a listener is added (newSocket)
 
 Socket.__index = function(self, k)
   local v = Socket[k]
@@ -216,13 +230,16 @@ end
 -- Constant values only in the constructor, variable ones stored after: the embedded bytecode
 -- (string.dump) keeps only a template's constant-valued keys, so `{ k = variable }` would add
 -- k as a new key (growing, even rehashing, the table) instead of filling a slot.
--- Every idle connection holds this table, so it is kept small: two named keys (_handle,
--- which other modules read, and the emitter's _events: a hash part of 2 nodes, 24 bytes
--- each) and the other fields in its array part, by index (8 bytes a slot):
--- socket[OWNER], [TIMEOUT_MS], [READ_ENDED], [WRITE_ENDED], [CONNECTING], [DESTROYED] (the
--- last two are API: socket.connecting and socket.destroyed read them through getters);
--- 176 bytes instead of an 8-key hash's 256. A 3rd named key doubles the hash part (+48
--- bytes).
+-- Every idle connection holds this table, so it is kept small: no named key, so no hash
+-- part (a table with any named key has at least 2 nodes of 24 bytes, allocated apart), and
+-- its fields in its array part, by index (8 bytes a slot): socket[OWNER], [TIMEOUT_MS],
+-- [READ_ENDED], [WRITE_ENDED], [CONNECTING], [DESTROYED] (the last two are API:
+-- socket.connecting and socket.destroyed read them through getters), [HANDLE] (`_handle`
+-- through a getter); the emitter's `_events` is the class's false until a listener is added
+-- (Emitter:on stores it then). A connection's socket is 184 bytes in one allocation,
+-- against 224 in two with `_handle` and `_events` as named keys, 256 as an 8-key hash. Keep
+-- it so: a named key stored on every connection's socket brings the hash part back (+48
+-- bytes, +64 with the allocator's header and rounding).
 -- Fields no common path reads are stored only when set, and read with rawget where a miss
 -- must not call __index: _timer (with setTimeout), _paused (pause, pauseOnCreate/Connect),
 -- allowHalfOpen (a client's option; an accepted socket has its owner's), _pendingBytes
@@ -235,10 +252,8 @@ local function newSocket(handle, allowHalfOpen, owner, room)
   local self
   if room then
     self = {
-      false, false, false, false, false, false, -- OWNER ... DESTROYED
+      false, false, false, false, false, false, false, -- OWNER ... HANDLE
       false, false, false, false, false, false, false, -- the owner's
-      _handle = false,
-      _events = false,
     }
   else
     self = {
@@ -248,11 +263,10 @@ local function newSocket(handle, allowHalfOpen, owner, room)
       false, -- WRITE_ENDED: true once finish() was called, 'flushed' once the shutdown is done
       false, -- CONNECTING
       false, -- DESTROYED
-      _handle = false,
-      _events = false,
+      false, -- HANDLE
     }
   end
-  self._handle, self[OWNER] = handle, owner
+  self[HANDLE], self[OWNER] = handle, owner
   if allowHalfOpen and not owner then
     self.allowHalfOpen = true
   end
@@ -317,7 +331,7 @@ end
 function Socket:_attach(h)
   h:set_callback(dispatch)
   h:set_ctx(self)
-  self._handle = h
+  self[HANDLE] = h
 end
 
 -- Wraps a connected tcp or pipe handle (e.g. received from another process) in a Socket
@@ -336,7 +350,7 @@ end
 function Socket:_peer()
   local p = self._peername
   if p == nil then
-    local h = self._handle
+    local h = self[HANDLE]
     if h == nil or self[DESTROYED] or h.getpeername == nil or self[CONNECTING] then
       return nil
     end
@@ -349,7 +363,7 @@ end
 function Socket:_sockname()
   local a = self._socknameCache
   if a == nil then
-    local h = self._handle
+    local h = self[HANDLE]
     if h == nil or self[DESTROYED] or self[CONNECTING] then
       return nil
     end
@@ -360,7 +374,7 @@ function Socket:_sockname()
 end
 
 function Socket:_bytes()
-  local h = self._handle
+  local h = self[HANDLE]
   local pend = rawget(self, '_pendingBytes') or 0
   if h and h.bytes then
     local r, w = h:bytes() -- a closed stream keeps its counts
@@ -425,12 +439,12 @@ function Socket:_onConnect(msg, code)
   if self[DESTROYED] then
     return
   end
-  local h = self._handle
+  local h = self[HANDLE]
   if msg ~= nil then
     local addrs = self._addrs
     if addrs ~= nil and self._addrIndex < #addrs then
       -- Another address of the name may answer (e.g. 'localhost' as ::1 then 127.0.0.1).
-      self._handle = nil
+      self[HANDLE] = nil
       h:close()
       return self:_connectNext()
     end
@@ -505,7 +519,7 @@ function Socket:write(data, fn)
     end
     return false
   end
-  local h = self._handle
+  local h = self[HANDLE]
   if self[CONNECTING] or h == nil then
     local queue = self._queue
     if queue == nil then
@@ -539,7 +553,7 @@ end
 
 function Socket:_shutdown()
   -- The stream's callback gets 'shutdown' (dispatch -> _onShutdown).
-  if not self._handle:shutdown(true) then
+  if not self[HANDLE]:shutdown(true) then
     self:destroy()
   end
 end
@@ -583,7 +597,7 @@ function Socket:finish(data, fn)
   if fn then
     self:once('finish', fn)
   end
-  if self[CONNECTING] or self._handle == nil then
+  if self[CONNECTING] or self[HANDLE] == nil then
     return self -- _onConnect shuts down
   end
   self:_shutdown()
@@ -609,7 +623,7 @@ function Socket:destroy(err)
     self._timer = false
     self[TIMEOUT_MS] = false
   end
-  local h = self._handle
+  local h = self[HANDLE]
   if h ~= nil and not h:is_closing() then
     h:close(function()
       self:_onClose(err)
@@ -646,7 +660,7 @@ end
 
 function Socket:pause()
   self._paused = true
-  local h = self._handle
+  local h = self[HANDLE]
   if h ~= nil and not self[CONNECTING] and not self[READ_ENDED] then
     h:read_stop()
   end
@@ -657,7 +671,7 @@ function Socket:resume()
   if rawget(self, '_paused') then
     self._paused = false
   end
-  local h = self._handle
+  local h = self[HANDLE]
   if h ~= nil and not self[CONNECTING] and not self[READ_ENDED] then
     h:read_start()
   end
@@ -673,7 +687,7 @@ function Socket:setNoDelay(enable)
     class.invalidThis('socket', 'setNoDelay', self, 2)
   end
   enable = enable == nil or enable == true
-  local h = self._handle
+  local h = self[HANDLE]
   if h ~= nil and not self[CONNECTING] then
     if h.nodelay then
       h:nodelay(enable)
@@ -691,7 +705,7 @@ function Socket:setKeepAlive(enable, ms)
   end
   enable = enable == true
   local secs = math.floor((tonumber(ms) or 0) / 1000)
-  local h = self._handle
+  local h = self[HANDLE]
   if h ~= nil and not self[CONNECTING] then
     if h.keepalive then
       h:keepalive(enable, secs)
@@ -745,15 +759,15 @@ function Socket:setTimeout(ms, fn)
 end
 
 function Socket:ref()
-  if self._handle and not self[DESTROYED] then
-    self._handle:ref()
+  if self[HANDLE] and not self[DESTROYED] then
+    self[HANDLE]:ref()
   end
   return self
 end
 
 function Socket:unref()
-  if self._handle and not self[DESTROYED] then
-    self._handle:unref()
+  if self[HANDLE] and not self[DESTROYED] then
+    self[HANDLE]:unref()
   end
   return self
 end
@@ -801,7 +815,7 @@ function Socket:connect(...)
 end
 
 function Socket:_connect(opts, fn)
-  if self[CONNECTING] or self._handle then
+  if self[CONNECTING] or self[HANDLE] then
     error('ERR_SOCKET_CONNECTING: socket is already connecting or connected', 3)
   end
   if fn then
@@ -825,7 +839,7 @@ function Socket:_connect(opts, fn)
     self._connectPath = opts.path
     local h = core.pipe(false, dispatch)
     h:set_ctx(self)
-    self._handle = h
+    self[HANDLE] = h
     h:connect(opts.path)
     return self
   end
@@ -867,7 +881,7 @@ function Socket:_connectNext()
   local a = self._addrs[i]
   local h = core.tcp(dispatch)
   h:set_ctx(self)
-  self._handle = h
+  self[HANDLE] = h
   self._peername, self._socknameCache = nil, nil
   local ok, err, code = h:connect(a.address, self._connectPort)
   if not ok then
@@ -1163,7 +1177,7 @@ function Server:_onConnection(err, code)
   if ch == nil then
     return -- another process sharing the socket took it first
   end
-  sock._handle = ch
+  sock[HANDLE] = ch
   self:_newConnection(sock, ch)
 end
 
@@ -1179,6 +1193,11 @@ function Server:_newConnection(sock, h)
   self._connections = self._connections + 1
   counters.conns_accepted = counters.conns_accepted + 1
   counters.conns_open = counters.conns_open + 1
+  connsOpen = connsOpen + 1
+  if connsOpen > connsHigh then -- a new high: a lower GC pause while they ramp up
+    connsHigh = connsOpen
+    gcramp(connsHigh)
+  end
   if self.noDelay and h.nodelay then
     h:nodelay(true)
   end
@@ -1209,6 +1228,7 @@ end
 function Server:_connectionClosed()
   self._connections = self._connections - 1
   counters.conns_open = counters.conns_open - 1
+  connsOpen = connsOpen - 1
   if self._closing then
     self:_maybeClose()
   end

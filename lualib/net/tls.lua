@@ -1,7 +1,7 @@
 -- tls.lua: TLS clients and servers (Node's `tls` in Lua's idiom) on OpenSSL memory BIOs
 -- (runtime/tlsmod/tls.c) over the runtime's own TCP streams.
 --
--- A TLS socket is a net.Socket whose `_handle` is a Handle (below) instead of a C stream.
+-- A TLS socket is a net.Socket whose handle (`_handle`) is a Handle (below) instead of a C stream.
 -- The Handle owns the TCP stream and the TLS connection: ciphertext the stream reads is fed
 -- to OpenSSL, records OpenSSL produces are written to the stream, and the plaintext goes to
 -- the socket through the same methods net's C streams call (`_onData`, `_onEnd`,
@@ -26,6 +26,7 @@ local band = bit.band
 local makeError = events.makeError
 local setImmediate = timer.setImmediate
 local Socket = net.Socket
+local HANDLE = net._SOCK_HANDLE -- a socket's handle (`socket._handle`)
 local type, pairs, tostring = type, pairs, tostring
 
 local tls = {}
@@ -508,8 +509,8 @@ function TLSSocket:_onConnect(msg, code)
       conn:set_session(o.session)
     end
     self._wrapped = true
-    local h = newHandle(self._handle, conn, self, nil, o.handshakeTimeout)
-    self._handle = h
+    local h = newHandle(self[HANDLE], conn, self, nil, o.handshakeTimeout)
+    self[HANDLE] = h
     h:_start()
     return
   end
@@ -520,7 +521,7 @@ function TLSSocket:_onConnect(msg, code)
 end
 
 function TLSSocket:getPeerCertificate()
-  local h = self._handle
+  local h = self[HANDLE]
   if not h or h.closed or not h.done then
     return nil
   end
@@ -546,7 +547,7 @@ end
 -- The session (a string) to pass as `session` to a later tls.connect to resume it. With
 -- TLS 1.3 the server sends it after the handshake: ask once data has arrived.
 function TLSSocket:getSession()
-  local h = self._handle
+  local h = self[HANDLE]
   if not h or h.closed or not h.done then
     return nil
   end
@@ -774,7 +775,7 @@ function tls._wrapAccepted(server, sock, tcp)
   end
   sock._wrapped = true
   local h = newHandle(tcp, conn, sock, server, server._handshakeTimeout)
-  sock._handle = h
+  sock[HANDLE] = h
   tcp:read_start()
   return h
 end
