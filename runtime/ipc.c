@@ -68,6 +68,7 @@ int lc_json_decode_buf(lua_State *L, const char *buf, size_t len, int max_depth)
 // Process-wide counters for specs and ops (`_core.ipc_shm_stats()`).
 static struct {
   uint64_t sent, received; // messages that went through a ring
+  uint64_t in_place;       // of those sent, encoded straight into it (ch:send_value)
   uint64_t full, too_big;  // large messages that went by the socket: ring full, or larger than it
   int64_t maps;            // rings mapped now (either direction)
   uint64_t peak;           // the most bytes a ring of this process held (pages touched)
@@ -112,7 +113,9 @@ struct lc_ipc {
   uint64_t tx_head;                  // where the next message goes (a position, ipc_frame.h)
   uint64_t tx_skip_from, tx_skip_to; // the last tail skipped (positions)
   uint64_t rx_expect;                // the position after the last message taken
+  size_t tx_last;                    // the room the last ring message took (with its spare byte)
   int tx_fd, tx_off;
+  int tx_filling; // a message is being encoded into the ring (ch:send_value)
 };
 
 static void close_fd(int fd) {
@@ -168,8 +171,9 @@ static void teardown(lc_ipc_t *ch) {
   lc_ipc_frame_free(&ch->dec, close_fd);
   close_fd(ch->fd);
   ch->fd = -1;
-  // The rings go with the channel: the memory is freed once neither process maps it.
-  shm_unmap(&ch->tx_map, ch->tx_size);
+  // The rings go with the channel: the memory is freed once neither process maps it. (Not
+  // under an encode writing into it; ch:send_value unmaps it when the encode is over.)
+  if (!ch->tx_filling) shm_unmap(&ch->tx_map, ch->tx_size);
   shm_unmap(&ch->rx_map, ch->rx_size);
   close_fd(ch->tx_fd);
   ch->tx_fd = -1;
@@ -515,23 +519,11 @@ static int shm_tx_open(lc_ipc_t *ch) {
   return 0;
 }
 
-// Sends a large message through the ring: copies it in and sends its reference on the socket
-// (after whatever is queued there, so the order of messages is the socket's). Returns 1 when
-// sent, 0 when the socket must carry it (no ring, no room, or too large: never waits), or a
-// libuv error from sending the reference.
-// (Out of line, as shm_take: small frames' paths stay as they were, instruction for instruction.)
-static __attribute__((noinline)) int shm_send(lc_ipc_t *ch, int kind, const char *body,
-                                              size_t len) {
-  if (ch->tx_off) return 0;
-  if (ch->tx_map == NULL && shm_tx_open(ch) != 0) {
-    ch->tx_off = 1;
-    return 0;
-  }
-  size_t size = ch->tx_size, need = len + 1; // a spare byte for the receiver's NUL
-  if (need > size) {
-    shm_stats.too_big++;
-    return 0;
-  }
+// The ring's room for the next message: where it would go at the start of the area
+// (*start_room bytes from position *start) and after the last message (*head_room bytes from
+// the head), its spare byte included. Returns -1 when the consumed counter makes no sense.
+static int shm_room(lc_ipc_t *ch, uint64_t *start, size_t *start_room, size_t *head_room) {
+  size_t size = ch->tx_size;
   uint64_t head = ch->tx_head;
   uint64_t consumed = __atomic_load_n(shm_consumed(ch->tx_map), __ATOMIC_ACQUIRE);
   // The receiver stores the end of each message it takes; a skipped tail is free as soon as
@@ -539,26 +531,25 @@ static __attribute__((noinline)) int shm_send(lc_ipc_t *ch, int kind, const char
   if (consumed == ch->tx_skip_from) consumed = ch->tx_skip_to;
   if (consumed > head || head - consumed > size) {
     ch->tx_off = 1; // the peer wrote nonsense: stop using the ring (the socket keeps order)
-    return 0;
+    return -1;
   }
-  // A message goes to the start of the area whenever the ring has room for it there (in one
-  // piece; the tail it skips counts as consumed), else after the last one. The ring thus keeps
-  // to the lowest pages it can: a page's first touch is the costly part (~5 ms per MiB on the
-  // benchmark VM against 0.05-0.1 ms for a warm copy), and the touched pages are what the
-  // ring costs in memory. While the receiver keeps up, a stream of 1 MiB messages uses two.
-  size_t off = (size_t)(head % size);
-  uint64_t start = off != 0 ? head + (size - off) : head, pos;
-  if (consumed == head) consumed = start; // empty: the tail skipped is free at once
-  if (start + need - consumed <= size) {
-    pos = start;
-    off = 0;
-  } else if (off + need <= size && head + need - consumed <= size) {
-    pos = head;
+  size_t off = (size_t)(head % size), used = (size_t)(head - consumed);
+  *start = off != 0 ? head + (size - off) : head;
+  *head_room = off != 0 ? (size - off < size - used ? size - off : size - used) : 0;
+  if (used == 0) {
+    *start_room = size; // empty: the tail skipped is free at once
   } else {
-    shm_stats.full++; // the receiver is behind: this one goes by the socket, in order
-    return 0;
+    uint64_t span = *start - consumed; // what the start's region must not overlap
+    *start_room = span <= size ? size - (size_t)span : 0;
   }
-  memcpy(ch->tx_map + LC_IPC_SHM_HEADER + off, body, len);
+  return 0;
+}
+
+// Sends the reference to the message of len bytes the ring holds at position pos (its bytes
+// written there) after whatever the socket has queued, and advances the head. Returns 1, or
+// a libuv error from sending the reference.
+static int shm_commit(lc_ipc_t *ch, int kind, uint64_t pos, size_t len) {
+  size_t need = len + 1;
   lc_ipc_shm_ref_t ref = {pos, (uint32_t)len, (uint8_t)kind};
   unsigned char b[LC_IPC_SHM_BODY];
   lc_ipc_shm_ref_encode(b, &ref);
@@ -573,14 +564,74 @@ static __attribute__((noinline)) int shm_send(lc_ipc_t *ch, int kind, const char
     if (nfds > 0) ch->tx_off = 1;
     return rc;
   }
+  uint64_t head = ch->tx_head;
   if (pos != head) {
     ch->tx_skip_from = head;
     ch->tx_skip_to = pos;
   }
   ch->tx_head = pos + need;
-  if (off + need > shm_stats.peak) shm_stats.peak = off + need;
+  ch->tx_last = need;
+  size_t end = (size_t)(pos % ch->tx_size) + need;
+  if (end > shm_stats.peak) shm_stats.peak = end;
   shm_stats.sent++;
   return 1;
+}
+
+// Sends a large message through the ring: copies it in and sends its reference on the socket
+// (after whatever is queued there, so the order of messages is the socket's). Returns 1 when
+// sent, 0 when the socket must carry it (no ring, no room, or too large: never waits), or a
+// libuv error from sending the reference.
+// (Out of line, as shm_take: small frames' paths stay as they were, instruction for instruction.)
+static __attribute__((noinline)) int shm_send(lc_ipc_t *ch, int kind, const char *body,
+                                              size_t len) {
+  if (ch->tx_off || ch->tx_filling) return 0;
+  if (ch->tx_map == NULL && shm_tx_open(ch) != 0) {
+    ch->tx_off = 1;
+    return 0;
+  }
+  size_t size = ch->tx_size, need = len + 1; // a spare byte for the receiver's NUL
+  if (need > size) {
+    shm_stats.too_big++;
+    return 0;
+  }
+  // A message goes to the start of the area whenever the ring has room for it there (in one
+  // piece; the tail it skips counts as consumed), else after the last one. The ring thus keeps
+  // to the lowest pages it can: a page's first touch is the costly part (~5 ms per MiB on the
+  // benchmark VM against 0.05-0.1 ms for a warm copy), and the touched pages are what the
+  // ring costs in memory. While the receiver keeps up, a stream of 1 MiB messages uses two.
+  uint64_t start, pos;
+  size_t start_room, head_room;
+  if (shm_room(ch, &start, &start_room, &head_room) != 0) return 0;
+  if (need <= start_room) {
+    pos = start;
+  } else if (need <= head_room) {
+    pos = ch->tx_head;
+  } else {
+    shm_stats.full++; // the receiver is behind: this one goes by the socket, in order
+    return 0;
+  }
+  memcpy(ch->tx_map + LC_IPC_SHM_HEADER + pos % size, body, len);
+  return shm_commit(ch, kind, pos, len);
+}
+
+// The region of the ring a message of unknown size is encoded into (ch:send_value): at the
+// start of the area when the last message would fit there (keeping to the low pages, as
+// shm_send does), else the larger of the two. NULL when there is no ring or less than a
+// large frame's room (a message that does not fit goes on in the encoder's buffer).
+static char *shm_region(lc_ipc_t *ch, size_t *room, uint64_t *pos) {
+  if (ch->tx_off || ch->tx_map == NULL || ch->tx_filling) return NULL;
+  uint64_t start;
+  size_t start_room, head_room;
+  if (shm_room(ch, &start, &start_room, &head_room) != 0) return NULL;
+  if (start_room >= ch->tx_last + ch->tx_last / 8 || start_room >= head_room) {
+    *pos = start;
+    *room = start_room;
+  } else {
+    *pos = ch->tx_head;
+    *room = head_room;
+  }
+  if (*room <= BIG_FRAME) return NULL;
+  return ch->tx_map + LC_IPC_SHM_HEADER + *pos % ch->tx_size;
 }
 
 // Reads the LC_IPC_KIND_SHM frame *f and rewrites it as the message it names, whose body lies
@@ -634,11 +685,13 @@ static void shm_release(lc_ipc_t *ch, uint64_t end) {
   __atomic_store_n(shm_consumed(ch->rx_map), end, __ATOMIC_RELEASE);
 }
 
-// _core.ipc_shm_stats() -> {sent=, received=, full=, too_big=, maps=, peak=}
+// _core.ipc_shm_stats() -> {sent=, in_place=, received=, full=, too_big=, maps=, peak=}
 static int ipc_shm_stats(lua_State *L) {
-  lua_createtable(L, 0, 6);
+  lua_createtable(L, 0, 7);
   lua_pushnumber(L, (lua_Number)shm_stats.sent);
   lua_setfield(L, -2, "sent");
+  lua_pushnumber(L, (lua_Number)shm_stats.in_place);
+  lua_setfield(L, -2, "in_place");
   lua_pushnumber(L, (lua_Number)shm_stats.received);
   lua_setfield(L, -2, "received");
   lua_pushnumber(L, (lua_Number)shm_stats.full);
@@ -987,6 +1040,62 @@ static int ipc_send(lua_State *L) {
   return 2;
 }
 
+// ch:send_value(kind, encode, value) -> true, bytes queued | false [, size] | nil, err, code
+// Sends value encoded by `encode` (a cjson instance's fast encode, runtime/json_encode.c) as
+// a frame of that kind, without the encoded text ever being a Lua string or a blob: when the
+// channel's ring exists the encoder writes straight into its free region, and a large output
+// that fits there is sent as a ring reference (no copy at all); otherwise, or when the output
+// outgrows the region (its prefix then moves to the encoder's buffer), it is sent the way
+// send sends a blob. false: nothing was sent, because the encode was declined (the value is
+// one the fast encoder leaves to lua-cjson, which the caller runs to get its result or its
+// error) or, with its size, because the output is over the frame body limit.
+static int ipc_send_value(lua_State *L) {
+  lc_ipc_t *ch = lc_ipc_check(L, 1);
+  int kind = (int)luaL_checkinteger(L, 2);
+  luaL_checkany(L, 4);
+  if (kind < LC_IPC_KIND_USER || kind > LC_IPC_KIND_MAX || kind == LC_IPC_KIND_HANDLE ||
+      kind == LC_IPC_KIND_SHM)
+    return luaL_argerror(L, 2, "not a kind a value is sent as");
+  if (ch->h.closing || ch->finishing || ch->torn_down) return lc_util_push_uverr(L, UV_EPIPE);
+  size_t room = 0;
+  uint64_t pos = 0;
+  char *dst = shm_region(ch, &room, &pos);
+  lc_json_out o;
+  // The region's last byte is the message's spare byte (the receiver's NUL).
+  ch->tx_filling = dst != NULL;
+  int r = lc_json_encode_to(L, 3, 4, dst, room > 0 ? room - 1 : 0, &o);
+  ch->tx_filling = 0;
+  if (ch->torn_down) shm_unmap(&ch->tx_map, ch->tx_size); // closed meanwhile (not reached)
+  if (r != 0) {
+    lua_pushboolean(L, 0);
+    return 1;
+  }
+  if (o.len > LC_IPC_FRAME_MAX_BODY) {
+    lc_json_out_done();
+    lua_pushboolean(L, 0);
+    lua_pushinteger(L, (lua_Integer)o.len);
+    return 2;
+  }
+  int rc;
+  if (o.in_dst && o.len >= BIG_FRAME && !ch->torn_down) {
+    rc = shm_commit(ch, kind, pos, o.len);
+    if (rc > 0) shm_stats.in_place++;
+    lc_json_out_done();
+  } else if (!o.in_dst && o.len >= BIG_FRAME) {
+    // Queued by a counted reference to the buffer if the socket does not take it at once.
+    struct lc_json_buf *buf = lc_json_out_take();
+    rc = send_frame(ch, kind, buf->data, buf->len, NULL, 0, 0, L, 0, buf);
+    lc_json_buf_unref(buf);
+  } else {
+    rc = send_frame(ch, kind, o.data, o.len, NULL, 0, 0, NULL, 0, NULL); // copied
+    lc_json_out_done();
+  }
+  if (rc < 0) return lc_util_push_uverr(L, rc);
+  lua_pushboolean(L, 1);
+  lua_pushinteger(L, (lua_Integer)ch->queued);
+  return 2;
+}
+
 // ch:want_drain(): cb('drain') once every queued byte is written (backpressure: the owner
 // stops sending above a high-water mark and resumes on the drain).
 static int ipc_want_drain(lua_State *L) {
@@ -1076,11 +1185,17 @@ static int ipc_close(lua_State *L) {
 }
 
 void lc_ipc_open(lua_State *L) {
-  static const luaL_Reg methods[] = {{"send", ipc_send},     {"pump", ipc_pump},
-                                     {"finish", ipc_finish}, {"flush_sync", ipc_flush_sync},
-                                     {"queued", ipc_queued}, {"want_drain", ipc_want_drain},
-                                     {"ref", ipc_ref},       {"unref", ipc_unref},
-                                     {"close", ipc_close},   {NULL, NULL}};
+  static const luaL_Reg methods[] = {{"send", ipc_send},
+                                     {"send_value", ipc_send_value},
+                                     {"pump", ipc_pump},
+                                     {"finish", ipc_finish},
+                                     {"flush_sync", ipc_flush_sync},
+                                     {"queued", ipc_queued},
+                                     {"want_drain", ipc_want_drain},
+                                     {"ref", ipc_ref},
+                                     {"unref", ipc_unref},
+                                     {"close", ipc_close},
+                                     {NULL, NULL}};
   lc_handle_meta(L, MT, methods, NULL);
   lua_pushcfunction(L, ipc_new);
   lua_setfield(L, -2, "ipc");
