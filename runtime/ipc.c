@@ -69,6 +69,7 @@ int lc_json_decode_buf(lua_State *L, const char *buf, size_t len, int max_depth)
 static struct {
   uint64_t sent, received; // messages that went through a ring
   uint64_t in_place;       // of those sent, encoded straight into it (ch:send_value)
+  uint64_t outgrown;       // encodes into it that outgrew the room offered (moved to a buffer)
   uint64_t full, too_big;  // large messages that went by the socket: ring full, or larger than it
   int64_t maps;            // rings mapped now (either direction)
   uint64_t peak;           // the most bytes a ring of this process held (pages touched)
@@ -614,23 +615,26 @@ static __attribute__((noinline)) int shm_send(lc_ipc_t *ch, int kind, const char
   return shm_commit(ch, kind, pos, len);
 }
 
-// The region of the ring a message of unknown size is encoded into (ch:send_value): at the
-// start of the area when the last message would fit there (keeping to the low pages, as
-// shm_send does), else the larger of the two. NULL when there is no ring or less than a
-// large frame's room (a message that does not fit goes on in the encoder's buffer).
+// The region of the ring a message of unknown size is encoded into (ch:send_value), guessing
+// it is about the size of the last ring message: at the start of the area when that would
+// fit there with an eighth to spare (keeping to the low pages, as shm_send does), else the
+// larger of the two if that would fit it. NULL when there is no ring, or the guess does not
+// fit, or the room is not that of a large frame: the message is encoded into the encoder's
+// buffer (and shm_send copies it into the ring if it turns out to fit after all). A message
+// that outgrows the region offered moves to that buffer, its prefix copied once.
 static char *shm_region(lc_ipc_t *ch, size_t *room, uint64_t *pos) {
   if (ch->tx_off || ch->tx_map == NULL || ch->tx_filling) return NULL;
   uint64_t start;
-  size_t start_room, head_room;
+  size_t start_room, head_room, last = ch->tx_last;
   if (shm_room(ch, &start, &start_room, &head_room) != 0) return NULL;
-  if (start_room >= ch->tx_last + ch->tx_last / 8 || start_room >= head_room) {
+  if (start_room >= last + last / 8 || start_room >= head_room) {
     *pos = start;
     *room = start_room;
   } else {
     *pos = ch->tx_head;
     *room = head_room;
   }
-  if (*room <= BIG_FRAME) return NULL;
+  if (*room <= BIG_FRAME || *room < last) return NULL;
   return ch->tx_map + LC_IPC_SHM_HEADER + *pos % ch->tx_size;
 }
 
@@ -685,13 +689,15 @@ static void shm_release(lc_ipc_t *ch, uint64_t end) {
   __atomic_store_n(shm_consumed(ch->rx_map), end, __ATOMIC_RELEASE);
 }
 
-// _core.ipc_shm_stats() -> {sent=, in_place=, received=, full=, too_big=, maps=, peak=}
+// _core.ipc_shm_stats() -> {sent=, in_place=, outgrown=, received=, full=, too_big=, maps=, peak=}
 static int ipc_shm_stats(lua_State *L) {
-  lua_createtable(L, 0, 7);
+  lua_createtable(L, 0, 8);
   lua_pushnumber(L, (lua_Number)shm_stats.sent);
   lua_setfield(L, -2, "sent");
   lua_pushnumber(L, (lua_Number)shm_stats.in_place);
   lua_setfield(L, -2, "in_place");
+  lua_pushnumber(L, (lua_Number)shm_stats.outgrown);
+  lua_setfield(L, -2, "outgrown");
   lua_pushnumber(L, (lua_Number)shm_stats.received);
   lua_setfield(L, -2, "received");
   lua_pushnumber(L, (lua_Number)shm_stats.full);
@@ -1070,6 +1076,7 @@ static int ipc_send_value(lua_State *L) {
     lua_pushboolean(L, 0);
     return 1;
   }
+  if (dst != NULL && !o.in_dst) shm_stats.outgrown++;
   if (o.len > LC_IPC_FRAME_MAX_BODY) {
     lc_json_out_done();
     lua_pushboolean(L, 0);
