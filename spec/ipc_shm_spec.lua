@@ -37,7 +37,8 @@ describe('IPC shared-memory rings', function()
     -- Worker -> master: all 10 large messages through the master's mapping of the worker's ring.
     assert.are.equal('up 10 sent=0 in_place=0 outgrown=0 received=10 full=0 too_big=0 maps=1 mapped=1', r[1], c.stderr)
     -- Master -> worker: the worker maps the master's ring too (and keeps its own).
-    assert.are.equal('down 10 sent=10 in_place=9 outgrown=0 received=10 full=0 too_big=0 maps=2 mapped=2', r[2], c.stderr)
+    assert.are.equal('down 10 sent=10 in_place=9 outgrown=0 received=10 full=0 too_big=0 maps=2 mapped=2',
+      r[2], c.stderr)
     assert.are.equal('master sent=10 in_place=9 outgrown=0 received=10 full=0 too_big=0 maps=2', r[3])
     assert.are.equal('worker-exit 0 nil', r[4])
   end)
@@ -65,7 +66,8 @@ describe('IPC shared-memory rings', function()
     assert.is_true(tonumber(inPlace) < tonumber(sent), r[1])
     assert.are.equal(8, tonumber(sent) + tonumber(full))
     -- The worker got all 16 messages in order, every byte checked, the ring ones among them.
-    assert.are.equal('worker 16 sent=0 in_place=0 outgrown=0 received=' .. sent .. ' full=0 too_big=0 maps=1', r[2], c.stderr)
+    assert.are.equal('worker 16 sent=0 in_place=0 outgrown=0 received=' .. sent .. ' full=0 too_big=0 maps=1',
+      r[2], c.stderr)
     assert.are.equal('worker-exit 0 nil', r[3])
   end)
 
