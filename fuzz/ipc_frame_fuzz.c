@@ -3,10 +3,14 @@
 // after each read; some reads lose their fds (MSG_CTRUNC, lc_ipc_frame_lose_fds). The first
 // two input bytes choose the read sizes and fd arrivals; the rest is the stream. Checks that every
 // frame lies inside the bytes received, that fds are handed out exactly once and in order, and that
-// the decoder never reads past what it was given.
+// the decoder never reads past what it was given. Shared-memory references (LC_IPC_KIND_SHM) go
+// through lc_ipc_shm_parse and lc_ipc_shm_locate as the channel's receiver takes them, against a
+// fake ring (a heap buffer the size the seed picks, "mapped" at the first reference carrying an
+// fd): every region they accept is read whole, so one outside the ring is a heap overflow.
 #include <assert.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "ipc_frame.h"
@@ -31,6 +35,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   int next_fd = 1000, expect_fd = 1000;
   size_t off = 0, consumed = 0;
   int err = 0;
+  // The receiver's ring state (runtime/ipc.c, shm_recv).
+  char *ring = NULL;
+  size_t ring_size = 0;
+  uint64_t expect = 0;
   while (off < size && err == 0) {
     char *p;
     size_t room;
@@ -69,6 +77,30 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         expect_fd++;
         open_fds--;
       }
+      if (f.kind == LC_IPC_KIND_SHM) {
+        lc_ipc_shm_ref_t r;
+        err = lc_ipc_shm_parse(&f, ring != NULL, &r);
+        if (err == 0 && ring == NULL) {
+          // "Maps" the ring the fd names: 64 KiB to 512 KiB of data.
+          ring_size = (size_t)LC_IPC_SHM_MIN_SIZE << (seed >> 12) % 4;
+          ring = malloc(ring_size);
+          assert(ring != NULL);
+          memset(ring, 'x', ring_size);
+        }
+        size_t at;
+        if (err == 0) err = lc_ipc_shm_locate(&r, ring_size, expect, &at);
+        if (err != 0) {
+          assert(err == LC_IPC_FRAME_ESHMBODY || err == LC_IPC_FRAME_ESHMFD ||
+                 err == LC_IPC_FRAME_ESHMRANGE || err == LC_IPC_FRAME_ESHMLOST);
+          break;
+        }
+        assert(r.kind == LC_IPC_KIND_USER || r.kind == LC_IPC_KIND_INTERNAL ||
+               r.kind == LC_IPC_KIND_STRING);
+        assert(r.pos >= expect && at + r.len + 1 <= ring_size);
+        // The message and its spare byte, read whole (ASan: inside the buffer).
+        assert(memchr(ring + at, 0, r.len + 1) == NULL);
+        expect = r.pos + r.len + 1;
+      }
     }
     if (err == 0 && rc < 0) err = rc;
   }
@@ -79,6 +111,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   }
   assert(lc_ipc_frame_strerror(err) != NULL);
   lc_ipc_frame_free(&d, fake_close);
+  free(ring);
   assert(open_fds == 0);
   return 0;
 }

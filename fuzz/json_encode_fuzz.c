@@ -6,7 +6,11 @@
 // (lc_cjson_luaopen: the fast path installed) and a plain lua-cjson module (luaopen_cjson)
 // then encode the same value: the same string or the same error, else abort. Corpus in
 // corpus/json_encode/. The fast path reads tables in place; with LC_JSON_ENCODE=api in the
-// environment it goes through the Lua C API instead (run both).
+// environment it goes through the Lua C API instead (run both). Long strings (op 12: a few
+// KiB, around multiples of the encoder's 4 KiB escape pieces, cycling input bytes) cross the
+// pieces' edges. Each value is also encoded by lc_json_encode_to into a malloc'd region of a
+// size the input picks (the IPC channel's encode into its ring): the output must be the
+// encode's, in the region when it fits, and never written past it (ASan).
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,6 +19,8 @@
 #include <lauxlib.h>
 #include <lua.h>
 #include <lualib.h>
+
+#include "json_encode.h"
 
 int luaopen_cjson(lua_State *L);
 int lc_cjson_luaopen(lua_State *L);
@@ -92,7 +98,7 @@ int LLVMFuzzerTestOneInput(const unsigned char *data, size_t size) {
   lua_newtable(L);
   int tabs = base + 1, ntabs = 0;
   while (p < end && lua_gettop(L) - tabs < MAX_ITEMS) {
-    int op = *p++ % 12;
+    int op = *p++ % 13;
     int b = p < end ? *p : 0;
     switch (op) {
     case 0:
@@ -170,6 +176,23 @@ int LLVMFuzzerTestOneInput(const unsigned char *data, size_t size) {
     case 10:
       lua_pushcfunction(L, luaopen_cjson); // a function: refused
       break;
+    case 12: { // a long string: 1-4 pieces of 4096 bytes, +-127, cycling the next 1-8 bytes
+      if (p < end) p++;
+      int d = p < end ? (int)*p++ - 128 : 0;
+      size_t plen = 1 + (size_t)((b >> 2) & 7), n = 4096 * (size_t)(1 + (b & 3)) + (size_t)d;
+      if (plen > (size_t)(end - p)) plen = (size_t)(end - p);
+      char pat[8] = "a";
+      memcpy(pat, p, plen);
+      p += plen;
+      if (plen == 0) plen = 1;
+      char *buf = malloc(n);
+      if (buf == NULL) abort();
+      for (size_t i = 0; i < n; i++)
+        buf[i] = pat[i % plen];
+      lua_pushlstring(L, buf, n);
+      free(buf);
+      break;
+    }
     default: // a table as a key (refused) or a small positive integer
       if (b & 1) {
         lua_newtable(L);
@@ -182,9 +205,6 @@ int LLVMFuzzerTestOneInput(const unsigned char *data, size_t size) {
   }
   // The first table built, or the top value (nil if none).
   int top = lua_gettop(L);
-  lua_rawgeti(L, LUA_REGISTRYINDEX, compare_ref);
-  lua_rawgeti(L, LUA_REGISTRYINDEX, ours_ref);
-  lua_rawgeti(L, LUA_REGISTRYINDEX, orig_ref);
   if (ntabs) {
     lua_rawgeti(L, tabs, 1);
   } else if (top > tabs) {
@@ -192,7 +212,34 @@ int LLVMFuzzerTestOneInput(const unsigned char *data, size_t size) {
   } else {
     lua_pushnil(L);
   }
+  int v = lua_gettop(L);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, compare_ref);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, ours_ref);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, orig_ref);
+  lua_pushvalue(L, v);
   must(L, lua_pcall(L, 3, 0, 0));
+  // Into a lent region: the same output as ours.encode, or declined where ours may go to
+  // lua-cjson.
+  lua_rawgeti(L, LUA_REGISTRYINDEX, ours_ref);
+  lua_getfield(L, -1, "encode");
+  int fn = lua_gettop(L);
+  size_t cap = data[2] & 1 ? (size_t)data[1] * 4 : (size_t)data[1] * 160;
+  char *dst = cap > 0 ? malloc(cap) : NULL;
+  lc_json_out o;
+  if (lc_json_encode_to(L, fn, v, dst, cap, &o) == 0) {
+    if (o.in_dst && (dst == NULL || o.data != dst || o.len > cap)) abort();
+    lua_pushlstring(L, o.data, o.len);
+    lc_json_out_done();
+    lua_pushvalue(L, fn);
+    lua_pushvalue(L, v);
+    must(L, lua_pcall(L, 1, 1, 0));
+    if (!lua_rawequal(L, -1, -2)) {
+      fprintf(stderr, "json_encode_fuzz: lc_json_encode_to %s\nencode %s\n", lua_tostring(L, -2),
+              lua_tostring(L, -1));
+      abort();
+    }
+  }
+  free(dst);
   lua_settop(L, base);
   lua_gc(L, LUA_GCCOLLECT, 0);
   return 0;

@@ -216,7 +216,60 @@ const char *lc_ipc_frame_strerror(int err) {
     return "truncated frame: the channel closed in the middle of a frame";
   case LC_IPC_FRAME_ENOMEM:
     return "out of memory receiving a frame";
+  case LC_IPC_FRAME_ESHMBODY:
+    return "malformed frame: a shared-memory frame's body is not a valid reference";
+  case LC_IPC_FRAME_ESHMFD:
+    return "malformed frame: a shared-memory frame without the ring's fd, or a second ring";
+  case LC_IPC_FRAME_ESHMRANGE:
+    return "malformed frame: a shared-memory frame names a region outside the ring or out of "
+           "order";
+  case LC_IPC_FRAME_ESHMLOST:
+    return "the shared-memory ring's fd was dropped on arrival (this process is at its file "
+           "descriptor limit): its messages cannot be read";
+  case LC_IPC_FRAME_ESHMMAP:
+    return "malformed frame: the shared-memory ring is not a sealed memfd of a valid size, or "
+           "cannot be mapped";
   default:
     return "malformed frame";
   }
+}
+
+void lc_ipc_shm_ref_encode(unsigned char out[LC_IPC_SHM_BODY], const lc_ipc_shm_ref_t *r) {
+  memset(out, 0, LC_IPC_SHM_BODY);
+  out[0] = r->kind;
+  for (int i = 0; i < 4; i++)
+    out[4 + i] = (unsigned char)((r->len >> (8 * i)) & 0xff);
+  for (int i = 0; i < 8; i++)
+    out[8 + i] = (unsigned char)((r->pos >> (8 * i)) & 0xff);
+}
+
+int lc_ipc_shm_parse(const lc_ipc_frame_t *f, int have_ring, lc_ipc_shm_ref_t *r) {
+  const unsigned char *b = (const unsigned char *)f->body;
+  if (f->len != LC_IPC_SHM_BODY || b[1] != 0 || b[2] != 0 || b[3] != 0 ||
+      (b[0] != LC_IPC_KIND_USER && b[0] != LC_IPC_KIND_INTERNAL && b[0] != LC_IPC_KIND_STRING))
+    return LC_IPC_FRAME_ESHMBODY;
+  // The first frame brings the ring. One whose fd the kernel dropped (this process at its fd
+  // limit) leaves messages that cannot be read: not a malformed stream, but as fatal to it.
+  if (!have_ring && f->lost_fds == 1) return LC_IPC_FRAME_ESHMLOST;
+  if (f->nfds != (have_ring ? 0 : 1) || f->lost_fds != 0) return LC_IPC_FRAME_ESHMFD;
+  r->kind = b[0];
+  r->len = 0;
+  for (int i = 3; i >= 0; i--)
+    r->len = r->len << 8 | b[4 + i];
+  r->pos = 0;
+  for (int i = 7; i >= 0; i--)
+    r->pos = r->pos << 8 | b[8 + i];
+  if (r->len > LC_IPC_FRAME_MAX_BODY) return LC_IPC_FRAME_ESHMBODY;
+  return 0;
+}
+
+int lc_ipc_shm_locate(const lc_ipc_shm_ref_t *r, size_t size, uint64_t expect, size_t *off) {
+  if (size == 0 || r->len >= size || r->pos < expect) return LC_IPC_FRAME_ESHMRANGE;
+  size_t at = (size_t)(expect % size);
+  // Either right after the last message, or at the start (the sender skips the tail when the
+  // message would not fit there, or when the ring is empty).
+  if (r->pos != expect && !(at != 0 && r->pos - expect == size - at)) return LC_IPC_FRAME_ESHMRANGE;
+  *off = (size_t)(r->pos % size);
+  if (*off + (size_t)r->len + 1 > size) return LC_IPC_FRAME_ESHMRANGE;
+  return 0;
 }

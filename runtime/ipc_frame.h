@@ -32,7 +32,10 @@ enum {
   LC_IPC_KIND_HANDLE = 3,   // body: [handle description, user message]; carries fds
   LC_IPC_KIND_STRING = 4,   // body: a user message that is a string, as its raw bytes (no
                             // JSON escaping or parsing for the commonest large payload)
-  LC_IPC_KIND_MAX = 4,
+  LC_IPC_KIND_SHM = 5,      // body: an lc_ipc_shm_ref_t: a message of one of the kinds above
+                            // (not HANDLE) that lies in the sender's shared-memory ring; the
+                            // first one carries the ring's memfd (one fd), later ones none
+  LC_IPC_KIND_MAX = 5,
 };
 
 /// Results of lc_ipc_frame_next and errors of the decoder. Errors are sticky: once the
@@ -48,6 +51,11 @@ enum {
   LC_IPC_FRAME_ESTRAYFDS = -6,
   LC_IPC_FRAME_ETRUNCATED = -7,
   LC_IPC_FRAME_ENOMEM = -8,
+  LC_IPC_FRAME_ESHMBODY = -9, // a shared-memory frame whose body is not a valid reference
+  LC_IPC_FRAME_ESHMFD = -10,  // ... without the ring's fd before the ring exists, or with one after
+  LC_IPC_FRAME_ESHMRANGE = -11, // ... naming a region outside the ring or out of FIFO order
+  LC_IPC_FRAME_ESHMMAP = -12,   // the fd is not a sealed memfd of a valid size, or mmap failed
+  LC_IPC_FRAME_ESHMLOST = -13,  // the ring's fd was dropped by the kernel (fd limit, MSG_CTRUNC)
 };
 
 /// One decoded frame. `body` points into the decoder's buffer and stays valid until the next
@@ -109,3 +117,36 @@ int lc_ipc_frame_finish(lc_ipc_frame_decoder_t *d);
 size_t lc_ipc_frame_pending(const lc_ipc_frame_decoder_t *d);
 /// A sentence describing a decoder error.
 const char *lc_ipc_frame_strerror(int err);
+
+// ---- Large messages through shared memory (docs/architecture.md, IPC) ----
+//
+// A sender puts a large message in a ring it shares with the receiver (a memfd mapped by
+// both) and sends a small LC_IPC_KIND_SHM frame on the socket that names it, so the socket
+// still orders every message. The memfd is LC_IPC_SHM_HEADER bytes of header (a u64 at
+// offset 0: the ring position up to which the receiver has consumed, stored by the receiver
+// with release semantics) then the data area, its size the file's size minus the header. A
+// message at position pos (a byte count that only grows) lies at pos % size, contiguous, with
+// one spare byte after it (the decoder puts a NUL there); a message may instead start at the
+// beginning of the area (the sender does so when it would not fit before the end, or when the
+// ring is empty), the skipped tail counting as consumed.
+#define LC_IPC_SHM_HEADER 4096u
+#define LC_IPC_SHM_BODY 16                // u8 kind, 3 zero bytes, u32 len, u64 pos (LE)
+#define LC_IPC_SHM_MIN_SIZE (64u * 1024u) // the receiver's bounds on a ring's data size
+#define LC_IPC_SHM_MAX_SIZE (256u * 1024u * 1024u)
+
+typedef struct {
+  uint64_t pos; // the message's ring position
+  uint32_t len; // its length; one spare byte follows it in the ring
+  uint8_t kind; // its own kind: LC_IPC_KIND_USER, _INTERNAL or _STRING
+} lc_ipc_shm_ref_t;
+
+/// Writes the body of an LC_IPC_KIND_SHM frame.
+void lc_ipc_shm_ref_encode(unsigned char out[LC_IPC_SHM_BODY], const lc_ipc_shm_ref_t *r);
+/// Reads the LC_IPC_KIND_SHM frame f into *r, given whether the receiver has mapped the
+/// sender's ring yet: the frame must carry the ring's fd (one) exactly when it has not.
+/// Returns 0, LC_IPC_FRAME_ESHMBODY, LC_IPC_FRAME_ESHMFD or LC_IPC_FRAME_ESHMLOST.
+int lc_ipc_shm_parse(const lc_ipc_frame_t *f, int have_ring, lc_ipc_shm_ref_t *r);
+/// Places *r in a ring of `size` data bytes whose messages up to position `expect` were taken:
+/// the next message starts at expect or at the area's start, and lies before its end. Sets
+/// *off to its offset in the area. Returns 0 or LC_IPC_FRAME_ESHMRANGE.
+int lc_ipc_shm_locate(const lc_ipc_shm_ref_t *r, size_t size, uint64_t expect, size_t *off);

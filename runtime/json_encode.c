@@ -87,10 +87,18 @@ enum { UV_CFG = 1, UV_ORIG, UV_SPARSE, UV_DEPTH, UV_PRECISION };
 // The output buffer, the process's: only the main Lua state has the built-in cjson.
 // The bytes live after a struct lc_json_buf header, so that a large message's buffer can be
 // handed to the IPC channel as it is (push_blob).
+// While `ext` is set the output goes to a region the caller lent (lc_json_encode_to: the IPC
+// channel's shared-memory ring) and the buffer waits in `saved`; an output that outgrows the
+// region moves to a buffer (grow_ext) and goes on there.
 static struct {
-  char *p; // NULL, or the data[] of a struct lc_json_buf (lc_bigalloc_realloc)
+  char *p; // NULL, or the data[] of a struct lc_json_buf (lc_bigalloc_realloc), or the region
   size_t len, cap;
+  int ext;
 } out;
+static struct {
+  char *p;
+  size_t cap;
+} saved;
 #define BUF_HDR offsetof(struct lc_json_buf, data)
 
 static void out_free(void) {
@@ -98,11 +106,45 @@ static void out_free(void) {
   out.p = NULL;
   out.cap = 0;
 }
+
+// Back to the encoder's own buffer after an output into a lent region.
+static void out_restore(void) {
+  if (!out.ext) return;
+  out.p = saved.p;
+  out.cap = saved.cap;
+  out.ext = 0;
+  saved.p = NULL;
+  saved.cap = 0;
+}
 // Set while an encode owns `out`. lua_pushlstring may run a GC step whose finalizer encodes;
 // that nested encode goes to lua-cjson instead of overwriting the output being copied.
 static int busy;
 
+static int grow(size_t need);
+
+// The output outgrew the lent region: it moves to the encoder's own buffer (the prefix copied
+// once), which is made large enough first (a buffer too small is freed rather than grown,
+// which would copy its stale contents).
+static __attribute__((noinline)) int grow_ext(size_t need) {
+  if (need > OUT_MAX) return -1;
+  const char *prefix = out.p;
+  size_t len = out.len;
+  out_restore();
+  if (out.cap < need) {
+    out_free();
+    out.len = 0;
+    if (grow(need) < 0) {
+      out.len = len; // the output is lost either way: the caller falls back
+      return -1;
+    }
+  }
+  memcpy(out.p, prefix, len);
+  out.len = len;
+  return 0;
+}
+
 static int grow(size_t need) {
+  if (out.ext) return grow_ext(need);
   size_t cap = out.cap ? out.cap : 4096;
   if (need > OUT_MAX) return -1;
   while (cap < need)
@@ -204,10 +246,33 @@ static __attribute__((noinline)) char *escape_long(char *p, const char *s, size_
   return escape_bytes(p, s + i, len - i);
 }
 
+// Strings longer than this are escaped piece by piece, each piece reserving room for its own
+// worst case: a 1 MiB string then needs ~1 MiB of room beyond what is written, not 6 (which
+// matters when the output goes to a lent region of fixed size, lc_json_encode_to, and for the
+// size of the buffer kept). A multiple of 8, so pieces split no 8-byte run.
+#define PIECE 4096
+
+// A string longer than PIECE, as put_string writes it.
+static __attribute__((noinline)) int put_long_string(const char *s, size_t len, int colon) {
+  // Room for the string as it is first (most large strings have little to escape): one
+  // growth of the buffer, not a doubling per piece (a fresh large block costs page faults).
+  if (len > OUT_MAX / 6 || reserve(len + 3) < 0) return -1; // lua-cjson takes those
+  put_unsafe("\"", 1);
+  for (size_t i = 0; i < len; i += PIECE) {
+    size_t n = len - i < PIECE ? len - i : PIECE;
+    if (reserve(n * 6 + 8 + 2) < 0) return -1;
+    out.len = (size_t)(escape_long(out.p + out.len, s + i, n) - out.p);
+  }
+  out.p[out.len++] = '"';
+  if (colon) out.p[out.len++] = ':';
+  return 0;
+}
+
 // "s" escaped, then a ':' if `colon` (after a key). lua-cjson reserves len * 6 + 2 the same
 // way (8 more here: escape_bytes copies 8 bytes per escape).
 static inline int put_string(const char *s, size_t len, int colon) {
-  if (len > OUT_MAX / 6 || reserve(len * 6 + 2 + 8 + 1) < 0) return -1;
+  if (len > PIECE) return put_long_string(s, len, colon);
+  if (reserve(len * 6 + 2 + 8 + 1) < 0) return -1;
   char *p = out.p + out.len;
   *p++ = '"';
   p = len < 8 ? escape_short(p, s, len) : escape_long(p, s, len);
@@ -828,6 +893,58 @@ static int l_encode(lua_State *L) {
   lua_insert(L, 1);
   lua_call(L, nargs, LUA_MULTRET);
   return lua_gettop(L);
+}
+
+// ---- Encoding into a region the caller lends (the IPC channel's ring) ----
+//
+// lc_json_encode_to: the channel's send of a Lua value (ch:send_value, runtime/ipc.c) has the
+// output written where the message will lie, the free part of its shared-memory ring, so
+// the sender does not copy it again. The output is the same as l_encode's; what l_encode
+// leaves to lua-cjson is declined (the caller then encodes the usual way, errors included).
+
+int lc_json_encode_to(lua_State *L, int fn, int idx, char *dst, size_t cap, lc_json_out *o) {
+  if (lua_tocfunction(L, fn) != l_encode || busy) return -1;
+  lua_getupvalue(L, fn, UV_CFG);
+  enc_cfg *c = lua_touserdata(L, -1);
+  lua_pop(L, 1);
+  // Whatever may call Lua (the settings' getters, the layout check) runs before the region
+  // is lent: a finalizer's encode in between must not find `out` pointing at it.
+  if (c->stale) refresh(L, c, fn);
+  if (direct == DIRECT_UNKNOWN) direct = check_direct(L);
+  lua_pushvalue(L, idx);
+  if (dst != NULL) {
+    saved.p = out.p;
+    saved.cap = out.cap;
+    out.p = dst;
+    out.cap = cap;
+    out.ext = 1;
+  }
+  int r = encode_top(L, c, fn); // calls no Lua now (see busy for the API path's pushes)
+  lua_pop(L, 1);
+  if (r != 0) {
+    out_restore();
+    return -1;
+  }
+  o->data = out.p;
+  o->len = out.len;
+  o->in_dst = out.ext;
+  return 0;
+}
+
+void lc_json_out_done(void) {
+  out_restore();
+  encode_done();
+}
+
+struct lc_json_buf *lc_json_out_take(void) {
+  struct lc_json_buf *b = (struct lc_json_buf *)(out.p - BUF_HDR);
+  b->refs = 1;
+  b->len = out.len;
+  b->size = BUF_HDR + out.cap;
+  out.p = NULL;
+  out.cap = 0;
+  busy = 0;
+  return b;
 }
 
 // core.ipc_blobs(encode) -> true when encode is a cjson instance's fast-path encode, which

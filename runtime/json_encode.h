@@ -28,4 +28,23 @@ struct lc_json_buf *lc_json_blob(lua_State *L, int idx, int *is_blob);
 void lc_json_buf_ref(struct lc_json_buf *b);
 void lc_json_buf_unref(struct lc_json_buf *b);
 
+// lc_json_encode_to's output: `len` bytes at `data`, in the caller's region when in_dst, else
+// in the encoder's buffer. Valid until lc_json_out_done (or, not in_dst, lc_json_out_take).
+typedef struct {
+  const char *data;
+  size_t len;
+  int in_dst;
+} lc_json_out;
+
+// Encodes the value at idx with the encode at stack index fn (a cjson instance's fast encode)
+// into dst[0, cap) while it fits there (dst may be NULL), else into the encoder's buffer (the
+// prefix copied once): 0 and *o, or -1 when declined (fn is not a fast encode, or the value is
+// one it leaves to lua-cjson: the caller encodes it the usual way). The same bytes as that
+// encode returns; no Lua runs once dst is written.
+int lc_json_encode_to(lua_State *L, int fn, int idx, char *dst, size_t cap, lc_json_out *o);
+// Ends the use of the output (the encoder may encode again).
+void lc_json_out_done(void);
+// Or: the output (not in_dst) as a counted buffer (refs 1), which the encoder gives up.
+struct lc_json_buf *lc_json_out_take(void);
+
 #endif

@@ -342,6 +342,8 @@ describe('IPC', function()
     local r, c = result('limits', 30000)
     assert.matches('^ERR_IPC_MESSAGE_TOO_LARGE: the message is 268435457 bytes encoded, '
       .. 'over the limit of 268435456 bytes', r.big)
+    assert.matches('hard_ipc%.lua:%d+: ERR_IPC_MESSAGE_TOO_LARGE: the message is 268435457 bytes encoded, '
+      .. 'over the limit of 268435456 bytes', r.bigTable)
     assert.matches('ERR_INVALID_ARG_TYPE: .*nested deeper than 1000 levels', r.deep)
     assert.is_true(r.limitSent)
     assert.is_true(r.after)

@@ -78,6 +78,39 @@ describe('cjson.encode fast path (runtime/json_encode.c)', function()
       cjson.encode('/"\\\0\31\127\b\t\n\f\r\11\128\255'))
   end)
 
+  it('escapes strings longer than its 4 KiB pieces as lua-cjson does, escapes at the pieces\' edges', function()
+    -- Strings over 4096 bytes are escaped piece by piece (runtime/json_encode.c, PIECE), each
+    -- piece reserving 6x its length: an escape, a multi-byte character or a plain byte just
+    -- before, at and after every piece boundary, in strings ending around the boundaries.
+    local PIECE = 4096
+    local odd = { '"', '\\', '/', '\0', '\31', '\127', '\n', '\195\169', '\226\130\172', 'x' }
+    for _, pieces in ipairs({ 1, 2, 3 }) do
+      for _, d in ipairs({ -9, -8, -7, -1, 0, 1, 7, 8, 9 }) do
+        local len = pieces * PIECE + d
+        for _, c in ipairs(odd) do
+          local t = {}
+          for i = 1, len do
+            t[i] = 'a'
+          end
+          for k = 1, pieces do
+            for _, at in ipairs({ k * PIECE - 1, k * PIECE, k * PIECE + 1 }) do
+              if at >= 1 and at <= len then
+                t[at] = c
+              end
+            end
+          end
+          t[len] = c
+          local s = concat(t)
+          same(s, ('%d bytes, %q at the edges'):format(#s, c))
+          same({ [s] = s, k = s }, ('%d bytes as key and value'):format(#s))
+        end
+      end
+    end
+    -- All escapes: 6 bytes out per byte in, 10 pieces.
+    same(rep('\1', 10 * PIECE + 3), 'control characters x40963')
+    same({ rep('"', 5 * PIECE), rep('\\', PIECE + 1) }, 'quotes and backslashes')
+  end)
+
   it('formats numbers as lua-cjson does at every precision', function()
     math.randomseed(SEED + 1)
     for p = 1, 14 do

@@ -50,9 +50,10 @@ local function newEncoder(depth, blobs)
       e.encode_keep_buffer(true)
     end
     return s
-  end
+  end, raw
 end
-local encodeUser = newEncoder(M.MAX_DEPTH, true)
+-- encodeUserRaw: the instance's own encode, which the channel's send_value runs in C.
+local encodeUser, encodeUserRaw = newEncoder(M.MAX_DEPTH, true)
 -- A user's message inside one level of the runtime's own (M.encodeWrapped).
 local encodeWrapped = newEncoder(M.MAX_DEPTH + 1, true)
 local encode = newEncoder(M.MAX_DEPTH + 8)
@@ -109,14 +110,18 @@ function M.release(body)
   end
 end
 
+local function tooLarge(n, level)
+  error(('ERR_IPC_MESSAGE_TOO_LARGE: the message is %d bytes encoded, over the limit of %d bytes')
+    :format(n, M.MAX_BYTES), level + 1)
+end
+
 -- Raises ERR_IPC_MESSAGE_TOO_LARGE (at `level`) when an encoded message is over the limit
 -- (releasing it: it will not be sent).
 function M.checkSize(body, level)
   local n = #body
   if n > M.MAX_BYTES then
     M.release(body)
-    error(('ERR_IPC_MESSAGE_TOO_LARGE: the message is %d bytes encoded, over the limit of %d bytes')
-      :format(n, M.MAX_BYTES), level + 1)
+    tooLarge(n, level + 1)
   end
 end
 
@@ -319,6 +324,31 @@ function Channel:sendUser(kind, body, fds)
     return false
   end
   return true
+end
+
+-- Sends a user message that is a table (no handle), as sendUser(M.pack(msg)) would, errors
+-- included (raised at `level` from here): the channel's C send encodes it where it will be
+-- sent from, the shared-memory ring when it fits (runtime/ipc.c, ch:send_value); a value the
+-- C encoder leaves to lua-cjson takes M.pack's way.
+function Channel:sendMessage(msg, level)
+  if not self.closed then
+    local ok, n = self._ch:send_value(KIND_USER, encodeUserRaw, msg)
+    if ok then
+      if n > M.HIGH_WATER then
+        self._ch:want_drain()
+        return false
+      end
+      return true
+    elseif ok == nil then
+      return nil, n
+    elseif n then
+      tooLarge(n, level + 1)
+    end
+  end
+  local kind, body = M.pack(msg, nil, level + 1)
+  local ok, err = self:sendUser(kind, body)
+  M.release(body)
+  return ok, err
 end
 
 function Channel:sendInternal(msg, fds)

@@ -287,12 +287,16 @@ return function(cluster)
     if fn == nil and type(handle) == 'function' then
       handle, fn = nil, handle
     end
-    local kind, body, fds = ipc.pack(msg, handle, 2)
     local ok
-    if channel then
-      ok = channel:sendUser(kind, body, fds)
+    if channel and handle == nil and type(msg) == 'table' then
+      ok = channel:sendMessage(msg, 2)
+    else
+      local kind, body, fds = ipc.pack(msg, handle, 2)
+      if channel then
+        ok = channel:sendUser(kind, body, fds)
+      end
+      ipc.release(body)
     end
-    ipc.release(body)
     if ok == nil then
       return closedError(fn)
     end

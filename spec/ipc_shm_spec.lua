@@ -1,0 +1,97 @@
+-- Large messages through the channel's shared-memory rings (runtime/ipc.c, docs/architecture.md
+-- "IPC"): the stream goes through the ring each way (its counters and the memfd mappings in
+-- /proc/self/maps say so) with every byte intact, each message after the first (which makes
+-- the ring) encoded straight into it (in_place); small socket frames and ring frames keep
+-- their send order; a full ring and a message larger than the ring fall back to the socket in
+-- order; a killed worker leaves no mapping or fd in the master; LC_IPC_SHM=0 turns it off; a
+-- ring fd dropped at the receiver's fd limit closes the channel with its own error.
+-- Malformed ring references are in cluster_spec ("closes a channel on a bad frame").
+local lctest = require('lctest')
+
+local FIX = 'spec/fixtures/'
+
+local function results(text)
+  local out = {}
+  for line in text:gmatch('[^\n]+') do
+    local r = line:match('^RESULT (.*)$')
+    if r then
+      out[#out + 1] = r
+    end
+  end
+  return out
+end
+
+local function run(mode, mib, extra)
+  local c = lctest.spawn(FIX .. 'ipc_shm.lua', { mode, extra }, { env = { LC_IPC_SHM = mib } })
+  local code, signal = c:waitExit(30000)
+  assert.are.equal(0, code, ('master exited %s %s\n--- stdout:\n%s\n--- stderr:\n%s'):format(
+    tostring(code), tostring(signal), c.stdout, c.stderr))
+  return results(c.stdout), c
+end
+
+describe('IPC shared-memory rings', function()
+  after_each(lctest.cleanup)
+
+  it('carry a stream of large table messages each way, byte for byte, in order with small ones', function()
+    local r, c = run('stream', '4')
+    -- Worker -> master: all 10 large messages through the master's mapping of the worker's ring.
+    assert.are.equal('up 10 sent=0 in_place=0 outgrown=0 received=10 full=0 too_big=0 maps=1 mapped=1', r[1], c.stderr)
+    -- Master -> worker: the worker maps the master's ring too (and keeps its own).
+    assert.are.equal('down 10 sent=10 in_place=9 outgrown=0 received=10 full=0 too_big=0 maps=2 mapped=2',
+      r[2], c.stderr)
+    assert.are.equal('master sent=10 in_place=9 outgrown=0 received=10 full=0 too_big=0 maps=2', r[3])
+    assert.are.equal('worker-exit 0 nil', r[4])
+  end)
+
+  it('are not used with LC_IPC_SHM=0', function()
+    local r = run('stream', '0')
+    assert.are.equal('up 10 sent=0 in_place=0 outgrown=0 received=0 full=0 too_big=0 maps=0 mapped=0', r[1])
+    assert.are.equal('down 10 sent=0 in_place=0 outgrown=0 received=0 full=0 too_big=0 maps=0 mapped=0', r[2])
+  end)
+
+  it('fall back to the socket when the receiver is behind and the ring is full, keeping order', function()
+    local dir = lctest.tmpdir()
+    local fifo = dir .. '/fifo'
+    assert(os.execute('mkfifo ' .. fifo) == 0)
+    local ok, r, c = pcall(run, 'full', '1', fifo)
+    lctest.rmrf(dir)
+    assert(ok, r)
+    -- 8 large messages (~450 KiB encoded) into a 1 MiB ring the worker does not empty.
+    -- The first makes the ring (copied in); later ones are encoded straight into it while
+    -- the room left looks large enough (timing: the worker takes the first before it stalls).
+    local sent, inPlace, full = r[1]:match(
+      '^sent sent=(%d+) in_place=(%d+) outgrown=%d+ received=0 full=(%d+) too_big=0 maps=1$')
+    assert.is_truthy(sent, r[1])
+    assert.is_true(tonumber(sent) >= 1 and tonumber(full) >= 1, r[1])
+    assert.is_true(tonumber(inPlace) < tonumber(sent), r[1])
+    assert.are.equal(8, tonumber(sent) + tonumber(full))
+    -- The worker got all 16 messages in order, every byte checked, the ring ones among them.
+    assert.are.equal('worker 16 sent=0 in_place=0 outgrown=0 received=' .. sent .. ' full=0 too_big=0 maps=1',
+      r[2], c.stderr)
+    assert.are.equal('worker-exit 0 nil', r[3])
+  end)
+
+  it('fall back to the socket for a message larger than the ring, keeping order', function()
+    local r, c = run('toobig', '1')
+    assert.are.equal('small1 large3 large2 small4', r[1], c.stderr)
+    -- Only the ring-sized one went through the ring (copied in: it made the ring). The 2 MiB
+    -- one was encoded into the empty ring, outgrew it and went on in the encoder's buffer.
+    assert.are.equal('master sent=0 in_place=0 outgrown=0 received=1 full=0 too_big=0 maps=1', r[2])
+    assert.are.equal('worker sent=1 in_place=0 outgrown=1 received=0 full=0 too_big=1 maps=1', r[3])
+  end)
+
+  it("close the channel with a clear error when the ring's fd is dropped at the receiver's fd limit", function()
+    local r, c = run('fdlimit', '4')
+    assert.are.same({ 'worker-exit 0 nil' }, r)
+    assert.matches("worker 1: IPC channel to the master closed: EPROTO: the shared-memory ring's fd "
+      .. 'was dropped on arrival (this process is at its file descriptor limit)', c.stderr, 1, true)
+  end)
+
+  it('are unmapped, and no memfd is left, when a worker is killed mid-stream', function()
+    local r, c = run('kill', '4')
+    -- Both directions' rings were mapped in the master (the fd is closed once mapped or sent).
+    assert.are.equal('before mapped=2 memfds=0 maps=2', r[1], c.stderr)
+    assert.are.equal('worker-exit nil SIGKILL', r[2])
+    assert.are.equal('after mapped=0 memfds=0 maps=0', r[3])
+  end)
+end)
