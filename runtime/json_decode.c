@@ -40,6 +40,8 @@
 #include <lauxlib.h>
 #include <lua.h>
 
+#include "lj_layout.h"
+
 double fpconv_strtod(const char *nptr, char **endptr); // runtime/fpconv.c
 
 void lc_json_decode_install(lua_State *L, int safe);
@@ -51,8 +53,8 @@ int lc_json_decode_buf(lua_State *L, const char *buf, size_t len, int max_depth)
 // table's entries, gathered on the Lua stack, go into the table lua_createtable made for
 // them without a lua_rawset or lua_rawseti each (index2adr, a lookup of the new key, the
 // stack juggling: ~120 and ~50 instructions an entry), and a cached string is written to the
-// stack slot without a lua_rawgeti. The layouts are lj_obj.h's for GC64, as of the LuaJIT
-// Debian packages (2.1.0~beta3+git20220320); check_direct() verifies them on probe values
+// stack slot without a lua_rawgeti. The layouts are lj_obj.h's for GC64 (runtime/lj_layout.h,
+// shared with the encoder); check_direct() verifies them on probe values
 // before the first use and leaves the API path on if anything differs (LC_JSON_DECODE=api
 // forces that path, for the specs). Keys go in through lj_tab_newkey, LuaJIT's own insertion
 // of a key known to be absent (the binary links LuaJIT statically; the symbol is internal
@@ -62,30 +64,6 @@ int lc_json_decode_buf(lua_State *L, const char *buf, size_t len, int max_depth)
 // (lj_tab_newkey never rehashes a table made with room for every key), so no store needs a
 // write barrier, as none is needed for a table's constructor. Tables filled after an
 // allocation (a container longer than CHUNK entries, continued) go through the API.
-typedef union {
-  uint64_t u64;
-  int64_t it64;
-  double n;
-} lj_tv; // TValue
-typedef struct {
-  lj_tv val, key;
-  uint64_t next;
-} lj_node; // Node
-typedef struct {
-  uint64_t nextgc;
-  uint8_t marked, gct, nomm;
-  int8_t colo;
-  lj_tv *array; // slots 0..asize-1
-  uint64_t gclist, metatable;
-  lj_node *node; // hmask + 1 nodes
-  uint32_t asize, hmask;
-  uint64_t freetop;
-} lj_tab; // GCtab
-typedef struct {
-  uint64_t nextgc;
-  uint8_t marked, gct, reserved, hashalg;
-  uint32_t sid, hash, len;
-} lj_str; // GCstr; the bytes follow it, then a NUL
 typedef struct {
   uint64_t nextgc;
   uint8_t marked, gct, dummy_ffid, status;
@@ -94,14 +72,6 @@ typedef struct {
 } lj_state;          // lua_State, its first fields
 
 lj_tv *lj_tab_newkey(lua_State *L, lj_tab *t, const lj_tv *key); // lj_tab.c
-
-#define LJ_ITYPE(tv) ((uint32_t)((tv)->it64 >> 47))
-#define LJ_GCV(tv) ((void *)(uintptr_t)((tv)->u64 & (((uint64_t)1 << 47) - 1)))
-#define LJ_TSTR (~4u)
-#define LJ_TTAB (~11u)
-#define LJ_TTRUE (~2u)
-#define LJ_TNIL (~0u)
-#define LJ_TNUMX (~13u)
 
 enum { DIRECT_UNKNOWN, DIRECT_OFF, DIRECT_ON };
 static int direct = DIRECT_UNKNOWN;

@@ -55,6 +55,7 @@
 
 #include "bigalloc.h"
 #include "json_encode.h"
+#include "lj_layout.h"
 
 // lua-cjson's fpconv (runtime/fpconv.c): %.<precision>g, at most 32 bytes with the NUL.
 int fpconv_g_fmt(char *str, double num, int precision);
@@ -486,49 +487,10 @@ static int encode_value(lua_State *L, const enc_cfg *c, int depth) {
 // instructions in the Lua C API (lua_next's key lookup, index2adr, lua_type, lua_tolstring,
 // lua_settop per entry). The binary links Debian's LuaJIT 2.1 statically, so the tables can
 // be read where they are, as lj_tab_next does: the array part's slots 0..asize-1, then the hash
-// part's nodes 0..hmask, skipping nil values, which is lua_next's order. The layouts below are
-// lj_obj.h's for GC64 (x64's default in 2.1), as of the LuaJIT v2.1 commit Debian packages
-// (2.1.0~beta3+git20220320: 43ebb949, lj_tab_next and lj_obj.h there); check_direct()
-// verifies them on probe values before the first use and turns this path off if anything
-// differs (the API path above then does all the work). Nothing here allocates or calls Lua:
-// a table cannot change while it is read.
-typedef union {
-  uint64_t u64;
-  int64_t it64;
-  double n;
-} lj_tv; // TValue
-typedef struct {
-  lj_tv val, key;
-  uint64_t next;
-} lj_node; // Node
-typedef struct {
-  uint64_t nextgc;
-  uint8_t marked, gct, nomm;
-  int8_t colo;
-  const lj_tv *array; // slots 0..asize-1
-  uint64_t gclist, metatable;
-  const lj_node *node; // hmask + 1 nodes
-  uint32_t asize, hmask;
-  uint64_t freetop;
-} lj_tab; // GCtab
-typedef struct {
-  uint64_t nextgc;
-  uint8_t marked, gct, reserved, hashalg;
-  uint32_t sid, hash, len;
-} lj_str; // GCstr; the bytes follow it
-
-// itype(): the type tag in a TValue's top 17 bits. Numbers are doubles, any tag below
-// LJ_TNUMX (LuaJIT canonicalises NaNs so that none collides with a tag).
-#define LJ_ITYPE(tv) ((uint32_t)((tv)->it64 >> 47))
-#define LJ_GCV(tv) ((const void *)(uintptr_t)((tv)->u64 & (((uint64_t)1 << 47) - 1)))
-#define LJ_TNIL (~0u)
-#define LJ_TFALSE (~1u)
-#define LJ_TTRUE (~2u)
-#define LJ_TLIGHTUD (~3u)
-#define LJ_TSTR (~4u)
-#define LJ_TTAB (~11u)
-#define LJ_TNUMX (~13u)
-
+// part's nodes 0..hmask, skipping nil values, which is lua_next's order. The layouts are
+// lj_obj.h's for GC64 (runtime/lj_layout.h); check_direct() verifies them on probe values before
+// the first use and turns this path off if anything differs (the API path above then does all the
+// work). Nothing here allocates or calls Lua: a table cannot change while it is read.
 enum { DIRECT_UNKNOWN, DIRECT_OFF, DIRECT_ON };
 static int direct = DIRECT_UNKNOWN;
 static uint64_t null_bits; // the TValue of a NULL lightuserdata (cjson.null)
