@@ -691,23 +691,21 @@ static void shm_release(lc_ipc_t *ch, uint64_t end) {
 
 // _core.ipc_shm_stats() -> {sent=, in_place=, outgrown=, received=, full=, too_big=, maps=, peak=}
 static int ipc_shm_stats(lua_State *L) {
-  lua_createtable(L, 0, 8);
-  lua_pushnumber(L, (lua_Number)shm_stats.sent);
-  lua_setfield(L, -2, "sent");
-  lua_pushnumber(L, (lua_Number)shm_stats.in_place);
-  lua_setfield(L, -2, "in_place");
-  lua_pushnumber(L, (lua_Number)shm_stats.outgrown);
-  lua_setfield(L, -2, "outgrown");
-  lua_pushnumber(L, (lua_Number)shm_stats.received);
-  lua_setfield(L, -2, "received");
-  lua_pushnumber(L, (lua_Number)shm_stats.full);
-  lua_setfield(L, -2, "full");
-  lua_pushnumber(L, (lua_Number)shm_stats.too_big);
-  lua_setfield(L, -2, "too_big");
-  lua_pushnumber(L, (lua_Number)shm_stats.maps);
-  lua_setfield(L, -2, "maps");
-  lua_pushnumber(L, (lua_Number)shm_stats.peak);
-  lua_setfield(L, -2, "peak");
+  const struct {
+    const char *name;
+    double value;
+  } f[] = {
+      {"sent", (double)shm_stats.sent},         {"in_place", (double)shm_stats.in_place},
+      {"outgrown", (double)shm_stats.outgrown}, {"received", (double)shm_stats.received},
+      {"full", (double)shm_stats.full},         {"too_big", (double)shm_stats.too_big},
+      {"maps", (double)shm_stats.maps},         {"peak", (double)shm_stats.peak},
+  };
+  int n = (int)(sizeof f / sizeof f[0]);
+  lua_createtable(L, 0, n);
+  for (int i = 0; i < n; i++) {
+    lua_pushnumber(L, f[i].value);
+    lua_setfield(L, -2, f[i].name);
+  }
   return 1;
 }
 

@@ -351,6 +351,23 @@ function Channel:sendMessage(msg, level)
   return ok, err
 end
 
+-- A user's message, with an optional handle, over ch (nil when the channel is closed):
+-- worker:send's and process.send's body. Returns true, false (queued over the high-water
+-- mark) or nil (closed); raises what is wrong with msg at `level` (counted from the caller).
+function M.sendUser(ch, msg, handle, level)
+  local ok
+  if ch and handle == nil and type(msg) == 'table' then
+    ok = ch:sendMessage(msg, level + 1)
+  else
+    local kind, body, fds = M.pack(msg, handle, level + 1)
+    if ch then
+      ok = ch:sendUser(kind, body, fds)
+    end
+    M.release(body)
+  end
+  return ok
+end
+
 function Channel:sendInternal(msg, fds)
   return self:send(M.KIND_INTERNAL, encode(msg), fds)
 end

@@ -151,24 +151,7 @@ return function(cluster)
     if fn == nil and type(handle) == 'function' then
       handle, fn = nil, handle
     end
-    local ch = self._channel
-    if ch and handle == nil and type(msg) == 'table' then
-      local ok = ch:sendMessage(msg, 2)
-      if ok == nil then
-        return closedSend(self, fn)
-      end
-      if fn then
-        timer.setImmediate(fn, nil)
-      end
-      return ok
-    end
-    local kind, body, fds = ipc.pack(msg, handle, 2)
-    if not ch then
-      ipc.release(body)
-      return closedSend(self, fn)
-    end
-    local ok = ch:sendUser(kind, body, fds)
-    ipc.release(body)
+    local ok = ipc.sendUser(self._channel, msg, handle, 2)
     if ok == nil then
       return closedSend(self, fn)
     end

@@ -287,16 +287,7 @@ return function(cluster)
     if fn == nil and type(handle) == 'function' then
       handle, fn = nil, handle
     end
-    local ok
-    if channel and handle == nil and type(msg) == 'table' then
-      ok = channel:sendMessage(msg, 2)
-    else
-      local kind, body, fds = ipc.pack(msg, handle, 2)
-      if channel then
-        ok = channel:sendUser(kind, body, fds)
-      end
-      ipc.release(body)
-    end
+    local ok = ipc.sendUser(channel, msg, handle, 2)
     if ok == nil then
       return closedError(fn)
     end
