@@ -803,6 +803,23 @@ static int blob_len(lua_State *L) {
   return 1;
 }
 
+// The output in `out` as a counted buffer, its first reference the caller's; `out` starts
+// afresh. Handed over untrimmed: a long string reserves its length, then 6 bytes per byte of
+// the 4 KiB piece being escaped (its worst escape), so a 1 MiB message's buffer is ~2 MiB of
+// which 1 is touched. The untouched rest costs address space, not memory, and the block
+// that comes back to the allocator's cache is one the next such message fits as it is;
+// trimming it cost an mremap each way (a TLB flush) and ~0.7 ms of the sender's CPU per
+// 1 MiB message.
+static struct lc_json_buf *out_buf(void) {
+  struct lc_json_buf *b = (struct lc_json_buf *)(out.p - BUF_HDR);
+  b->refs = 1;
+  b->len = out.len;
+  b->size = BUF_HDR + out.cap;
+  out.p = NULL;
+  out.cap = 0;
+  return b;
+}
+
 // The output in `out` as a blob: the buffer becomes the blob's; `out` starts afresh.
 static void push_blob(lua_State *L) {
   struct lc_json_buf **ud = lua_newuserdata(L, sizeof(*ud));
@@ -818,18 +835,7 @@ static void push_blob(lua_State *L) {
     lua_setfield(L, -2, "__index");
   }
   lua_setmetatable(L, -2);
-  struct lc_json_buf *b = (struct lc_json_buf *)(out.p - BUF_HDR);
-  b->refs = 1;
-  b->len = out.len;
-  // Handed over untrimmed: a string reserves 6 bytes per byte (its worst escape), so a
-  // 1 MiB message's buffer is 8 MiB of which 1 is touched. The untouched rest costs address
-  // space, not memory, and the block that comes back to the allocator's cache is one the
-  // next such message fits as it is; trimming it cost an mremap each way (a TLB flush) and
-  // ~0.7 ms of the sender's CPU per 1 MiB message.
-  b->size = BUF_HDR + out.cap;
-  *ud = b;
-  out.p = NULL;
-  out.cap = 0;
+  *ud = out_buf();
 }
 
 // The module's encode: upvalues UV_CFG .. UV_PRECISION.
@@ -899,12 +905,7 @@ void lc_json_out_done(void) {
 }
 
 struct lc_json_buf *lc_json_out_take(void) {
-  struct lc_json_buf *b = (struct lc_json_buf *)(out.p - BUF_HDR);
-  b->refs = 1;
-  b->len = out.len;
-  b->size = BUF_HDR + out.cap;
-  out.p = NULL;
-  out.cap = 0;
+  struct lc_json_buf *b = out_buf();
   busy = 0;
   return b;
 }
