@@ -6,16 +6,7 @@ local lctest = require('lctest')
 
 local FIX = 'spec/fixtures/'
 
-local function results(text)
-  local out = {}
-  for line in text:gmatch('[^\n]+') do
-    local r = line:match('^RESULT (.*)$')
-    if r then
-      out[#out + 1] = r
-    end
-  end
-  return out
-end
+local results = require('spec.helpers.result_lines')
 
 local function run(mode, extra, ms)
   local c = lctest.spawn(FIX .. 'ipc_large.lua', { mode, extra })

@@ -10,16 +10,7 @@ local lctest = require('lctest')
 
 local FIX = 'spec/fixtures/'
 
-local function results(text)
-  local out = {}
-  for line in text:gmatch('[^\n]+') do
-    local r = line:match('^RESULT (.*)$')
-    if r then
-      out[#out + 1] = r
-    end
-  end
-  return out
-end
+local results = require('spec.helpers.result_lines')
 
 local function run(mode, mib, extra)
   local c = lctest.spawn(FIX .. 'ipc_shm.lua', { mode, extra }, { env = { LC_IPC_SHM = mib } })
