@@ -105,6 +105,7 @@ describe('handle passing', function()
       ['closed-socket'] = 'ERR_SOCKET_CLOSED', ['idle-server'] = 'ERR_SERVER_NOT_RUNNING',
       ['unbound-dgram'] = 'ERR_SOCKET_DGRAM_NOT_RUNNING', ['closed-dgram'] = 'ERR_SOCKET_DGRAM_NOT_RUNNING',
       table = 'ERR_INVALID_HANDLE_TYPE', options = 'ERR_INVALID_ARG_TYPE',
+      ['fraction-fd'] = 'ERR_INVALID_HANDLE_TYPE', ['negative-fd'] = 'ERR_INVALID_HANDLE_TYPE',
       ['shared-server'] = 'ERR_INVALID_HANDLE_TYPE',
     }
     for what, code in pairs(want) do

@@ -186,6 +186,10 @@ function M.pack(msg, handle, level)
   end
   local desc, fds
   if type(handle) == 'number' then
+    if handle % 1 ~= 0 or handle < 0 or handle > 0x7fffffff then
+      error(('ERR_INVALID_HANDLE_TYPE: a raw handle must be a file descriptor (an integer >= 0), got %s')
+        :format(tostring(handle)), level)
+    end
     desc, fds = { type = 'fd' }, { handle }
   else
     for _, name in ipairs(order) do
