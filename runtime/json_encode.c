@@ -318,12 +318,10 @@ static inline int put_number(double num, int precision) {
 
 static int encode_value(lua_State *L, const enc_cfg *c, int depth);
 
-// The key at -2 as lua_array_length sees it: 1 a positive integer (stored in *k), 0 anything
+// A number key as lua_array_length sees it: 1 a positive integer (stored in *k), 0 anything
 // else (the table is an object), -1 a positive integer above INT_MAX, which lua-cjson converts
 // to its int maximum in a way this encoder does not model.
-static inline int array_key(lua_State *L, int *k) {
-  if (lua_type(L, -2) != LUA_TNUMBER) return 0;
-  double d = lua_tonumber(L, -2);
+static inline int number_array_key(double d, int *k) {
   if (d >= 1 && d <= INT_MAX) {
     int i = (int)d;
     if ((double)i != d) return 0;
@@ -332,6 +330,12 @@ static inline int array_key(lua_State *L, int *k) {
   }
   if (d > INT_MAX && floor(d) == d) return -1;
   return 0;
+}
+
+// The key at -2, as number_array_key.
+static inline int array_key(lua_State *L, int *k) {
+  if (lua_type(L, -2) != LUA_TNUMBER) return 0;
+  return number_array_key(lua_tonumber(L, -2), k);
 }
 
 // The table at -3 with its first key and value on top, which is a positive integer key k.
@@ -506,19 +510,10 @@ static inline int d_string(const lj_tv *v, int colon) {
 
 static int d_value(const lj_tv *v, const enc_cfg *c, int depth);
 
-// The value of a (non-nil) key for lua_array_length, as array_key does: 1 a positive integer
-// (*k), 0 anything else, -1 a positive integer above INT_MAX.
+// A (non-nil) key in place, as number_array_key.
 static inline int d_array_key(const lj_tv *key, int *k) {
   if (LJ_ITYPE(key) >= LJ_TNUMX) return 0;
-  double d = key->n;
-  if (d >= 1 && d <= INT_MAX) {
-    int i = (int)d;
-    if ((double)i != d) return 0;
-    *k = i;
-    return 1;
-  }
-  if (d > INT_MAX && floor(d) == d) return -1;
-  return 0;
+  return number_array_key(key->n, k);
 }
 
 static int d_table(const lj_tab *t, const enc_cfg *c, int depth) {
