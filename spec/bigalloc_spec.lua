@@ -21,14 +21,7 @@ end
 
 -- A sanitizer build: the RSS test measures 44 and 50 MiB there (31 and 32 in a release
 -- build; ASan's shadow memory and allocator are resident too), 101 and 142 unbounded.
-local function asanBuild()
-  local f = io.open('/proc/self/maps')
-  local maps = f and f:read('*a') or ''
-  if f then
-    f:close()
-  end
-  return maps:find('libasan', 1, true) ~= nil
-end
+local asanBuild = require('spec.helpers.sanitizer')
 
 local function fixture(mode)
   local c = lctest.spawn('spec/fixtures/bigalloc.lua', { mode })
@@ -172,7 +165,7 @@ describe('large blocks', function()
 
   it('bound the cache: 100 x 1 MiB and 20 x 5 MiB strings dropped leave at most its cap resident', function()
     -- The cache keeps at most 32 MiB (and 32 blocks); without a bound the freed 100 MiB stay.
-    local limit = asanBuild() and 60 or 44
+    local limit = asanBuild and 60 or 44
     local mib = tonumber(fixture('rss'):match('^rss (%-?%d+)$'))
     assert.is_true(mib < limit, 'RSS growth after the strings were collected: ' .. mib .. ' MiB')
     mib = tonumber(fixture('rss5'):match('^rss (%-?%d+)$'))
