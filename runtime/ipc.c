@@ -789,7 +789,12 @@ static void do_read(lc_ipc_t *ch) {
   int top = lua_gettop(L);
   int list = 0, n = 0, eof = 0, frame_err = 0, sys_err = 0;
   size_t budget = READ_BUDGET;
-  for (int reads = 0; reads < MAX_READS && budget > 0; reads++) {
+  // Delivering from here, not only around the Lua call: a frame's JSON is decoded in C as it
+  // is taken (push_frame, shm_take), and any of the decode's allocations may run the GC,
+  // whose finalizers may close the channel. The teardown (the read buffer, the ring) then
+  // waits for the end of this read, which stops taking frames.
+  ch->delivering = 1;
+  for (int reads = 0; reads < MAX_READS && budget > 0 && !ch->h.closing; reads++) {
     char *p;
     size_t len;
     if (lc_ipc_frame_space(&ch->dec, &p, &len) != 0) {
@@ -849,8 +854,8 @@ static void do_read(lc_ipc_t *ch) {
     }
     budget -= (size_t)r < budget ? (size_t)r : budget;
     lc_ipc_frame_t f;
-    int rc;
-    while ((rc = lc_ipc_frame_next(&ch->dec, &f)) == LC_IPC_FRAME_OK) {
+    int rc = 0;
+    while (!ch->h.closing && (rc = lc_ipc_frame_next(&ch->dec, &f)) == LC_IPC_FRAME_OK) {
       if (f.kind == LC_IPC_KIND_SHM) {
         if ((rc = shm_take(ch, L, &f, &list, &n)) != 0) break;
         continue;
@@ -870,8 +875,7 @@ static void do_read(lc_ipc_t *ch) {
     // A short read means the socket is (almost surely) drained; the poll says if not.
     if ((size_t)r < len) break;
   }
-  if (n > 0 && lc_handle_push_cb(L, &ch->h)) {
-    ch->delivering = 1;
+  if (n > 0 && !ch->h.closing && lc_handle_push_cb(L, &ch->h)) {
     lua_pushliteral(L, "frames");
     lua_pushvalue(L, list);
     lua_pushinteger(L, n / 3);
@@ -881,8 +885,8 @@ static void do_read(lc_ipc_t *ch) {
       lua_pushliteral(L, "resume");
       rc = lc_pcall(L, 1, 0);
     }
-    ch->delivering = 0;
   }
+  ch->delivering = 0;
   lua_settop(L, top);
   if (ch->h.closing) {
     teardown(ch);

@@ -85,4 +85,17 @@ describe('IPC shared-memory rings', function()
     assert.are.equal('worker-exit nil SIGKILL', r[2])
     assert.are.equal('after mapped=0 memfds=0 maps=0', r[3])
   end)
+
+  -- The C decode of a frame allocates, so the GC may run a finalizer that closes the channel
+  -- in the middle of a read: the frames' bytes (the ring's, or the read buffer's) must stay
+  -- until the read is over (was a SIGSEGV, both ways).
+  it('and the read buffer stay until the read is over when a finalizer closes the channel', function()
+    for _, mib in ipairs({ '4', '0' }) do
+      local c = lctest.spawn(FIX .. 'ipc_close_in_gc.lua', {}, { env = { LC_IPC_SHM = mib } })
+      local code, signal = c:waitExit(30000)
+      assert.are.equal(0, code, ('LC_IPC_SHM=%s: exited %s %s\n%s'):format(mib, tostring(code),
+        tostring(signal), c.stderr))
+      assert.matches('^closed %d+\n$', c.stdout)
+    end
+  end)
 end)
