@@ -818,7 +818,9 @@ static void read_limits(lua_State *L, int idx, http_conn_t *c) {
 static int embed(lua_State *L, int mode, int mode_idx, int stream_idx, int ctx_idx) {
   lc_stream_t *s = lc_stream_check(L, stream_idx);
   http_conn_t *c = lc_stream_room(s);
-  if (c == NULL || s->hook != NULL || !s->has_ctx) return 0;
+  // Not over a parser detached during its own feed (depth) that still holds its message
+  // state: that feed is still running in it; a userdata parser takes over instead.
+  if (c == NULL || s->hook != NULL || !s->has_ctx || c->depth != 0 || c->m != NULL) return 0;
   lua_getfenv(L, stream_idx);
   int same = lua_rawequal(L, -1, ctx_idx);
   lua_pop(L, 1);

@@ -468,4 +468,11 @@ describe('http hardening', function()
       end)
     end
   end)
+
+  it('a parser attached again during its own feed does not go over the running one', function()
+    local c = lctest.spawn(FIX .. 'http_reattach.lua')
+    local code, signal = c:waitExit(10000)
+    assert.are.equal(0, code, ('exited %s %s\n%s'):format(tostring(code), tostring(signal), c.stderr))
+    assert.are.equal('reattached embedded=false\ndone\n', c.stdout)
+  end)
 end)
