@@ -1161,6 +1161,25 @@ describe('http server', function()
       assert.is_true(idle >= 110, 'closed ' .. idle .. ' ms after the response')
       assert.is_true(idle < 1000, 'closed ' .. idle .. ' ms after the response')
     end)
+
+    -- A handler that answers a POST without waiting for its body: the connection is idle once
+    -- the body has come (the response was done before), so it is timed out too; it was held
+    -- open for good, whether the body came with the head or after it.
+    it('keepAliveTimeout closes a connection whose POST was answered before its body ended', function()
+      local _, port = serve(function(_, res)
+        res:finish('early')
+      end, function(srv)
+        srv.keepAliveTimeout = 100
+      end)
+      local whole = raw(port, 'POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\nabc')
+      local split = raw(port, 'POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\n')
+      waitResponses(whole, 1)
+      waitResponses(split, 1)
+      split.socket:write('abc')
+      waitClosed(whole, 'the connection whose body came with its head to close')
+      waitClosed(split, 'the connection whose body came later to close')
+      assert.are.equal('early', responses(whole.data)[1].body)
+    end)
   end)
 
   it('close() closes idle keep-alive connections at once and finishes in-flight ones', function()

@@ -50,6 +50,7 @@ assert(net._SOCK_ROOM >= 7, 'net allocates room for 7 connection fields')
 -- Three of a socket's internal fields (net.lua's newSocket): its owner, "its read side ended"
 -- and its handle (`socket._handle`, without the getter's call).
 local S_OWNER, S_READ_ENDED, S_HANDLE = net._SOCK_OWNER, net._SOCK_READ_ENDED, net._SOCK_HANDLE
+local S_DESTROYED = net._SOCK_DESTROYED
 local Conn = {} -- the connection's methods (below)
 
 -- Backpressure (memory stays bounded whatever the peer does). A server connection stops
@@ -1087,6 +1088,11 @@ function Conn:_bodyDone(req)
     Conn._setStop(self, 'stopBody', false)
     Conn._setStop(self, 'stopUser', false)
   end
+  if not self[ACTIVE] and not Conn._isClosing(self) then
+    -- Answered before its body ended: idle from now (_responseDone could not tell), so
+    -- keepAliveTimeout applies to it.
+    self[IDLE_SINCE] = now()
+  end
   req:_end()
 end
 
@@ -1155,7 +1161,7 @@ function Conn:_onHead(method, url, version, raw, keepAlive, upgrade, complete, h
   -- Not req:_release(): the lookup would go through RequestMT's __index function.
   IncomingMessage._release(req)
   -- Unless the handler closed the connection (the parser stops then: no more events).
-  if body and self[REQ] == req and not Conn._isClosing(self) and not self.destroyed then
+  if body and self[REQ] == req and not Conn._isClosing(self) and not self[S_DESTROYED] then
     IncomingMessage._push(req, body)
     Conn._bodyDone(self, req)
   end

@@ -136,6 +136,7 @@ local CONNECTING, DESTROYED = 5, 6
 -- other modules (the cluster's handle passing, a script) read it, answers through a getter.
 local HANDLE = 7
 net._SOCK_OWNER, net._SOCK_READ_ENDED, net._SOCK_HANDLE = OWNER, READ_ENDED, HANDLE
+net._SOCK_DESTROYED = DESTROYED
 -- net's fields are the first _SOCK_FIELDS slots; a server with `_connRoom` set (http's)
 -- gets accepted sockets with _SOCK_ROOM more, allocated with the table, for its own fields.
 net._SOCK_FIELDS, net._SOCK_ROOM = 7, 7
