@@ -39,7 +39,8 @@ local RAMP_PAUSE = 110
 local RAMP_STEPMUL = 1000
 
 local steady, steadyMul -- the pause and step multiplier to go back to, nil when not ramping
-local high = 0 -- the most connections open at once so far
+-- M.high: the most connections open at once so far (net.lua compares its count with it)
+M.high = 0
 local from = 0 -- the high when the current cycle of a ramp started, or the last ramp ended
 
 local function step(n)
@@ -50,8 +51,8 @@ local function watch()
   -- A userdata with a finalizer, referenced by nothing: collected by a coming cycle.
   local sentinel = newproxy(true)
   getmetatable(sentinel).__gc = function()
-    if high >= from + step(from) then -- still ramping
-      from = high
+    if M.high >= from + step(from) then -- still ramping
+      from = M.high
       watch()
       return
     end
@@ -64,13 +65,13 @@ local function watch()
     if now ~= RAMP_STEPMUL then
       collectgarbage('setstepmul', now)
     end
-    steady, steadyMul, from = nil, nil, high
+    steady, steadyMul, from = nil, nil, M.high
   end
 end
 
--- The process's open connections reached a new high, n.
+-- The process's open connections reached a new high, n (> M.high).
 function M.ramp(n)
-  high = n
+  M.high = n
   if steady == nil and n >= from + step(from) then
     steady = collectgarbage('setpause', RAMP_PAUSE)
     steadyMul = collectgarbage('setstepmul', RAMP_STEPMUL)
@@ -82,6 +83,12 @@ end
 -- For specs: whether the ramp's pause and multiplier are in force.
 function M.ramping()
   return steady ~= nil
+end
+
+-- For specs: forgets the highs (not during a ramp), as if no connection had been open.
+function M._reset()
+  assert(steady == nil, 'not during a ramp')
+  M.high, from = 0, 0
 end
 
 return M

@@ -800,22 +800,33 @@ describe('GC pause while connections ramp up', function()
     return m
   end
 
+  -- Each case starts from no high (a ramp left by a spec before ends with the collects), so
+  -- neither the connections earlier specs of this process opened nor the next case's
+  -- synthetic highs decide what a case sees.
+  before_each(function()
+    collectgarbage()
+    collectgarbage()
+    collectgarbage()
+    gcramp._reset()
+  end)
+
   after_each(function()
     collectgarbage('restart')
     closeAll()
+    collectgarbage()
+    collectgarbage()
+    collectgarbage()
+    gcramp._reset()
   end)
 
-  -- First: the synthetic highs of the next case are above any count this process reaches.
   it('is started by connections that raise the most this process had open', function()
-    collectgarbage()
-    collectgarbage()
     assert.is_false(gcramp.ramping())
     collectgarbage('stop') -- no cycle may end (and restore the pause) before the check
     local n = 0
     local _, port = listening(nil, function()
       n = n + 1
     end)
-    -- More connections at once than any case of this file opened before, by over a step (16).
+    -- From no high: over a step (16) at once.
     for _ = 1, 64 do
       track(net.connect(port, '127.0.0.1'))
     end
@@ -835,8 +846,6 @@ describe('GC pause while connections ramp up', function()
   end)
 
   it('holds 110 and 1000 while each cycle sees the high grow by a step, then restores', function()
-    collectgarbage()
-    collectgarbage()
     local steady = collectgarbage('setpause', 150) -- a script's own pause is what comes back
     finally(function()
       collectgarbage('setpause', steady)

@@ -30,10 +30,10 @@ local events = require('events')
 local timer = require('timer')
 -- Connection counters for metrics (runtime/metrics.h), bumped through the FFI.
 local counters = require('_metrics').c
-local gcramp = require('_gcramp').ramp
--- Connections open in this process and the most it had open at once (_gcramp.lua): Lua
--- numbers (the counters are int64 cdata, boxed when the interpreter reads them).
-local connsOpen, connsHigh = 0, 0
+local gcramp = require('_gcramp')
+-- Connections open in this process (the most it had open at once is gcramp.high): a Lua
+-- number (the counters are int64 cdata, boxed when the interpreter reads them).
+local connsOpen = 0
 
 local Emitter = events.Emitter
 local makeError, fromUv = events.makeError, events.fromUv
@@ -1195,9 +1195,8 @@ function Server:_newConnection(sock, h)
   counters.conns_accepted = counters.conns_accepted + 1
   counters.conns_open = counters.conns_open + 1
   connsOpen = connsOpen + 1
-  if connsOpen > connsHigh then -- a new high: a lower GC pause while they ramp up
-    connsHigh = connsOpen
-    gcramp(connsHigh)
+  if connsOpen > gcramp.high then -- a new high: a lower GC pause while they ramp up
+    gcramp.ramp(connsOpen)
   end
   if self.noDelay and h.nodelay then
     h:nodelay(true)
