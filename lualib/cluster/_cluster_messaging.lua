@@ -38,17 +38,22 @@ function M.primary(cluster)
     return cluster.workers[target]
   end
 
+  -- The channel of a live worker or agent `to`, or nil.
+  local function channelOf(to)
+    local w = targetOf(to)
+    if w and not w:isDead() then
+      return w._channel
+    end
+  end
+
   -- Delivers msg to one process on behalf of `from` ('master', a worker id or 'agent').
   local function relay(to, msg, from)
     if to == 'master' then
       process.emit('message', msg, nil, from)
       return true
     end
-    local w = targetOf(to)
-    if not w or not w._channel or w:isDead() then
-      return false
-    end
-    return w:_sendInternal({ cmd = 'relay', from = from, msg = msg })
+    local ch = channelOf(to)
+    return ch ~= nil and ch:sendInternal({ cmd = 'relay', from = from, msg = msg }) == true
   end
 
   function process.sendTo(target, msg)
@@ -59,11 +64,10 @@ function M.primary(cluster)
     end
     -- Encoded once, in its relay frame (raising what sending it would).
     local body = ipc.encodeWrapped({ cmd = 'relay', from = 'master', msg = msg }, msg, 3)
-    local w = targetOf(target)
-    local ch = w and not w:isDead() and w._channel
-    local ok = ch and ch:send(ipc.KIND_INTERNAL, body) == true
+    local ch = channelOf(target)
+    local ok = ch ~= nil and ch:send(ipc.KIND_INTERNAL, body) == true
     ipc.release(body)
-    return ok or false
+    return ok
   end
 
   internal.sendTo = function(w, m)
