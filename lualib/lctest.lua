@@ -262,12 +262,26 @@ function M.isAlive(pid)
   return state ~= nil and state ~= 'Z' and state ~= 'X'
 end
 
--- A TCP port free on 127.0.0.1 right now (bound to port 0, read, closed).
-function M.freePort(host)
-  local tcp = assert(core.tcp, 'the tcp binding is not built')
-  local h = tcp(function() end)
-  assert(h:bind(host or '127.0.0.1', 0))
-  local addr = h:getsockname()
+-- The kernel's ephemeral range (bind to port 0 and every connect() take local ports there).
+local function ephemeralRange()
+  local f = io.open('/proc/sys/net/ipv4/ip_local_port_range')
+  local lo, hi
+  if f then
+    lo, hi = (f:read('*l') or ''):match('^(%d+)%s+(%d+)')
+    f:close()
+  end
+  return tonumber(lo) or 32768, tonumber(hi) or 60999
+end
+
+local given = {} -- ports freePort returned in this process
+local rng
+
+-- Binds and listens on host:port with a throwaway handle, closes it, and says whether it
+-- could (libuv reports EADDRINUSE at listen, not at bind).
+local function probe(host, port)
+  local h = core.tcp(function() end)
+  local ok = h:bind(host, port) and h:listen(1)
+  local addr = ok and h:getsockname()
   local closed = false
   h:close(function()
     closed = true
@@ -275,7 +289,42 @@ function M.freePort(host)
   M.waitFor(function()
     return closed
   end, 1000, 'port probe to close')
-  return addr.port
+  return addr and addr.port
+end
+
+-- A TCP port free on host (127.0.0.1) right now, which this process has not been given
+-- before. It is taken from below the kernel's ephemeral range: a port the kernel hands out
+-- for bind(0) can, before the caller's server binds it, become the local port of any
+-- client's connect() in the same run, and a second probe may be given the same port.
+function M.freePort(host)
+  assert(core.tcp, 'the tcp binding is not built')
+  host = host or '127.0.0.1'
+  local lo = ephemeralRange()
+  local base = math.max(1024, lo - 12000)
+  if lo - base >= 1000 then
+    if not rng then
+      local seed = (tonumber(process and process.pid) or 0) * 7919 + math.floor(core.hrtime() % 1e9)
+      rng = function(n)
+        seed = (seed * 1103515245 + 12345) % 2147483648
+        return seed % n
+      end
+    end
+    for _ = 1, 200 do
+      local port = base + rng(lo - base)
+      if not given[port] and probe(host, port) then
+        given[port] = true
+        return port
+      end
+    end
+  end
+  for _ = 1, 20 do -- no room below the ephemeral range: let the kernel choose
+    local port = probe(host, 0)
+    if port and not given[port] then
+      given[port] = true
+      return port
+    end
+  end
+  error('no free port found on ' .. host)
 end
 
 -- Stops every process started with lctest.spawn that is still running. Call in after_each.

@@ -207,3 +207,18 @@ describe('embedded lualib', function()
     assert.are.equal('{"got":42}\n', c.stdout)
   end)
 end)
+
+describe('lctest.freePort', function()
+  it('never gives a port twice, nor one a connect() or bind(0) could take meanwhile', function()
+    local f = assert(io.open('/proc/sys/net/ipv4/ip_local_port_range'))
+    local lo = tonumber(f:read('*l'):match('^(%d+)'))
+    f:close()
+    local seen = {}
+    for _ = 1, 100 do
+      local port = lctest.freePort()
+      assert.is_nil(seen[port])
+      seen[port] = true
+      assert.is_true(port < lo, port .. ' is in the ephemeral range from ' .. lo)
+    end
+  end)
+end)
