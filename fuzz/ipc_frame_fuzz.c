@@ -5,8 +5,8 @@
 // frame lies inside the bytes received, that fds are handed out exactly once and in order, and that
 // the decoder never reads past what it was given. Shared-memory references (LC_IPC_KIND_SHM) go
 // through lc_ipc_shm_parse and lc_ipc_shm_locate as the channel's receiver takes them, against a
-// fake ring (a heap buffer the size the seed picks, "mapped" at the first reference carrying an
-// fd): every region they accept is read whole, so one outside the ring is a heap overflow.
+// fake ring (a heap buffer the size the seed picks, "mapped" at an ATTACH whose fd arrived):
+// every region they accept is read whole, so one outside the ring is a heap overflow.
 #include <assert.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -80,18 +80,29 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
       if (f.kind == LC_IPC_KIND_SHM) {
         lc_ipc_shm_ref_t r;
         err = lc_ipc_shm_parse(&f, ring != NULL, &r);
-        if (err == 0 && ring == NULL) {
-          // "Maps" the ring the fd names: 64 KiB to 512 KiB of data.
-          ring_size = (size_t)LC_IPC_SHM_MIN_SIZE << (seed >> 12) % 4;
-          ring = malloc(ring_size);
-          assert(ring != NULL);
-          memset(ring, 'x', ring_size);
+        if (err == 0 && r.op != LC_IPC_SHM_REF) {
+          assert(r.kind == 0 && r.len == 0 && r.pos == 0);
+          assert(r.op == LC_IPC_SHM_ATTACH || r.op == LC_IPC_SHM_RESEND);
+          if (r.op == LC_IPC_SHM_ATTACH && !r.lost) {
+            // "Maps" the ring the fd names: 64 KiB to 512 KiB of data.
+            assert(ring == NULL && f.nfds == 1);
+            ring_size = (size_t)LC_IPC_SHM_MIN_SIZE << (seed >> 12) % 4;
+            ring = malloc(ring_size);
+            assert(ring != NULL);
+            memset(ring, 'x', ring_size);
+          } else {
+            assert(f.nfds == 0);
+          }
+          continue;
         }
         size_t at;
-        if (err == 0) err = lc_ipc_shm_locate(&r, ring_size, expect, &at);
+        if (err == 0) {
+          assert(ring != NULL && f.nfds == 0 && f.lost_fds == 0);
+          err = lc_ipc_shm_locate(&r, ring_size, expect, &at);
+        }
         if (err != 0) {
           assert(err == LC_IPC_FRAME_ESHMBODY || err == LC_IPC_FRAME_ESHMFD ||
-                 err == LC_IPC_FRAME_ESHMRANGE || err == LC_IPC_FRAME_ESHMLOST);
+                 err == LC_IPC_FRAME_ESHMRANGE);
           break;
         }
         assert(r.kind == LC_IPC_KIND_USER || r.kind == LC_IPC_KIND_INTERNAL ||

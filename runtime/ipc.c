@@ -64,6 +64,9 @@ int lc_json_decode_buf(lua_State *L, const char *buf, size_t len, int max_depth)
 // rings off. 4 MiB holds three 1 MiB messages in flight; every page of it that is used
 // costs a first touch once (~5 ms per MiB on the benchmark VM), so larger is not faster.
 #define SHM_MIB 4
+// Large messages sent by the socket after a ring could not be made (out of fds or memory)
+// before making one is tried again.
+#define SHM_RETRY 64
 
 // Process-wide counters for specs and ops (`_core.ipc_shm_stats()`).
 static struct {
@@ -72,6 +75,7 @@ static struct {
   uint64_t outgrown;       // encodes into it that outgrew the room offered (moved to a buffer)
   uint64_t full, too_big;  // large messages that went by the socket: ring full, or larger than it
   int64_t maps;            // rings mapped now (either direction)
+  uint64_t lost;           // ATTACH frames whose fd was dropped here on arrival (fd limit)
   uint64_t peak;           // the most bytes a ring of this process held (pages touched)
 } shm_stats;
 static size_t shm_size = 1; // the rings' data size; 0: off; 1: LC_IPC_SHM not read yet
@@ -107,15 +111,18 @@ struct lc_ipc {
   lc_ipc_hook hook;
   void *hook_data;
   // This side's ring for large messages it sends (made at the first one) and the peer's ring
-  // it reads them from (mapped when its first reference arrives). tx_fd is the memfd until
-  // the frame carrying it is handed to send_frame; tx_off: no ring (switched off or failed).
+  // it reads them from (mapped when its ATTACH frame arrives). tx_fd is the memfd, kept until
+  // the receiver says it mapped the ring (tx_ready: large messages may use it); tx_resend:
+  // an ATTACH is to be sent (the first, or again: the receiver's copy of the fd was dropped);
+  // tx_wait: large messages left to send by the socket before trying again to make a ring
+  // that could not be made; tx_off: no ring (switched off, or the peer wrote nonsense).
   char *tx_map, *rx_map;             // the mappings (header, then data)
   size_t tx_size, rx_size;           // the data areas' sizes
   uint64_t tx_head;                  // where the next message goes (a position, ipc_frame.h)
   uint64_t tx_skip_from, tx_skip_to; // the last tail skipped (positions)
   uint64_t rx_expect;                // the position after the last message taken
   size_t tx_last;                    // the room the last ring message took (with its spare byte)
-  int tx_fd, tx_off;
+  int tx_fd, tx_off, tx_ready, tx_resend, tx_wait;
   int tx_filling; // a message is being encoded into the ring (ch:send_value)
 };
 
@@ -489,16 +496,21 @@ static uint64_t *shm_consumed(char *map) {
   return (uint64_t *)(void *)map;
 }
 
+// Nonzero once the receiver has mapped the ring, stored by the receiver (ipc_frame.h).
+static uint32_t *shm_mapped(char *map) {
+  return (uint32_t *)(void *)(map + 8);
+}
+
 // Makes this side's ring: a sealed memfd (the receiver then knows its size cannot change
-// under its mapping, which would fault) mapped shared. Returns 0, or -1 (no ring: the socket
-// carries everything, as before).
+// under its mapping, which would fault) mapped shared. Returns 0, -1 (it could not be made:
+// out of fds or memory) or -2 (rings are off: LC_IPC_SHM=0).
 static int shm_tx_open(lc_ipc_t *ch) {
   if (shm_size == 1) {
     const char *e = getenv("LC_IPC_SHM");
     long mib = e != NULL && *e != '\0' ? strtol(e, NULL, 10) : SHM_MIB;
     shm_size = mib >= 1 && mib <= 256 ? (size_t)mib << 20 : 0;
   }
-  if (shm_size == 0) return -1;
+  if (shm_size == 0) return -2;
   size_t total = LC_IPC_SHM_HEADER + shm_size;
   int fd = memfd_create("lcluster-ipc", MFD_CLOEXEC | MFD_ALLOW_SEALING);
   if (fd < 0) return -1;
@@ -551,20 +563,11 @@ static int shm_room(lc_ipc_t *ch, uint64_t *start, size_t *start_room, size_t *h
 // a libuv error from sending the reference.
 static int shm_commit(lc_ipc_t *ch, int kind, uint64_t pos, size_t len) {
   size_t need = len + 1;
-  lc_ipc_shm_ref_t ref = {pos, (uint32_t)len, (uint8_t)kind};
+  lc_ipc_shm_ref_t ref = {pos, (uint32_t)len, (uint8_t)kind, LC_IPC_SHM_REF, 0};
   unsigned char b[LC_IPC_SHM_BODY];
   lc_ipc_shm_ref_encode(b, &ref);
-  // The first reference carries the memfd; the channel closes this side's copy once sent
-  // (the mapping stays).
-  int fd = ch->tx_fd, nfds = fd >= 0 ? 1 : 0;
-  ch->tx_fd = -1;
-  int rc = send_frame(ch, LC_IPC_KIND_SHM, (const char *)b, sizeof(b), &fd, nfds, 1, NULL, 0, NULL);
-  if (rc < 0) {
-    // Not sent: the receiver never saw this position. Without the fd it can never map the
-    // ring, so a failure on the first reference turns the ring off.
-    if (nfds > 0) ch->tx_off = 1;
-    return rc;
-  }
+  int rc = send_frame(ch, LC_IPC_KIND_SHM, (const char *)b, sizeof(b), NULL, 0, 0, NULL, 0, NULL);
+  if (rc < 0) return rc;
   uint64_t head = ch->tx_head;
   if (pos != head) {
     ch->tx_skip_from = head;
@@ -578,6 +581,56 @@ static int shm_commit(lc_ipc_t *ch, int kind, uint64_t pos, size_t len) {
   return 1;
 }
 
+// Sends an LC_IPC_KIND_SHM control frame (ATTACH with this side's memfd, or RESEND).
+static int shm_control(lc_ipc_t *ch, int op) {
+  lc_ipc_shm_ref_t ref = {0, 0, 0, (uint8_t)op, 0};
+  unsigned char b[LC_IPC_SHM_BODY];
+  lc_ipc_shm_ref_encode(b, &ref);
+  int n = op == LC_IPC_SHM_ATTACH ? 1 : 0;
+  return send_frame(ch, LC_IPC_KIND_SHM, (const char *)b, sizeof(b), &ch->tx_fd, n, 0, NULL, 0,
+                    NULL);
+}
+
+// Whether the receiver has mapped this side's ring (it says so in the header): from then on
+// large messages may use it, and the memfd is not needed any more.
+static int shm_tx_confirmed(lc_ipc_t *ch) {
+  if (ch->tx_map == NULL || __atomic_load_n(shm_mapped(ch->tx_map), __ATOMIC_ACQUIRE) == 0)
+    return 0;
+  close_fd(ch->tx_fd);
+  ch->tx_fd = -1;
+  ch->tx_ready = 1;
+  return 1;
+}
+
+// Whether the ring may carry a large message now (shm_send's first step while it may not).
+// The first large message makes the ring and sends its ATTACH ahead of itself, and it and
+// those after it go by the socket until the receiver has mapped the ring. So a receiver
+// whose copy of the fd the kernel dropped (at its fd limit) loses nothing: it asks for the
+// fd again (RESEND) and gets it with a later large message. A ring that could not be made
+// (EMFILE, ENOMEM) is tried again after SHM_RETRY large messages.
+static int shm_tx_ready(lc_ipc_t *ch) {
+  if (ch->tx_map == NULL) {
+    if (ch->tx_wait > 0) {
+      ch->tx_wait--;
+      return 0;
+    }
+    int rc = shm_tx_open(ch);
+    if (rc != 0) {
+      if (rc == -2) {
+        ch->tx_off = 1;
+      } else {
+        ch->tx_wait = SHM_RETRY;
+      }
+      return 0;
+    }
+    ch->tx_resend = 1;
+  }
+  if (shm_tx_confirmed(ch)) return 1;
+  // An ATTACH that could not be queued (out of fds to duplicate the memfd) is tried again.
+  if (ch->tx_resend && shm_control(ch, LC_IPC_SHM_ATTACH) == 0) ch->tx_resend = 0;
+  return 0;
+}
+
 // Sends a large message through the ring: copies it in and sends its reference on the socket
 // (after whatever is queued there, so the order of messages is the socket's). Returns 1 when
 // sent, 0 when the socket must carry it (no ring, no room, or too large: never waits), or a
@@ -585,11 +638,7 @@ static int shm_commit(lc_ipc_t *ch, int kind, uint64_t pos, size_t len) {
 // (Out of line, as shm_take: small frames' paths stay as they were, instruction for instruction.)
 static __attribute__((noinline)) int shm_send(lc_ipc_t *ch, int kind, const char *body,
                                               size_t len) {
-  if (ch->tx_off || ch->tx_filling) return 0;
-  if (ch->tx_map == NULL && shm_tx_open(ch) != 0) {
-    ch->tx_off = 1;
-    return 0;
-  }
+  if (ch->tx_off || ch->tx_filling || (!ch->tx_ready && !shm_tx_ready(ch))) return 0;
   size_t size = ch->tx_size, need = len + 1; // a spare byte for the receiver's NUL
   if (need > size) {
     shm_stats.too_big++;
@@ -623,7 +672,7 @@ static __attribute__((noinline)) int shm_send(lc_ipc_t *ch, int kind, const char
 // buffer (and shm_send copies it into the ring if it turns out to fit after all). A message
 // that outgrows the region offered moves to that buffer, its prefix copied once.
 static char *shm_region(lc_ipc_t *ch, size_t *room, uint64_t *pos) {
-  if (ch->tx_off || ch->tx_map == NULL || ch->tx_filling) return NULL;
+  if (ch->tx_off || ch->tx_filling || (!ch->tx_ready && !shm_tx_confirmed(ch))) return NULL;
   uint64_t start;
   size_t start_room, head_room, last = ch->tx_last;
   if (shm_room(ch, &start, &start_room, &head_room) != 0) return NULL;
@@ -638,40 +687,57 @@ static char *shm_region(lc_ipc_t *ch, size_t *room, uint64_t *pos) {
   return ch->tx_map + LC_IPC_SHM_HEADER + *pos % ch->tx_size;
 }
 
-// Reads the LC_IPC_KIND_SHM frame *f and rewrites it as the message it names, whose body lies
-// in the peer's ring (mapped here at its first reference). *end is set to the position to
-// store as consumed once the message is taken. Returns 0 or a decoder error (the stream is
-// then malformed; any fd the frame carried is closed).
+// Maps the peer's ring from the memfd an ATTACH brought, and says so in its header. Returns
+// 0 or LC_IPC_FRAME_ESHMMAP.
+static int shm_attach(lc_ipc_t *ch, int fd) {
+  struct stat st;
+  int seals = fcntl(fd, F_GET_SEALS);
+  // A memfd sealed against shrinking (pages cut from under the mapping would fault), of a
+  // size the receiver accepts.
+  if (seals < 0 || !(seals & F_SEAL_SHRINK) || fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) ||
+      st.st_size < (off_t)(LC_IPC_SHM_HEADER + LC_IPC_SHM_MIN_SIZE) ||
+      st.st_size > (off_t)(LC_IPC_SHM_HEADER + LC_IPC_SHM_MAX_SIZE) ||
+      st.st_size % LC_IPC_SHM_HEADER != 0)
+    return LC_IPC_FRAME_ESHMMAP;
+  void *map = mmap(NULL, (size_t)st.st_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  if (map == MAP_FAILED) return LC_IPC_FRAME_ESHMMAP;
+  ch->rx_map = map;
+  ch->rx_size = (size_t)st.st_size - LC_IPC_SHM_HEADER;
+  ch->rx_expect = 0;
+  shm_stats.maps++;
+  __atomic_store_n(shm_mapped(ch->rx_map), 1, __ATOMIC_RELEASE); // the sender may use it now
+  return 0;
+}
+
+// Reads the LC_IPC_KIND_SHM frame *f. A REF is rewritten as the message it names, whose body
+// lies in the peer's ring, and *end set to the position to store as consumed once the
+// message is taken; an ATTACH or a RESEND is acted on and leaves f->kind LC_IPC_KIND_SHM (no
+// message). Returns 0 or a decoder error (the stream is then malformed). Any fd the frame
+// carried is closed (the mapping stays).
 static int shm_recv(lc_ipc_t *ch, lc_ipc_frame_t *f, uint64_t *end) {
   lc_ipc_shm_ref_t ref;
   int rc = lc_ipc_shm_parse(f, ch->rx_map != NULL, &ref);
-  if (rc == 0 && f->nfds == 1) {
-    int fd = f->fds[0];
-    struct stat st;
-    int seals = fcntl(fd, F_GET_SEALS);
-    // A memfd sealed against shrinking (pages cut from under the mapping would fault), of a
-    // size the receiver accepts.
-    if (seals < 0 || !(seals & F_SEAL_SHRINK) || fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) ||
-        st.st_size < (off_t)(LC_IPC_SHM_HEADER + LC_IPC_SHM_MIN_SIZE) ||
-        st.st_size > (off_t)(LC_IPC_SHM_HEADER + LC_IPC_SHM_MAX_SIZE) ||
-        st.st_size % LC_IPC_SHM_HEADER != 0) {
-      rc = LC_IPC_FRAME_ESHMMAP;
+  if (rc == 0 && ref.op == LC_IPC_SHM_ATTACH) {
+    if (ref.lost) {
+      // At the fd limit: ask for the fd again. The sender uses the ring only once it is
+      // mapped, so nothing is lost. (A failure to queue this is the channel's own failure.)
+      shm_stats.lost++;
+      shm_control(ch, LC_IPC_SHM_RESEND);
     } else {
-      void *map = mmap(NULL, (size_t)st.st_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-      if (map == MAP_FAILED) {
-        rc = LC_IPC_FRAME_ESHMMAP;
-      } else {
-        ch->rx_map = map;
-        ch->rx_size = (size_t)st.st_size - LC_IPC_SHM_HEADER;
-        ch->rx_expect = 0;
-        shm_stats.maps++;
-      }
+      rc = shm_attach(ch, f->fds[0]);
+    }
+  } else if (rc == 0 && ref.op == LC_IPC_SHM_RESEND) {
+    // Only while this side's ring waits to be mapped (it then has its fd).
+    if (ch->tx_map == NULL || ch->tx_ready || ch->tx_fd < 0) {
+      rc = LC_IPC_FRAME_ESHMFD;
+    } else {
+      ch->tx_resend = 1;
     }
   }
   for (int i = 0; i < f->nfds; i++)
-    close_fd(f->fds[i]); // mapped (or refused): the fd itself is not needed
+    close_fd(f->fds[i]);
   f->nfds = 0;
-  if (rc != 0) return rc;
+  if (rc != 0 || ref.op != LC_IPC_SHM_REF) return rc;
   size_t off;
   rc = lc_ipc_shm_locate(&ref, ch->rx_size, ch->rx_expect, &off);
   if (rc != 0) return rc;
@@ -689,7 +755,8 @@ static void shm_release(lc_ipc_t *ch, uint64_t end) {
   __atomic_store_n(shm_consumed(ch->rx_map), end, __ATOMIC_RELEASE);
 }
 
-// _core.ipc_shm_stats() -> {sent=, in_place=, outgrown=, received=, full=, too_big=, maps=, peak=}
+// _core.ipc_shm_stats() -> {sent=, in_place=, outgrown=, received=, full=, too_big=, maps=, peak=,
+// lost=}
 static int ipc_shm_stats(lua_State *L) {
   const struct {
     const char *name;
@@ -699,6 +766,7 @@ static int ipc_shm_stats(lua_State *L) {
       {"outgrown", (double)shm_stats.outgrown}, {"received", (double)shm_stats.received},
       {"full", (double)shm_stats.full},         {"too_big", (double)shm_stats.too_big},
       {"maps", (double)shm_stats.maps},         {"peak", (double)shm_stats.peak},
+      {"lost", (double)shm_stats.lost},
   };
   int n = (int)(sizeof f / sizeof f[0]);
   lua_createtable(L, 0, n);
@@ -764,9 +832,10 @@ static void push_frame(lua_State *L, const lc_ipc_frame_t *f, int list, int *n) 
 // delivered as any frame, then its region released. Returns 0 or a decoder error (sticky).
 static __attribute__((noinline)) int shm_take(lc_ipc_t *ch, lua_State *L, lc_ipc_frame_t *f,
                                               int *list, int *n) {
-  uint64_t end;
+  uint64_t end = 0;
   int rc = shm_recv(ch, f, &end);
-  if (rc != 0) return ch->dec.err = rc; // malformed: sticky, like the decoder's own errors
+  if (rc != 0) return ch->dec.err = rc;     // malformed: sticky, like the decoder's own errors
+  if (f->kind == LC_IPC_KIND_SHM) return 0; // a control frame: no message
   lc_metrics.ipc_in++;
   if (ch->hook == NULL || !ch->hook(ch, f, ch->hook_data)) {
     if (*list == 0) {

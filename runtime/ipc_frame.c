@@ -219,13 +219,11 @@ const char *lc_ipc_frame_strerror(int err) {
   case LC_IPC_FRAME_ESHMBODY:
     return "malformed frame: a shared-memory frame's body is not a valid reference";
   case LC_IPC_FRAME_ESHMFD:
-    return "malformed frame: a shared-memory frame without the ring's fd, or a second ring";
+    return "malformed frame: a shared-memory frame out of place (a reference before its ring, a "
+           "second ring, or file descriptors where none belong)";
   case LC_IPC_FRAME_ESHMRANGE:
     return "malformed frame: a shared-memory frame names a region outside the ring or out of "
            "order";
-  case LC_IPC_FRAME_ESHMLOST:
-    return "the shared-memory ring's fd was dropped on arrival (this process is at its file "
-           "descriptor limit): its messages cannot be read";
   case LC_IPC_FRAME_ESHMMAP:
     return "malformed frame: the shared-memory ring is not a sealed memfd of a valid size, or "
            "cannot be mapped";
@@ -237,6 +235,7 @@ const char *lc_ipc_frame_strerror(int err) {
 void lc_ipc_shm_ref_encode(unsigned char out[LC_IPC_SHM_BODY], const lc_ipc_shm_ref_t *r) {
   memset(out, 0, LC_IPC_SHM_BODY);
   out[0] = r->kind;
+  out[1] = r->op;
   for (int i = 0; i < 4; i++)
     out[4 + i] = (unsigned char)((r->len >> (8 * i)) & 0xff);
   for (int i = 0; i < 8; i++)
@@ -245,21 +244,31 @@ void lc_ipc_shm_ref_encode(unsigned char out[LC_IPC_SHM_BODY], const lc_ipc_shm_
 
 int lc_ipc_shm_parse(const lc_ipc_frame_t *f, int have_ring, lc_ipc_shm_ref_t *r) {
   const unsigned char *b = (const unsigned char *)f->body;
-  if (f->len != LC_IPC_SHM_BODY || b[1] != 0 || b[2] != 0 || b[3] != 0 ||
-      (b[0] != LC_IPC_KIND_USER && b[0] != LC_IPC_KIND_INTERNAL && b[0] != LC_IPC_KIND_STRING))
-    return LC_IPC_FRAME_ESHMBODY;
-  // The first frame brings the ring. One whose fd the kernel dropped (this process at its fd
-  // limit) leaves messages that cannot be read: not a malformed stream, but as fatal to it.
-  if (!have_ring && f->lost_fds == 1) return LC_IPC_FRAME_ESHMLOST;
-  if (f->nfds != (have_ring ? 0 : 1) || f->lost_fds != 0) return LC_IPC_FRAME_ESHMFD;
+  if (f->len != LC_IPC_SHM_BODY || b[2] != 0 || b[3] != 0) return LC_IPC_FRAME_ESHMBODY;
   r->kind = b[0];
+  r->op = b[1];
   r->len = 0;
   for (int i = 3; i >= 0; i--)
     r->len = r->len << 8 | b[4 + i];
   r->pos = 0;
   for (int i = 7; i >= 0; i--)
     r->pos = r->pos << 8 | b[8 + i];
-  if (r->len > LC_IPC_FRAME_MAX_BODY) return LC_IPC_FRAME_ESHMBODY;
+  r->lost = 0;
+  if (r->op == LC_IPC_SHM_REF) {
+    if (r->kind != LC_IPC_KIND_USER && r->kind != LC_IPC_KIND_INTERNAL &&
+        r->kind != LC_IPC_KIND_STRING)
+      return LC_IPC_FRAME_ESHMBODY;
+    if (r->len > LC_IPC_FRAME_MAX_BODY) return LC_IPC_FRAME_ESHMBODY;
+    if (!have_ring || f->nfds != 0 || f->lost_fds != 0) return LC_IPC_FRAME_ESHMFD;
+    return 0;
+  }
+  if ((r->op != LC_IPC_SHM_ATTACH && r->op != LC_IPC_SHM_RESEND) || r->kind != 0 || r->len != 0 ||
+      r->pos != 0)
+    return LC_IPC_FRAME_ESHMBODY;
+  if (r->op == LC_IPC_SHM_RESEND) return f->nfds != 0 || f->lost_fds != 0 ? LC_IPC_FRAME_ESHMFD : 0;
+  // One fd, which arrived or which the kernel dropped (this process at its fd limit).
+  if (have_ring || f->nfds + f->lost_fds != 1) return LC_IPC_FRAME_ESHMFD;
+  r->lost = f->lost_fds == 1;
   return 0;
 }
 

@@ -51,11 +51,10 @@ enum {
   LC_IPC_FRAME_ESTRAYFDS = -6,
   LC_IPC_FRAME_ETRUNCATED = -7,
   LC_IPC_FRAME_ENOMEM = -8,
-  LC_IPC_FRAME_ESHMBODY = -9, // a shared-memory frame whose body is not a valid reference
-  LC_IPC_FRAME_ESHMFD = -10,  // ... without the ring's fd before the ring exists, or with one after
+  LC_IPC_FRAME_ESHMBODY = -9,   // a shared-memory frame whose body is not a valid reference
+  LC_IPC_FRAME_ESHMFD = -10,    // ... out of place: a reference before the ring, a second ring, fds
   LC_IPC_FRAME_ESHMRANGE = -11, // ... naming a region outside the ring or out of FIFO order
   LC_IPC_FRAME_ESHMMAP = -12,   // the fd is not a sealed memfd of a valid size, or mmap failed
-  LC_IPC_FRAME_ESHMLOST = -13,  // the ring's fd was dropped by the kernel (fd limit, MSG_CTRUNC)
 };
 
 /// One decoded frame. `body` points into the decoder's buffer and stays valid until the next
@@ -124,27 +123,42 @@ const char *lc_ipc_frame_strerror(int err);
 // both) and sends a small LC_IPC_KIND_SHM frame on the socket that names it, so the socket
 // still orders every message. The memfd is LC_IPC_SHM_HEADER bytes of header (a u64 at
 // offset 0: the ring position up to which the receiver has consumed, stored by the receiver
-// with release semantics) then the data area, its size the file's size minus the header. A
-// message at position pos (a byte count that only grows) lies at pos % size, contiguous, with
-// one spare byte after it (the decoder puts a NUL there); a message may instead start at the
-// beginning of the area (the sender does so when it would not fit before the end, or when the
-// ring is empty), the skipped tail counting as consumed.
+// with release semantics; a u32 at offset 8: nonzero once the receiver has mapped the ring)
+// then the data area, its size the file's size minus the header. A message at position pos
+// (a byte count that only grows) lies at pos % size, contiguous, with one spare byte after
+// it (the decoder puts a NUL there); a message may instead start at the beginning of the
+// area (the sender does so when it would not fit before the end, or when the ring is
+// empty), the skipped tail counting as consumed.
+//
+// An LC_IPC_KIND_SHM frame is one of three (its op byte):
+//   REF     names a message in the ring; no fds; only after the ring was attached.
+//   ATTACH  brings the ring's memfd (one fd); kind, len and pos zero. The sender uses the
+//           ring only once the receiver says in the header that it mapped it, so an ATTACH
+//           whose fd the kernel dropped (the receiver at its fd limit, MSG_CTRUNC) loses
+//           nothing: the receiver answers with a RESEND and the sender attaches again with
+//           a later large message, which meanwhile go by the socket.
+//   RESEND  (receiver to sender, on the same channel) the ATTACH's fd was dropped; no fds.
 #define LC_IPC_SHM_HEADER 4096u
-#define LC_IPC_SHM_BODY 16                // u8 kind, 3 zero bytes, u32 len, u64 pos (LE)
+#define LC_IPC_SHM_BODY 16                // u8 kind, u8 op, 2 zero bytes, u32 len, u64 pos (LE)
 #define LC_IPC_SHM_MIN_SIZE (64u * 1024u) // the receiver's bounds on a ring's data size
 #define LC_IPC_SHM_MAX_SIZE (256u * 1024u * 1024u)
+
+enum { LC_IPC_SHM_REF = 0, LC_IPC_SHM_ATTACH = 1, LC_IPC_SHM_RESEND = 2 };
 
 typedef struct {
   uint64_t pos; // the message's ring position
   uint32_t len; // its length; one spare byte follows it in the ring
-  uint8_t kind; // its own kind: LC_IPC_KIND_USER, _INTERNAL or _STRING
+  uint8_t kind; // its own kind: LC_IPC_KIND_USER, _INTERNAL or _STRING (0 for ATTACH, RESEND)
+  uint8_t op;   // LC_IPC_SHM_REF, _ATTACH or _RESEND
+  uint8_t lost; // ATTACH: its fd was dropped on arrival
 } lc_ipc_shm_ref_t;
 
 /// Writes the body of an LC_IPC_KIND_SHM frame.
 void lc_ipc_shm_ref_encode(unsigned char out[LC_IPC_SHM_BODY], const lc_ipc_shm_ref_t *r);
 /// Reads the LC_IPC_KIND_SHM frame f into *r, given whether the receiver has mapped the
-/// sender's ring yet: the frame must carry the ring's fd (one) exactly when it has not.
-/// Returns 0, LC_IPC_FRAME_ESHMBODY, LC_IPC_FRAME_ESHMFD or LC_IPC_FRAME_ESHMLOST.
+/// sender's ring yet: a REF must come after the ring and carry no fd, an ATTACH only before
+/// it with exactly one fd (arrived, or dropped: r->lost), a RESEND with none.
+/// Returns 0, LC_IPC_FRAME_ESHMBODY or LC_IPC_FRAME_ESHMFD.
 int lc_ipc_shm_parse(const lc_ipc_frame_t *f, int have_ring, lc_ipc_shm_ref_t *r);
 /// Places *r in a ring of `size` data bytes whose messages up to position `expect` were taken:
 /// the next message starts at expect or at the area's start, and lies before its end. Sets

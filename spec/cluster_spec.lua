@@ -352,11 +352,12 @@ describe('cluster at scale and under faults', function()
     { 'json', 'the body is not JSON' },
     { 'handle', 'a handle frame without its description' },
     { 'truncated', 'truncated frame' },
-    { 'shmnofd', "a shared-memory frame without the ring's fd, or a second ring" },
+    { 'shmnofd', 'a shared-memory frame out of place (a reference before its ring' },
+    { 'shmresend', 'a shared-memory frame out of place' },
     { 'shmbody', "a shared-memory frame's body is not a valid reference" },
     { 'shmrange', 'a shared-memory frame names a region outside the ring or out of order' },
     { 'shmnotmemfd', 'the shared-memory ring is not a sealed memfd of a valid size' },
-    { 'shmdup', "a shared-memory frame without the ring's fd, or a second ring" },
+    { 'shmdup', 'a shared-memory frame out of place' },
   }) do
     it('closes a channel on a bad frame (' .. case[1] .. ') with a clear error; the master lives', function()
       local c = run('cluster_malformed.lua', { case[1] })

@@ -1,10 +1,11 @@
 -- Large messages through the channel's shared-memory rings (runtime/ipc.c, docs/architecture.md
 -- "IPC"): the stream goes through the ring each way (its counters and the memfd mappings in
 -- /proc/self/maps say so) with every byte intact, each message after the first (which makes
--- the ring) encoded straight into it (in_place); small socket frames and ring frames keep
--- their send order; a full ring and a message larger than the ring fall back to the socket in
--- order; a killed worker leaves no mapping or fd in the master; LC_IPC_SHM=0 turns it off; a
--- ring fd dropped at the receiver's fd limit closes the channel with its own error.
+-- the ring and goes by the socket, the ring's fd ahead of it) encoded straight into it
+-- (in_place); small socket frames and ring frames keep their send order; a full ring and a
+-- message larger than the ring fall back to the socket in order; a killed worker leaves no
+-- mapping or fd in the master; LC_IPC_SHM=0 turns it off; a ring fd dropped at the
+-- receiver's fd limit loses nothing: the message comes by the socket, the fd comes again.
 -- Malformed ring references are in cluster_spec ("closes a channel on a bad frame").
 local lctest = require('lctest')
 
@@ -25,12 +26,14 @@ describe('IPC shared-memory rings', function()
 
   it('carry a stream of large table messages each way, byte for byte, in order with small ones', function()
     local r, c = run('stream', '4')
-    -- Worker -> master: all 10 large messages through the master's mapping of the worker's ring.
-    assert.are.equal('up 10 sent=0 in_place=0 outgrown=0 received=10 full=0 too_big=0 maps=1 mapped=1', r[1], c.stderr)
+    -- Worker -> master: the first of the 10 large messages by the socket with the ring's fd
+    -- ahead of it, the 9 others through the master's mapping of the worker's ring, each
+    -- encoded straight into it (the ring is in use once the master has mapped it).
+    assert.are.equal('up 10 sent=0 in_place=0 outgrown=0 received=9 full=0 too_big=0 maps=1 mapped=1', r[1], c.stderr)
     -- Master -> worker: the worker maps the master's ring too (and keeps its own).
-    assert.are.equal('down 10 sent=10 in_place=9 outgrown=0 received=10 full=0 too_big=0 maps=2 mapped=2',
+    assert.are.equal('down 10 sent=9 in_place=9 outgrown=0 received=9 full=0 too_big=0 maps=2 mapped=2',
       r[2], c.stderr)
-    assert.are.equal('master sent=10 in_place=9 outgrown=0 received=10 full=0 too_big=0 maps=2', r[3])
+    assert.are.equal('master sent=9 in_place=9 outgrown=0 received=9 full=0 too_big=0 maps=2', r[3])
     assert.are.equal('worker-exit 0 nil', r[4])
   end)
 
@@ -47,14 +50,14 @@ describe('IPC shared-memory rings', function()
     local ok, r, c = pcall(run, 'full', '1', fifo)
     lctest.rmrf(dir)
     assert(ok, r)
-    -- 8 large messages (~450 KiB encoded) into a 1 MiB ring the worker does not empty.
-    -- The first makes the ring (copied in); later ones are encoded straight into it while
-    -- the room left looks large enough (timing: the worker takes the first before it stalls).
+    -- 8 large messages (~450 KiB encoded) into a 1 MiB ring the worker does not empty (a
+    -- first one made it). They are encoded straight into it while the room left looks large
+    -- enough (timing: the worker takes the first before it stalls), else copied in.
     local sent, inPlace, full = r[1]:match(
       '^sent sent=(%d+) in_place=(%d+) outgrown=%d+ received=0 full=(%d+) too_big=0 maps=1$')
     assert.is_truthy(sent, r[1])
     assert.is_true(tonumber(sent) >= 1 and tonumber(full) >= 1, r[1])
-    assert.is_true(tonumber(inPlace) < tonumber(sent), r[1])
+    assert.is_true(tonumber(inPlace) <= tonumber(sent), r[1])
     assert.are.equal(8, tonumber(sent) + tonumber(full))
     -- The worker got all 16 messages in order, every byte checked, the ring ones among them.
     assert.are.equal('worker 16 sent=0 in_place=0 outgrown=0 received=' .. sent .. ' full=0 too_big=0 maps=1',
@@ -65,23 +68,30 @@ describe('IPC shared-memory rings', function()
   it('fall back to the socket for a message larger than the ring, keeping order', function()
     local r, c = run('toobig', '1')
     assert.are.equal('small1 large3 large2 small4', r[1], c.stderr)
-    -- Only the ring-sized one went through the ring (copied in: it made the ring). The 2 MiB
-    -- one was encoded into the empty ring, outgrew it and went on in the encoder's buffer.
+    -- Only the ring-sized one went through the ring (encoded into it). The 2 MiB one was
+    -- encoded into the empty ring, outgrew it and went on in the encoder's buffer.
     assert.are.equal('master sent=0 in_place=0 outgrown=0 received=1 full=0 too_big=0 maps=1', r[2])
-    assert.are.equal('worker sent=1 in_place=0 outgrown=1 received=0 full=0 too_big=1 maps=1', r[3])
+    assert.are.equal('worker sent=1 in_place=1 outgrown=1 received=0 full=0 too_big=1 maps=1', r[3])
   end)
 
-  it("close the channel with a clear error when the ring's fd is dropped at the receiver's fd limit", function()
+  it("lose nothing when the ring's fd is dropped at the receiver's fd limit: it comes again", function()
     local r, c = run('fdlimit', '4')
-    assert.are.same({ 'worker-exit 0 nil' }, r)
-    assert.matches("worker 1: IPC channel to the master closed: EPROTO: the shared-memory ring's fd "
-      .. 'was dropped on arrival (this process is at its file descriptor limit)', c.stderr, 1, true)
+    -- At its fd limit the worker got the message (by the socket, every byte checked) but not
+    -- the ring (lost=1), and asked for it again; with fds free the next message brought it and
+    -- the one after went through it. The channel stayed open throughout.
+    assert.are.same({
+      'at the limit: got 1 received=0 lost=1 maps=0',
+      'then: got 3 sent=0 in_place=0 outgrown=0 received=1 full=0 too_big=0 maps=1 lost=1',
+      'worker-exit 0 nil',
+    }, r, c.stderr)
+    assert.no.matches('EPROTO', c.stderr, 1, true)
   end)
 
   it('are unmapped, and no memfd is left, when a worker is killed mid-stream', function()
     local r, c = run('kill', '4')
-    -- Both directions' rings were mapped in the master (the fd is closed once mapped or sent).
-    assert.are.equal('before mapped=2 memfds=0 maps=2', r[1], c.stderr)
+    -- Both directions' rings were mapped in the master. It closed the worker's fd once mapped
+    -- and keeps its own until the worker says it mapped it (it may have to send it again).
+    assert.are.equal('before mapped=2 memfds=1 maps=2', r[1], c.stderr)
     assert.are.equal('worker-exit nil SIGKILL', r[2])
     assert.are.equal('after mapped=0 memfds=0 maps=0', r[3])
   end)
