@@ -5,7 +5,8 @@
 -- (in_place); small socket frames and ring frames keep their send order; a full ring and a
 -- message larger than the ring fall back to the socket in order; a killed worker leaves no
 -- mapping or fd in the master; LC_IPC_SHM=0 turns it off; a ring fd dropped at the
--- receiver's fd limit loses nothing: the message comes by the socket, the fd comes again.
+-- receiver's fd limit loses nothing: the message comes by the socket, the fd comes again; a
+-- ring that could not be made (the sender out of fds) is made later.
 -- Malformed ring references are in cluster_spec ("closes a channel on a bad frame").
 local lctest = require('lctest')
 
@@ -85,6 +86,17 @@ describe('IPC shared-memory rings', function()
       'worker-exit 0 nil',
     }, r, c.stderr)
     assert.no.matches('EPROTO', c.stderr, 1, true)
+  end)
+
+  it('are made again after 64 large messages when one could not be made (out of fds)', function()
+    local r, c = run('nomemfd', '4')
+    -- The 66 messages before the master's answer went by the socket (the ring was made with
+    -- the 66th); of the 5 after it, those the ring had room for went through it.
+    local sent, full = (r[1] or ''):match('^before the answer sent=0, after it sent=(%d+) full=(%d+) maps=1$')
+    assert.is_truthy(sent, tostring(r[1]) .. '\n' .. c.stderr)
+    assert.is_true(tonumber(sent) >= 1)
+    assert.are.equal(5, tonumber(sent) + tonumber(full))
+    assert.are.equal('worker-exit 0 nil', r[2])
   end)
 
   it('are unmapped, and no memfd is left, when a worker is killed mid-stream', function()
