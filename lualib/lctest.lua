@@ -303,9 +303,13 @@ function M.freePort(host)
   local base = math.max(1024, lo - 12000)
   if lo - base >= 1000 then
     if not rng then
+      -- Park-Miller (MINSTD): its products stay below 2^47, exact in a double. (An LCG
+      -- modulo 2^31 with a 2^30 multiplier is not: the product's low bits are rounded off,
+      -- and it gave ~600 ports, the same ones in every process.)
       local seed = (tonumber(process and process.pid) or 0) * 7919 + math.floor(core.hrtime() % 1e9)
+      seed = seed % 2147483646 + 1
       rng = function(n)
-        seed = (seed * 1103515245 + 12345) % 2147483648
+        seed = seed * 48271 % 2147483647
         return seed % n
       end
     end

@@ -591,6 +591,14 @@ static int shm_control(lc_ipc_t *ch, int op) {
                     NULL);
 }
 
+// Whether an ATTACH waits in the write queue with its fd (a frame with fds has a request of
+// its own, whose fds go with its first byte: nfds is 0 once that is written).
+static int shm_attach_queued(const lc_ipc_t *ch) {
+  for (const wreq_t *w = ch->head; w != NULL; w = w->next)
+    if (w->nfds > 0 && w->body == NULL && (unsigned char)w->data[4] == LC_IPC_KIND_SHM) return 1;
+  return 0;
+}
+
 // Whether the receiver has mapped this side's ring (it says so in the header): from then on
 // large messages may use it, and the memfd is not needed any more.
 static int shm_tx_confirmed(lc_ipc_t *ch) {
@@ -727,8 +735,11 @@ static int shm_recv(lc_ipc_t *ch, lc_ipc_frame_t *f, uint64_t *end) {
       rc = shm_attach(ch, f->fds[0]);
     }
   } else if (rc == 0 && ref.op == LC_IPC_SHM_RESEND) {
-    // Only while this side's ring waits to be mapped (it then has its fd).
-    if (ch->tx_map == NULL || ch->tx_ready || ch->tx_fd < 0) {
+    // Only while this side's ring waits to be mapped (it then has its fd), and only for an
+    // ATTACH the peer has read: none is still in the queue (the peer asks again only for one
+    // it has read, and one is sent again only when it asks). Else a peer that asked without
+    // reading would have each large message queue another duplicate of the fd.
+    if (ch->tx_map == NULL || ch->tx_ready || ch->tx_fd < 0 || shm_attach_queued(ch)) {
       rc = LC_IPC_FRAME_ESHMFD;
     } else {
       ch->tx_resend = 1;

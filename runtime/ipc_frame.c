@@ -220,7 +220,7 @@ const char *lc_ipc_frame_strerror(int err) {
     return "malformed frame: a shared-memory frame's body is not a valid reference";
   case LC_IPC_FRAME_ESHMFD:
     return "malformed frame: a shared-memory frame out of place (a reference before its ring, a "
-           "second ring, or file descriptors where none belong)";
+           "second ring, a RESEND not asked for, or file descriptors where none belong)";
   case LC_IPC_FRAME_ESHMRANGE:
     return "malformed frame: a shared-memory frame names a region outside the ring or out of "
            "order";

@@ -52,7 +52,8 @@ enum {
   LC_IPC_FRAME_ETRUNCATED = -7,
   LC_IPC_FRAME_ENOMEM = -8,
   LC_IPC_FRAME_ESHMBODY = -9,   // a shared-memory frame whose body is not a valid reference
-  LC_IPC_FRAME_ESHMFD = -10,    // ... out of place: a reference before the ring, a second ring, fds
+  LC_IPC_FRAME_ESHMFD = -10,    // ... out of place: a reference before the ring, a second ring,
+                                // a RESEND not asked for, fds
   LC_IPC_FRAME_ESHMRANGE = -11, // ... naming a region outside the ring or out of FIFO order
   LC_IPC_FRAME_ESHMMAP = -12,   // the fd is not a sealed memfd of a valid size, or mmap failed
 };

@@ -6,7 +6,8 @@
 -- message larger than the ring fall back to the socket in order; a killed worker leaves no
 -- mapping or fd in the master; LC_IPC_SHM=0 turns it off; a ring fd dropped at the
 -- receiver's fd limit loses nothing: the message comes by the socket, the fd comes again; a
--- ring that could not be made (the sender out of fds) is made later.
+-- ring that could not be made (the sender out of fds) is made later; a RESEND for an ATTACH
+-- still in the sender's queue (a peer asking without reading) closes the channel.
 -- Malformed ring references are in cluster_spec ("closes a channel on a bad frame").
 local lctest = require('lctest')
 
@@ -88,6 +89,18 @@ describe('IPC shared-memory rings', function()
     assert.no.matches('EPROTO', c.stderr, 1, true)
   end)
 
+  it('refuse a RESEND while the ATTACH it would answer is still queued (a peer asking without reading)', function()
+    local c = lctest.spawn(FIX .. 'ipc_resend_flood.lua', {}, { env = { LC_IPC_SHM = '4' } })
+    local code = c:waitExit(30000)
+    assert.are.equal(0, code, c.stderr)
+    -- The second RESEND came while the ATTACH it asked for was in the queue: the channel
+    -- closed, holding the ring's fd and that ATTACH's copy. (It took all 20 rounds and held
+    -- 21 memfds, one more per large message, before.)
+    assert.are.equal('error=EPROTO: malformed frame: a shared-memory frame out of place (a reference '
+      .. 'before its ring, a second ring, a RESEND not asked for, or file descriptors where none '
+      .. 'belong) rounds=1 memfds=2\n', c.stdout)
+  end)
+
   it('are made again after 64 large messages when one could not be made (out of fds)', function()
     local r, c = run('nomemfd', '4')
     -- The 66 messages before the master's answer went by the socket (the ring was made with
@@ -112,12 +125,14 @@ describe('IPC shared-memory rings', function()
   -- in the middle of a read: the frames' bytes (the ring's, or the read buffer's) must stay
   -- until the read is over (was a SIGSEGV, both ways).
   it('and the read buffer stay until the read is over when a finalizer closes the channel', function()
-    for _, mib in ipairs({ '4', '0' }) do
+    -- (The three messages go through the ring with LC_IPC_SHM=4: else this checks the socket
+    -- twice. They did not once the ring was used only after the receiver mapped it.)
+    for mib, ring in pairs({ ['4'] = 3, ['0'] = 0 }) do
       local c = lctest.spawn(FIX .. 'ipc_close_in_gc.lua', {}, { env = { LC_IPC_SHM = mib } })
       local code, signal = c:waitExit(30000)
       assert.are.equal(0, code, ('LC_IPC_SHM=%s: exited %s %s\n%s'):format(mib, tostring(code),
         tostring(signal), c.stderr))
-      assert.matches('^closed %d+\n$', c.stdout)
+      assert.matches('^closed %d+ ring=' .. ring .. '\n$', c.stdout)
     end
   end)
 end)
