@@ -75,7 +75,7 @@ static struct {
   uint64_t outgrown;       // encodes into it that outgrew the room offered (moved to a buffer)
   uint64_t full, too_big;  // large messages that went by the socket: ring full, or larger than it
   int64_t maps;            // rings mapped now (either direction)
-  uint64_t lost;           // ATTACH frames whose fd was dropped here on arrival (fd limit)
+  uint64_t lost;           // ATTACH frames not taken here: fd dropped (fd limit), mmap failed
   uint64_t peak;           // the most bytes a ring of this process held (pages touched)
 } shm_stats;
 static size_t shm_size = 1; // the rings' data size; 0: off; 1: LC_IPC_SHM not read yet
@@ -696,7 +696,8 @@ static char *shm_region(lc_ipc_t *ch, size_t *room, uint64_t *pos) {
 }
 
 // Maps the peer's ring from the memfd an ATTACH brought, and says so in its header. Returns
-// 0 or LC_IPC_FRAME_ESHMMAP.
+// 0, 1 when mmap failed (out of memory or mappings: the peer is asked again later, as for a
+// dropped fd) or LC_IPC_FRAME_ESHMMAP (not a ring).
 static int shm_attach(lc_ipc_t *ch, int fd) {
   struct stat st;
   int seals = fcntl(fd, F_GET_SEALS);
@@ -708,7 +709,7 @@ static int shm_attach(lc_ipc_t *ch, int fd) {
       st.st_size % LC_IPC_SHM_HEADER != 0)
     return LC_IPC_FRAME_ESHMMAP;
   void *map = mmap(NULL, (size_t)st.st_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-  if (map == MAP_FAILED) return LC_IPC_FRAME_ESHMMAP;
+  if (map == MAP_FAILED) return 1;
   ch->rx_map = map;
   ch->rx_size = (size_t)st.st_size - LC_IPC_SHM_HEADER;
   ch->rx_expect = 0;
@@ -726,13 +727,13 @@ static int shm_recv(lc_ipc_t *ch, lc_ipc_frame_t *f, uint64_t *end) {
   lc_ipc_shm_ref_t ref;
   int rc = lc_ipc_shm_parse(f, ch->rx_map != NULL, &ref);
   if (rc == 0 && ref.op == LC_IPC_SHM_ATTACH) {
-    if (ref.lost) {
-      // At the fd limit: ask for the fd again. The sender uses the ring only once it is
-      // mapped, so nothing is lost. (A failure to queue this is the channel's own failure.)
+    // The fd dropped at the fd limit, or a ring that could not be mapped: ask for it again.
+    // The sender uses the ring only once it is mapped, so nothing is lost. (A failure to
+    // queue the RESEND is the channel's own failure.)
+    if (ref.lost || (rc = shm_attach(ch, f->fds[0])) == 1) {
+      rc = 0;
       shm_stats.lost++;
       shm_control(ch, LC_IPC_SHM_RESEND);
-    } else {
-      rc = shm_attach(ch, f->fds[0]);
     }
   } else if (rc == 0 && ref.op == LC_IPC_SHM_RESEND) {
     // Only while this side's ring waits to be mapped (it then has its fd), and only for an

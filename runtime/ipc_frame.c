@@ -225,8 +225,7 @@ const char *lc_ipc_frame_strerror(int err) {
     return "malformed frame: a shared-memory frame names a region outside the ring or out of "
            "order";
   case LC_IPC_FRAME_ESHMMAP:
-    return "malformed frame: the shared-memory ring is not a sealed memfd of a valid size, or "
-           "cannot be mapped";
+    return "malformed frame: the shared-memory ring is not a sealed memfd of a valid size";
   default:
     return "malformed frame";
   }

@@ -55,7 +55,7 @@ enum {
   LC_IPC_FRAME_ESHMFD = -10,    // ... out of place: a reference before the ring, a second ring,
                                 // a RESEND not asked for, fds
   LC_IPC_FRAME_ESHMRANGE = -11, // ... naming a region outside the ring or out of FIFO order
-  LC_IPC_FRAME_ESHMMAP = -12,   // the fd is not a sealed memfd of a valid size, or mmap failed
+  LC_IPC_FRAME_ESHMMAP = -12,   // the fd is not a sealed memfd of a valid size
 };
 
 /// One decoded frame. `body` points into the decoder's buffer and stays valid until the next

@@ -5,9 +5,10 @@
 -- (in_place); small socket frames and ring frames keep their send order; a full ring and a
 -- message larger than the ring fall back to the socket in order; a killed worker leaves no
 -- mapping or fd in the master; LC_IPC_SHM=0 turns it off; a ring fd dropped at the
--- receiver's fd limit loses nothing: the message comes by the socket, the fd comes again; a
--- ring that could not be made (the sender out of fds) is made later; a RESEND for an ATTACH
--- still in the sender's queue (a peer asking without reading) closes the channel.
+-- receiver's fd limit, or a ring it cannot map, loses nothing: the message comes by the
+-- socket, the fd comes again; a ring that could not be made (the sender out of fds) is made
+-- later; a RESEND for an ATTACH still in the sender's queue (a peer asking without reading)
+-- closes the channel.
 -- Malformed ring references are in cluster_spec ("closes a channel on a bad frame").
 local lctest = require('lctest')
 
@@ -76,18 +77,23 @@ describe('IPC shared-memory rings', function()
     assert.are.equal('worker sent=1 in_place=1 outgrown=1 received=0 full=0 too_big=1 maps=1', r[3])
   end)
 
-  it("lose nothing when the ring's fd is dropped at the receiver's fd limit: it comes again", function()
-    local r, c = run('fdlimit', '4')
-    -- At its fd limit the worker got the message (by the socket, every byte checked) but not
-    -- the ring (lost=1), and asked for it again; with fds free the next message brought it and
-    -- the one after went through it. The channel stayed open throughout.
-    assert.are.same({
-      'at the limit: got 1 received=0 lost=1 maps=0',
-      'then: got 3 sent=0 in_place=0 outgrown=0 received=1 full=0 too_big=0 maps=1 lost=1',
-      'worker-exit 0 nil',
-    }, r, c.stderr)
-    assert.no.matches('EPROTO', c.stderr, 1, true)
-  end)
+  for _, case in ipairs({
+    { 'fdlimit', "the ring's fd is dropped at the receiver's fd limit" },
+    { 'nomap', 'the receiver cannot map the ring (out of address space)' },
+  }) do
+    it('lose nothing when ' .. case[2] .. ': it comes again', function()
+      local r, c = run(case[1], '4')
+      -- Starved, the worker got the message (by the socket, every byte checked) but not the
+      -- ring (lost=1), and asked for it again; once freed, the next message brought it and
+      -- the one after went through it. The channel stayed open throughout.
+      assert.are.same({
+        'at the limit: got 1 received=0 lost=1 maps=0',
+        'then: got 3 sent=0 in_place=0 outgrown=0 received=1 full=0 too_big=0 maps=1 lost=1',
+        'worker-exit 0 nil',
+      }, r, c.stderr)
+      assert.no.matches('EPROTO', c.stderr, 1, true)
+    end)
+  end
 
   it('refuse a RESEND while the ATTACH it would answer is still queued (a peer asking without reading)', function()
     local c = lctest.spawn(FIX .. 'ipc_resend_flood.lua', {}, { env = { LC_IPC_SHM = '4' } })
