@@ -956,8 +956,8 @@ static void do_read(lc_ipc_t *ch) {
     // A short read means the socket is (almost surely) drained; the poll says if not.
     if ((size_t)r < len) break;
   }
-  // This side's ring, if the peer has mapped it since (it answers after): the memfd kept to send it again is
-  // not needed. (Else a channel that sent one large message and then only received would
+  // This side's ring, if the peer has mapped it since (it answers after): the memfd kept to send it
+  // again is not needed. (Else a channel that sent one large message and then only received would
   // hold it for its life.)
   if (__builtin_expect(ch->tx_fd >= 0, 0)) shm_tx_confirmed(ch);
   if (n > 0 && !ch->h.closing && lc_handle_push_cb(L, &ch->h)) {
