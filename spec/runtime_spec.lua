@@ -130,6 +130,38 @@ describe('timers', function()
     assert.is_nil(pos.iv4)
     assert.are.equal(9, i)
   end)
+
+  it('count from when they are set, not from when the loop last woke', function()
+    -- The loop's clock is read when it wakes; a timer set after Lua ran 300 ms since then
+    -- fired at once (300 ms early) before the clock was read at start: lctest.waitFor's
+    -- deadline too, which made specs time out at once after slow synchronous work.
+    local hrtime = require('_core').hrtime
+    local function busy(ms)
+      local t0 = hrtime()
+      while hrtime() - t0 < ms * 1e6 do
+      end
+    end
+    lctest.turn(0) -- the clock is read here
+    busy(300)
+    local set, fired = hrtime(), nil
+    setTimeout(function()
+      fired = hrtime()
+    end, 200)
+    lctest.waitFor(function()
+      return fired
+    end, 10000, 'the timeout')
+    local ms = (fired - set) / 1e6
+    assert.is_true(ms >= 199, ('setTimeout(fn, 200) fired after %.0f ms'):format(ms))
+    busy(300)
+    set = hrtime()
+    assert.has_error(function()
+      lctest.waitFor(function()
+        return false
+      end, 200, 'nothing')
+    end)
+    ms = (hrtime() - set) / 1e6
+    assert.is_true(ms >= 199, ('lctest.waitFor(fn, 200) gave up after %.0f ms'):format(ms))
+  end)
 end)
 
 describe('signals', function()
