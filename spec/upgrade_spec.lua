@@ -324,7 +324,10 @@ describe('lcluster upgrade', function()
   end)
 
   it('stops the new master too when the old one is stopped during the upgrade', function()
-    local c = start('rr')
+    -- The stop must come while the upgrade waits: with the suite's 2 s --ready-timeout a
+    -- loaded machine could take longer to run `lcluster stop`, and the upgrade ended first
+    -- (ETIMEDOUT). The new master never becomes ready, so only the stop ends it here.
+    local c = start('rr', nil, { flags = { '--ready-timeout', '120000' } })
     local ok, err = pcall(function()
       lctest.writeFile(c.fail, 'fail\n')
       local up = lctest.spawn(nil, nil, { flags = { 'upgrade' }, env = { LCLUSTER_RUN_DIR = c.run } })
