@@ -19,7 +19,9 @@ local function start(balance, n, extra)
     balance = balance }
   c.uport = lctest.freePort()
   c.env = { LCLUSTER_RUN_DIR = c.run, UPGRADE_FAIL_FILE = c.fail }
-  local flags = { '-w', tostring(n or 2), '--ready-timeout', '2000', '--kill-timeout', '3000' }
+  -- The ready timeout is long: a new master (and its workers) must not be given up on because
+  -- a loaded machine started it slowly; the never-ready case sets a short one itself.
+  local flags = { '-w', tostring(n or 2), '--ready-timeout', '60000', '--kill-timeout', '3000' }
   for _, f in ipairs(extra and extra.flags or {}) do
     flags[#flags + 1] = f
   end
@@ -243,7 +245,7 @@ describe('lcluster upgrade', function()
   end
 
   it('keeps the old master serving when the new one never becomes ready', function()
-    local c = start('rr')
+    local c = start('rr', nil, { flags = { '--ready-timeout', '2000' } })
     local ok, err = pcall(function()
       lctest.writeFile(c.fail, 'fail\n')
       local loop = clientLoop(c.port, 2)
@@ -321,11 +323,11 @@ describe('lcluster upgrade', function()
   end)
 
   it('runs one upgrade at a time; stops the new master too when the old one is stopped during it', function()
-    -- The second upgrade and the stop must come while the upgrade waits: with the suite's
-    -- 2 s --ready-timeout a loaded machine could take longer to run `lcluster stop` (or
+    -- The second upgrade and the stop must come while the upgrade waits: with a 2 s
+    -- --ready-timeout a loaded machine could take longer to run `lcluster stop` (or
     -- `upgrade`), and the upgrade ended first (ETIMEDOUT). The new master never becomes
-    -- ready, so only the stop ends it here.
-    local c = start('rr', nil, { flags = { '--ready-timeout', '120000' } })
+    -- ready, so only the stop ends it here (start's ready timeout is 60 s).
+    local c = start('rr')
     local ok, err = pcall(function()
       lctest.writeFile(c.fail, 'fail\n')
       local up = lctest.spawn(nil, nil, { flags = { 'upgrade' }, env = { LCLUSTER_RUN_DIR = c.run } })
