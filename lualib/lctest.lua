@@ -27,6 +27,8 @@ lctest: helpers for specs that drive real lcluster processes (local lctest = req
       .code .signal, :waitOutput(pattern [, ms] [, 'stdout'|'stderr'|'both']) -> captures,
       :waitExit([ms]) -> code, signal, :kill([sig]), :stop([ms]), :write(data)
   lctest.waitFor(fn, ms, what)   run the loop until fn() is truthy (raises after ms)
+  lctest.timeScale               every deadline above is multiplied by it: the environment's
+                                 LCTEST_TIME_SCALE (default 1), for slow or loaded machines
   lctest.turn(ms)                run the loop for ms ("nothing else happens" checks)
   lctest.cleanup()               in after_each: stop every process the spec started
   lctest.track(obj), lctest.closeTracked([ms])
@@ -52,9 +54,19 @@ real loop. Wait on conditions (lctest.waitFor), never sleep.
 
 local children = {}
 
--- Runs the loop until cond() returns a truthy value (returned), or raises after ms.
+-- Deadlines only turn a hang into a failure; a slow or loaded machine (CI, a sanitizer
+-- build) needs them longer, never shorter: every one goes through waitFor and is multiplied
+-- by LCTEST_TIME_SCALE (the project's `make test` sets it). lctest.turn's time is not a
+-- deadline and is not scaled.
+M.timeScale = tonumber(process.env.LCTEST_TIME_SCALE or '') or 1
+if M.timeScale < 1 then
+  M.timeScale = 1
+end
+
+-- Runs the loop until cond() returns a truthy value (returned), or raises after ms
+-- (times lctest.timeScale).
 function M.waitFor(cond, ms, what)
-  ms = ms or 5000
+  ms = math.floor((ms or 5000) * M.timeScale)
   local v = cond()
   if v then
     return v

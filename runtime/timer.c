@@ -24,7 +24,11 @@ static int timer_new(lua_State *L) {
   return 1;
 }
 
-// timer:start(timeout_ms, repeat_ms)
+// timer:start(timeout_ms, repeat_ms): counts from now. libuv counts from the loop's clock,
+// read when the loop last woke; Lua that ran long since then (a busy callback, a spec's
+// synchronous work) would get a timer already (partly) expired: setTimeout(fn, 1000) after a
+// 1.5 s block fired at once. As Node (its timers read the clock with uv_update_time), the
+// clock is read first; a vDSO clock_gettime.
 static int timer_start(lua_State *L) {
   lc_timer_t *self = lc_handle_check(L, 1, MT);
   lua_Number timeout = luaL_checknumber(L, 2);
@@ -32,6 +36,7 @@ static int timer_start(lua_State *L) {
   if (timeout < 0) timeout = 0;
   if (repeat < 0) repeat = 0;
   self->timer.data = self;
+  uv_update_time(lc_loop);
   return lc_util_push_result(
       L, uv_timer_start(&self->timer, on_timer, (uint64_t)timeout, (uint64_t)repeat));
 }
@@ -41,8 +46,10 @@ static int timer_stop(lua_State *L) {
   return lc_util_push_result(L, uv_timer_stop(&self->timer));
 }
 
+// timer:again(): restarts the repeat countdown from now (the clock read as in start).
 static int timer_again(lua_State *L) {
   lc_timer_t *self = lc_handle_check(L, 1, MT);
+  uv_update_time(lc_loop);
   return lc_util_push_result(L, uv_timer_again(&self->timer));
 }
 

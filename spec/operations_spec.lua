@@ -7,7 +7,7 @@ local cjson = require('cjson')
 
 local FIX = 'spec/fixtures/'
 
-local get, getSync = lctest.get, lctest.getSync
+local getSync = lctest.getSync
 
 -- waitFor on a condition no event of this process signals (a file's content).
 local poll = lctest.poll
@@ -215,15 +215,20 @@ describe('operations: control socket and commands', function()
   end)
 
   it('status during a reload shows the old and the new worker of the slot', function()
-    -- Workers start slowly, so the reload is still running when status asks.
-    local c = start(1, nil, { OPS_READY_DELAY = '1000' })
+    -- The new worker is not ready until the spec says so (OPS_READY_FILE), so the reload is
+    -- still running when status asks (a 1 s start delay was missed by a slow status).
+    local ready = lctest.tmpdir() .. '/ready'
+    lctest.writeFile(ready, '')
+    local c = start(1, nil, { OPS_READY_FILE = ready })
     waitReady(c, 1)
+    os.remove(ready)
     local slow = ctlAsync(c, { 'reload' })
     local st
     lctest.waitFor(function()
       st = statusJson(c)
       return #workerRows(st) == 2
     end, 5000, 'two processes in slot 1')
+    lctest.writeFile(ready, '')
     assert.are.equal('reloading', st.state)
     local rows = workerRows(st)
     assert.are.equal(1, rows[1].slot)
@@ -231,6 +236,7 @@ describe('operations: control socket and commands', function()
     assert.are_not.equal(rows[1].pid, rows[2].pid)
     assert.are.equal(0, slow:waitExit(10000))
     finish(c)
+    lctest.rmrf(ready:match('^(.*)/ready$'))
   end)
 
   it('scale changes the worker count live: up, down with draining, relative', function()
@@ -463,8 +469,13 @@ describe('operations: --metrics', function()
 
   it('/health is 503 while starting and while draining, 200 while serving', function()
     local mport = lctest.freePort()
-    local c = start(1, { '--metrics', tostring(mport), '--kill-timeout', '1500' },
-      { OPS_READY_DELAY = '1500' })
+    -- The worker is not ready until the spec says so (OPS_READY_FILE), and the stop is held
+    -- open by a request until the spec ends it (a second SIGTERM stops at once): with a
+    -- 1.5 s start delay and a 1.5 s kill timeout a slow machine saw /health only after
+    -- either had passed.
+    local ready = lctest.tmpdir() .. '/ready'
+    local c = start(1, { '--metrics', tostring(mport), '--kill-timeout', '60000' },
+      { OPS_READY_FILE = ready })
     local first
     lctest.waitFor(function()
       local r = getSync(mport, '/health')
@@ -472,12 +483,14 @@ describe('operations: --metrics', function()
       return r.status
     end, 5000, 'the metrics port')
     assert.are.equal(503, first)
+    lctest.writeFile(ready, '')
     waitReady(c, 1)
     lctest.waitFor(function()
       return getSync(mport, '/health').status == 200
     end, 5000, '/health 200')
     -- A request that never ends holds the graceful stop open.
-    local hung = get(c.port, '/hang')
+    local hung = lctest.capture(net.connect(c.port, '127.0.0.1'))
+    hung.socket:write('GET /hang HTTP/1.1\r\nHost: h\r\n\r\n')
     lctest.waitFor(function()
       local st = statusJson(c)
       return workerRows(st)[1].connections == 1
@@ -487,11 +500,14 @@ describe('operations: --metrics', function()
     local r = getSync(mport, '/health')
     assert.are.equal(503, r.status)
     assert.matches('stopping', r.body, 1, true)
+    assert.is_false(hung.closed)
+    c.app:kill('SIGTERM')
     c.app:waitExit(10000)
     lctest.waitFor(function()
-      return hung.done
+      return hung.closed
     end, 5000, 'the hanging request to end')
     finish(c)
+    lctest.rmrf(ready:match('^(.*)/ready$'))
   end)
 end)
 

@@ -122,13 +122,59 @@ describe('timers', function()
     before('immediate2', 'immediate3')
     before('iv1', 'iv2')
     before('iv2', 'iv3')
-    before('t10', 'args:xy')
-    before('args:xy', 't30')
-    before('immediate1', 't30')
+    -- Timeouts fire in the order they are due: t10, args:xy, t30 (set last-due first), 5 and
+    -- 15 ms apart unless the machine stalled between the calls (then only the ones still
+    -- 2 ms or more apart, past libuv's millisecond clock, are checked).
+    local due = {}
+    for name, ms in c.stdout:match('due ([^\n]*)'):gmatch('([^,=]+)=([%d.]+)') do
+      due[name] = tonumber(ms)
+    end
+    for _, pair in ipairs({ { 't10', 'args:xy' }, { 'args:xy', 't30' }, { 't10', 't30' } }) do
+      if due[pair[1]] + 2 <= due[pair[2]] then
+        before(pair[1], pair[2])
+      end
+    end
+    -- Immediates set in an I/O callback run in that turn of the loop, before any timer set
+    -- there (immediate3, set by immediate1, runs in the next turn: a due timer may come first).
+    before('immediate2', 't10')
+    before('immediate2', 'iv1')
     assert.is_nil(pos.cancelled)
     assert.is_nil(pos['unref fired'])
     assert.is_nil(pos.iv4)
     assert.are.equal(9, i)
+  end)
+
+  it('count from when they are set, not from when the loop last woke', function()
+    -- The loop's clock is read when it wakes; a timer set after Lua ran 300 ms since then
+    -- fired at once (300 ms early) before the clock was read at start: lctest.waitFor's
+    -- deadline too, which made specs time out at once after slow synchronous work.
+    local hrtime = require('_core').hrtime
+    local function busy(ms)
+      local t0 = hrtime()
+      while hrtime() - t0 < ms * 1e6 do
+      end
+    end
+    lctest.turn(0) -- the clock is read here
+    busy(300)
+    local set, fired = hrtime(), nil
+    setTimeout(function()
+      fired = hrtime()
+    end, 200)
+    lctest.waitFor(function()
+      return fired
+    end, 10000, 'the timeout')
+    local ms = (fired - set) / 1e6
+    assert.is_true(ms >= 199, ('setTimeout(fn, 200) fired after %.0f ms'):format(ms))
+    busy(300)
+    set = hrtime()
+    assert.has_error(function()
+      lctest.waitFor(function()
+        return false
+      end, 200, 'nothing')
+    end)
+    ms = (hrtime() - set) / 1e6
+    local want = 200 * lctest.timeScale
+    assert.is_true(ms >= want - 1, ('lctest.waitFor(fn, 200) gave up after %.0f ms, not %d'):format(ms, want))
   end)
 end)
 
