@@ -955,7 +955,7 @@ describe('http server', function()
   end)
 
   it('writes a large response with backpressure and drain', function()
-    local drained = 0
+    local drained, blocked = 0, false
     local _, port = serve(function(_, res)
       local chunk = ('y'):rep(64 * 1024)
       local left = 64
@@ -963,6 +963,7 @@ describe('http server', function()
         while left > 0 do
           left = left - 1
           if not res:write(chunk) then
+            blocked = true
             res:once('drain', function()
               drained = drained + 1
               pump()
@@ -975,6 +976,13 @@ describe('http server', function()
       pump()
     end)
     local r = raw(port, 'GET / HTTP/1.1\r\nHost: h\r\n\r\n')
+    -- The client reads nothing until a write has returned false (else a client that keeps
+    -- up, on an idle machine, may never fill the socket and there is no backpressure).
+    r.socket:pause()
+    waitFor(function()
+      return blocked
+    end, 10000, 'a write to return false')
+    r.socket:resume()
     -- Parsed once it has ended (the last chunk), not on every turn of the loop: parsing 4 MiB
     -- at each read took longer than the deadline on a loaded machine under ASan.
     waitFor(function()
