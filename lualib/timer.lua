@@ -20,6 +20,7 @@ function Timer:_init(fn, ms, rep, args)
   if ms < 1 then
     ms = rep and 1 or 0
   end
+  self._ms = ms
   self._h:start(ms, rep and ms or 0)
 end
 
@@ -49,10 +50,11 @@ function Timer:hasRef()
   return self._h ~= nil and self._h:has_ref()
 end
 
--- Restarts the countdown from now (Node's timeout.refresh()).
+-- Restarts the countdown from now (Node's timeout.refresh()), for a timeout as for an
+-- interval (libuv's again restarts only repeating timers).
 function Timer:refresh()
   if self._h then
-    self._h:again()
+    self._h:start(self._ms, self._repeat and self._ms or 0)
   end
   return self
 end

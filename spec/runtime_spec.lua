@@ -102,6 +102,25 @@ end)
 describe('timers', function()
   after_each(lctest.cleanup)
 
+  it('refresh restarts a timeout from now, not only an interval', function()
+    -- Due order, not durations: a refreshed at 100 ms is due at 300 or later, after b (250).
+    -- (libuv's again restarts only repeating timers: refresh did nothing to a timeout.)
+    local order = {}
+    local a = setTimeout(function()
+      order[#order + 1] = 'a'
+    end, 200)
+    setTimeout(function()
+      a:refresh()
+    end, 100)
+    setTimeout(function()
+      order[#order + 1] = 'b'
+    end, 250)
+    lctest.waitFor(function()
+      return #order == 2
+    end, 5000, 'both timeouts')
+    assert.are.same({ 'b', 'a' }, order)
+  end)
+
   it('fire in order, pass arguments, cancel, repeat, and unref', function()
     local c = lctest.spawn(FIX .. 'rt_timers.lua')
     assert.are.equal(0, c:waitExit())
