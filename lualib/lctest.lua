@@ -274,15 +274,16 @@ function M.isAlive(pid)
   return state ~= nil and state ~= 'Z' and state ~= 'X'
 end
 
--- The kernel's ephemeral range (bind to port 0 and every connect() take local ports there).
-local function ephemeralRange()
+-- The start of the kernel's ephemeral range (bind to port 0 and every connect() take local
+-- ports from there up).
+local function ephemeralLow()
   local f = io.open('/proc/sys/net/ipv4/ip_local_port_range')
-  local lo, hi
+  local lo
   if f then
-    lo, hi = (f:read('*l') or ''):match('^(%d+)%s+(%d+)')
+    lo = (f:read('*l') or ''):match('^(%d+)')
     f:close()
   end
-  return tonumber(lo) or 32768, tonumber(hi) or 60999
+  return tonumber(lo) or 32768
 end
 
 local given = {} -- ports freePort returned in this process
@@ -311,14 +312,14 @@ end
 function M.freePort(host)
   assert(core.tcp, 'the tcp binding is not built')
   host = host or '127.0.0.1'
-  local lo = ephemeralRange()
+  local lo = ephemeralLow()
   local base = math.max(1024, lo - 12000)
   if lo - base >= 1000 then
     if not rng then
       -- Park-Miller (MINSTD): its products stay below 2^47, exact in a double. (An LCG
       -- modulo 2^31 with a 2^30 multiplier is not: the product's low bits are rounded off,
       -- and it gave ~600 ports, the same ones in every process.)
-      local seed = (tonumber(process and process.pid) or 0) * 7919 + math.floor(core.hrtime() % 1e9)
+      local seed = process.pid * 7919 + math.floor(core.hrtime() % 1e9)
       seed = seed % 2147483646 + 1
       rng = function(n)
         seed = seed * 48271 % 2147483647

@@ -46,16 +46,8 @@ static int timer_stop(lua_State *L) {
   return lc_util_push_result(L, uv_timer_stop(&self->timer));
 }
 
-// timer:again(): restarts the repeat countdown from now (the clock read as in start).
-static int timer_again(lua_State *L) {
-  lc_timer_t *self = lc_handle_check(L, 1, MT);
-  uv_update_time(lc_loop);
-  return lc_util_push_result(L, uv_timer_again(&self->timer));
-}
-
 void lc_timer_open(lua_State *L) {
-  static const luaL_Reg methods[] = {
-      {"start", timer_start}, {"stop", timer_stop}, {"again", timer_again}, {NULL, NULL}};
+  static const luaL_Reg methods[] = {{"start", timer_start}, {"stop", timer_stop}, {NULL, NULL}};
   lc_handle_meta(L, MT, methods, NULL);
   lua_pushcfunction(L, timer_new);
   lua_setfield(L, -2, "timer");
